@@ -1,0 +1,24 @@
+"""Model families, one file each; `build_model` turns a YAML config into a torch module.
+
+Every model takes a dict of named inputs (images [B, C, H, W] or [B, C, D, H, W], scalars
+[B, n]) and returns [B, n_outputs] raw outputs (logits or regression values).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+from torch import nn
+
+from hepray.models.seed_cnn import SeedCNN, SeedCNNConfig
+
+MODEL_FAMILIES: dict[str, type[nn.Module]] = {
+    "seed_cnn": SeedCNN,
+}
+
+ModelConfig = Annotated[Union[SeedCNNConfig], Field(discriminator="name")]
+
+
+def build_model(config, input_shapes: dict[str, tuple[int, ...]], n_outputs: int) -> nn.Module:
+    return MODEL_FAMILIES[config.name](config, {k: tuple(v) for k, v in input_shapes.items()}, n_outputs)

@@ -164,8 +164,11 @@ InputSpec = Annotated[
 
 
 class Generate(Strict):
+    """Sample data to write when the job's files are missing (`hepray make-data KIND`)."""
+
     kind: str
-    events: int = Field(4000, gt=0)
+    out: str = Field(description="directory the generator writes into")
+    events: int = Field(4000, gt=0, description="events per class or sample")
     seed: int = 1
 
 
@@ -254,6 +257,7 @@ class ScalingSpec(Strict):
 class EvaluateSpec(Strict):
     bins: dict[str, list[float]] = {}
     baseline: str | None = Field(None, description="regression: branch or expression estimating the target")
+    energy: str | None = Field(None, description="regression: observer holding the true energy for resolution fits")
     plots: bool = True
 
 

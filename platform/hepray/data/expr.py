@@ -1,0 +1,102 @@
+"""Cut, target and observer expressions on branches: `ele_pt > 20 and abs(ele_eta) < 2.4`.
+
+A small, safe subset of Python evaluated column-wise with numpy: names are branches,
+`and`/`or`/`not` act element-wise, chained comparisons work, and only the functions in
+FUNCTIONS may be called. Nothing else (attributes, subscripts, lambdas) is accepted.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from functools import reduce
+from typing import Any
+
+import numpy as np
+
+FUNCTIONS = {
+    name: getattr(np, name)
+    for name in ("abs", "sqrt", "log", "log10", "exp", "sin", "cos", "tan", "arctan2", "sinh",
+                 "cosh", "tanh", "minimum", "maximum", "where", "hypot")
+}
+BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+          ast.Pow: operator.pow, ast.Mod: operator.mod, ast.BitAnd: operator.and_, ast.BitOr: operator.or_}
+COMPARE = {ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
+           ast.Eq: operator.eq, ast.NotEq: operator.ne}
+
+
+class ExpressionError(ValueError):
+    pass
+
+
+class Expression:
+    """A parsed expression; `branches` are the names it reads, `evaluate` computes it."""
+
+    def __init__(self, text: str):
+        self.text = text
+        try:
+            self._tree = ast.parse(text.strip(), mode="eval").body
+        except SyntaxError as error:
+            raise ExpressionError(f"'{text}': not a valid expression ({error.msg})") from None
+        self.branches: set[str] = set()
+        self._check(self._tree)
+
+    def _check(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Name):
+            if node.id not in FUNCTIONS:
+                self.branches.add(node.id)
+        elif isinstance(node, ast.Constant):
+            if not isinstance(node.value, (int, float, bool)):
+                raise ExpressionError(f"'{self.text}': only numeric constants are allowed")
+        elif isinstance(node, ast.BinOp) and type(node.op) in BINARY:
+            self._check(node.left)
+            self._check(node.right)
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Not, ast.Invert)):
+            self._check(node.operand)
+        elif isinstance(node, ast.BoolOp):
+            for value in node.values:
+                self._check(value)
+        elif isinstance(node, ast.Compare) and all(type(op) in COMPARE for op in node.ops):
+            for part in (node.left, *node.comparators):
+                self._check(part)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS and not node.keywords:
+            for arg in node.args:
+                self._check(arg)
+        else:
+            allowed = ", ".join(sorted(FUNCTIONS))
+            raise ExpressionError(
+                f"'{self.text}': '{ast.unparse(node)}' is not supported (branches, numbers, arithmetic, "
+                f"comparisons, and/or/not, and the functions {allowed})"
+            )
+
+    def evaluate(self, arrays: dict[str, Any]) -> Any:
+        return self._eval(self._tree, arrays)
+
+    def _eval(self, node: ast.AST, arrays: dict[str, Any]) -> Any:
+        if isinstance(node, ast.Name):
+            return arrays[node.id]
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.BinOp):
+            return BINARY[type(node.op)](self._eval(node.left, arrays), self._eval(node.right, arrays))
+        if isinstance(node, ast.UnaryOp):
+            value = self._eval(node.operand, arrays)
+            if isinstance(node.op, ast.USub):
+                return -value
+            if isinstance(node.op, ast.UAdd):
+                return value
+            return np.logical_not(value)
+        if isinstance(node, ast.BoolOp):
+            combine = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
+            return reduce(combine, (self._eval(v, arrays) for v in node.values))
+        if isinstance(node, ast.Compare):
+            left = self._eval(node.left, arrays)
+            result = None
+            for op, right_node in zip(node.ops, node.comparators):
+                right = self._eval(right_node, arrays)
+                part = COMPARE[type(op)](left, right)
+                result = part if result is None else np.logical_and(result, part)
+                left = right
+            return result
+        assert isinstance(node, ast.Call)
+        return FUNCTIONS[node.func.id](*(self._eval(arg, arrays) for arg in node.args))

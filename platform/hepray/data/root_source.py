@@ -1,0 +1,327 @@
+"""A Ray Data datasource over ROOT files: one read task per (file, entry range).
+
+The driver plans from metadata only (entry counts, branch names); each read task opens its
+file, reads only the needed branches for its entry range, validates them, applies the cut
+and the split, and turns events into model inputs (images, scalars) with the vectorized
+rasterizers. Blocks leave the task as Arrow tables of fixed-shape tensors.
+
+Bad input is either one clear DataError naming the file, branch and entry range, or (with
+`on_error: skip`) the range is skipped and recorded in a SkipLedger actor, so nothing is
+lost silently.
+"""
+
+from __future__ import annotations
+
+import glob
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import awkward as ak
+import numpy as np
+import ray
+import uproot
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockAccessor, BlockMetadata
+
+from hepray.data.expr import Expression
+from hepray.data.raster import branches_for, make_input
+from hepray.spec import DataSpec
+
+SPLITS = ("train", "val", "test")
+BLOCK_BYTES = 32 * 1024 * 1024  # Ray Data wants blocks of >= 1 MB; large ones strain the object store
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the branch and the entry range."""
+
+
+@dataclass(frozen=True)
+class EntryRange:
+    path: str
+    label: int | None
+    start: int
+    stop: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}: entries [{self.start}, {self.stop})"
+
+
+@dataclass
+class ReadPlan:
+    """Read tasks, each a stripe of entry ranges: one range of each label group, so every
+    task (and every block it yields) mixes the classes even though files hold one class each."""
+
+    tasks: list[list[EntryRange]]
+    events: int
+    files: int
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)  # (file, events, reason) at plan time
+
+
+# ------------------------------------------------------------------ planning (driver, metadata only)
+
+
+def expand_globs(patterns: list[str]) -> list[str]:
+    """Local globs are expanded and sorted; URLs pass through unchanged."""
+    paths: list[str] = []
+    for pattern in patterns:
+        if "://" in pattern:
+            paths.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise DataError(f"{pattern}: no such file" + (" (no file matches the glob)" if glob.has_magic(pattern) else ""))
+        paths.extend(matches)
+    return paths
+
+
+def labelled_files(spec: DataSpec) -> list[tuple[str, int | None]]:
+    if isinstance(spec.files, dict):
+        return [(path, label) for label, patterns in enumerate(spec.files.values()) for path in expand_globs(patterns)]
+    return [(path, None) for path in expand_globs(spec.files)]
+
+
+def plan_reads(spec: DataSpec, branches: set[str]) -> ReadPlan:
+    """Split files into entry ranges, checking branches exist, and stripe them into read tasks
+    of about `events_per_task` events."""
+    files = labelled_files(spec)
+    groups = sorted({label for _, label in files}, key=lambda label: -1 if label is None else label)
+    range_size = max(1, spec.events_per_task // len(groups))
+    per_group: dict[int | None, list[EntryRange]] = {label: [] for label in groups}
+    skipped, total, opened = [], 0, 0
+    for path, label in files:
+        try:
+            entries = _check_file(path, spec.tree, branches)
+        except DataError as error:
+            if spec.on_error == "fail":
+                raise
+            skipped.append((path, getattr(error, "events", 0), str(error)))
+            continue
+        opened += 1
+        total += entries
+        per_group[label] += [EntryRange(path, label, start, min(start + range_size, entries))
+                             for start in range(0, entries, range_size)]
+    if total == 0:
+        raise DataError("no events to read: " + ("; ".join(reason for _, _, reason in skipped) or "no files"))
+    stripes = max(len(ranges) for ranges in per_group.values())
+    tasks = [[ranges[k] for ranges in per_group.values() if k < len(ranges)] for k in range(stripes)]
+    return ReadPlan(tasks, total, opened, skipped)
+
+
+def _check_file(path: str, tree_name: str, branches: set[str]) -> int:
+    try:
+        file = uproot.open(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except Exception as error:  # uproot raises many kinds for a corrupt or truncated file
+        raise DataError(f"{path}: cannot be opened as a ROOT file ({type(error).__name__}: {error})") from None
+    with file:
+        try:
+            tree = file[tree_name]
+        except Exception:
+            known = ", ".join(sorted({key.split(";")[0] for key in file.keys()})) or "none"
+            raise DataError(f"{path}: no tree '{tree_name}' (objects in the file: {known})") from None
+        entries = int(tree.num_entries)
+        missing = sorted(branches - set(tree.keys()))
+        if missing:
+            error = DataError(f"{path}: tree '{tree_name}' has no branch {', '.join(map(repr, missing))}")
+            error.events = entries
+            raise error
+        if entries == 0:
+            raise DataError(f"{path}: tree '{tree_name}' has no entries")
+    return entries
+
+
+# ------------------------------------------------------------------ reading (in Ray tasks)
+
+
+def split_of(path: str, entries: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform [0, 1) per (file name, entry): stable across runs, task sizes and cluster sizes."""
+    key = np.uint64(zlib.crc32(Path(path).name.encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF))
+    x = entries.astype(np.uint64) + (key << np.uint64(32))
+    # splitmix64 finaliser: a well-mixed 64-bit hash of the key.
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def split_mask(u: np.ndarray, split: str | None, val: float, test: float) -> np.ndarray:
+    if split is None:
+        return np.ones(len(u), dtype=bool)
+    if split == "val":
+        return u < val
+    if split == "test":
+        return (u >= val) & (u < val + test)
+    return u >= val + test
+
+
+@dataclass
+class EventReader:
+    """Everything a read task needs, small and picklable."""
+
+    spec: DataSpec
+    split: str | None
+    ledger: str | None = None  # SkipLedger actor name, for on_error: skip
+    extra: dict[str, str] = field(default_factory=dict)  # column -> expression (e.g. baseline)
+    shuffle: bool = False  # permute events within each read task (training)
+
+    def __post_init__(self) -> None:
+        self.cut = Expression(self.spec.cut) if self.spec.cut else None
+        self.columns = {f"obs_{name}": Expression(name) for name in self.spec.observers}
+        if self.spec.target:
+            self.columns["target"] = Expression(self.spec.target)
+        self.columns.update({column: Expression(text) for column, text in self.extra.items()})
+        self.scalar_exprs = {
+            text: Expression(text)
+            for spec in self.spec.inputs.values() if spec.kind == "scalars" for text in spec.branches
+        }
+
+    def branches(self) -> set[str]:
+        needed: set[str] = set()
+        for name, spec in self.spec.inputs.items():
+            if spec.kind != "scalars":
+                needed |= branches_for(spec)
+        for expr in (self.cut, *self.columns.values(), *self.scalar_exprs.values()):
+            if expr is not None:
+                needed |= expr.branches
+        if self.spec.label_branch:
+            needed.add(self.spec.label_branch)
+        return needed
+
+    def bytes_per_event(self) -> int:
+        return sum(4 * int(np.prod(spec.shape())) for spec in self.spec.inputs.values()) + 8 * (2 + len(self.columns))
+
+    def read(self, ranges: list[EntryRange]) -> Iterator:
+        batches = []
+        for entry_range in ranges:
+            try:
+                batches.append(self._read_range(entry_range))
+            except DataError as error:
+                if self.spec.on_error == "fail" or self.ledger is None:
+                    raise
+                ray.get_actor(self.ledger).record.remote(entry_range.path, entry_range.start, entry_range.stop, str(error))
+        if not batches:
+            return
+        batch = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+        n = len(batch["entry"])
+        if self.shuffle:
+            # Seeded by the task's first range: the same events in the same order every run.
+            first = ranges[0]
+            order = np.random.default_rng([zlib.crc32(first.path.encode()), first.start, self.spec.split.seed]).permutation(n)
+            batch = {key: value[order] for key, value in batch.items()}
+        step = max(1, BLOCK_BYTES // self.bytes_per_event())
+        for begin in range(0, n, step):
+            yield BlockAccessor.batch_to_block({k: v[begin:begin + step] for k, v in batch.items()})
+
+    def _read_range(self, task: EntryRange) -> dict[str, np.ndarray]:
+        names = sorted(self.branches())
+        try:
+            with uproot.open(task.path) as file:
+                arrays = file[self.spec.tree].arrays(names, entry_start=task.start, entry_stop=task.stop, how=dict)
+        except Exception as error:
+            raise DataError(f"{task.where}: reading branches {names} failed ({type(error).__name__}: {error})") from None
+        _validate(arrays, task, self._jagged_groups())
+
+        entries = np.arange(task.start, task.stop, dtype=np.int64)
+        keep = split_mask(split_of(task.path, entries, self.spec.split.seed), self.split,
+                          self.spec.split.val, self.spec.split.test)
+        if self.cut is not None:
+            keep &= np.asarray(self.cut.evaluate(arrays), dtype=bool)
+        arrays = {name: array[keep] for name, array in arrays.items()}
+
+        batch: dict[str, np.ndarray] = {"entry": entries[keep]}
+        for column, expr in self.columns.items():
+            batch[column] = np.asarray(expr.evaluate(arrays), dtype=np.float32)
+        if self.spec.label_branch:
+            batch["label"] = np.asarray(arrays[self.spec.label_branch], dtype=np.int64)
+        elif task.label is not None:
+            batch["label"] = np.full(int(keep.sum()), task.label, dtype=np.int64)
+        scalars = {text: expr.evaluate(arrays) for text, expr in self.scalar_exprs.items()}
+        for name, spec in self.spec.inputs.items():
+            try:
+                batch[name] = make_input(spec, scalars if spec.kind == "scalars" else arrays)
+            except ValueError as error:
+                raise DataError(f"{task.where}: input '{name}': {error}") from None
+        return batch
+
+    def _jagged_groups(self) -> list[list[str]]:
+        """Branches read as one point set must have equal per-event counts."""
+        groups = []
+        for spec in self.spec.inputs.values():
+            if spec.kind == "etaphi":
+                groups += [[p.eta, p.phi, p.value] + ([spec.channel_branch] if spec.channel_branch else []) for p in spec.points]
+            elif spec.kind == "jet":
+                groups.append([spec.eta, spec.phi, spec.value])
+            elif spec.kind == "hits_xy":
+                groups.append([spec.xe, spec.xw, spec.ye, spec.yw, spec.energy])
+            elif spec.kind == "voxels" and spec.points is not None:
+                groups.append([spec.points.x, spec.points.y, spec.points.z, spec.points.value])
+        return groups
+
+
+def _validate(arrays: dict, task: EntryRange, jagged_groups: list[list[str]]) -> None:
+    for name, array in arrays.items():
+        values = ak.to_numpy(ak.flatten(array, axis=None))
+        if "string" in str(ak.type(array)) or not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
+            raise DataError(f"{task.where}: branch '{name}' has type {ak.type(array)}, expected numbers")
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            raise DataError(f"{task.where}: branch '{name}' has {bad} NaN/inf values "
+                            f"(first at entry {_first_bad_entry(array, task.start)})")
+    for group in jagged_groups:
+        counts = {name: ak.to_numpy(ak.num(arrays[name], axis=1)) for name in group
+                  if isinstance(arrays[name], ak.Array) and arrays[name].ndim > 1}
+        if len(counts) < len(group):
+            flat = [name for name in group if name not in counts]
+            raise DataError(f"{task.where}: branch {', '.join(map(repr, flat))} is not jagged (one value per point expected)")
+        reference_name, reference = next(iter(counts.items()))
+        for name, count in counts.items():
+            if not np.array_equal(count, reference):
+                entry = task.start + int(np.argmax(count != reference))
+                raise DataError(f"{task.where}: branches '{reference_name}' and '{name}' disagree in length at entry {entry}")
+
+
+def _first_bad_entry(array: ak.Array, start: int) -> int:
+    finite = np.isfinite(array)
+    per_event = ak.all(finite, axis=1) if array.ndim > 1 else finite
+    return start + int(np.argmin(ak.to_numpy(per_event)))
+
+
+@ray.remote(num_cpus=0)
+class SkipLedger:
+    """Counts ranges skipped by read tasks; keyed by range so retries and epochs count once."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[tuple[str, int, int], str] = {}
+
+    def record(self, path: str, start: int, stop: int, reason: str) -> None:
+        self.ranges.setdefault((path, start, stop), reason)
+
+    def skipped(self) -> list[tuple[str, int, int, str]]:
+        return [(*key, reason) for key, reason in sorted(self.ranges.items())]
+
+
+class RootDatasource(Datasource):
+    def __init__(self, plan: ReadPlan, reader: EventReader):
+        self.plan = plan
+        self.reader = reader
+
+    def estimate_inmemory_data_size(self) -> int:
+        return self.plan.events * self.reader.bytes_per_event()
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+        reader = self.reader
+        tasks = []
+        for ranges in self.plan.tasks:
+            n = sum(r.stop - r.start for r in ranges)
+            metadata = BlockMetadata(num_rows=None, size_bytes=n * reader.bytes_per_event(),
+                                     input_files=sorted({r.path for r in ranges}), exec_stats=None)
+            tasks.append(ReadTask(lambda ranges=ranges: reader.read(ranges), metadata, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+    def get_name(self) -> str:
+        return "ReadROOT"

@@ -1,0 +1,114 @@
+"""`hepray run`: a job in; a trained, evaluated, exported model and metrics.json out."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import ray
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from hepray.data.pipeline import build_job_data, input_shapes
+from hepray.evaluate.inference import MODEL_FILE, collect, load_model, predict, save_model
+from hepray.evaluate.report import evaluate_predictions
+from hepray.models.export import export_onnx
+from hepray.spec import JobSpec, dump_job
+from hepray.train.loop import CHECKPOINT_FILE, train_loop_per_worker
+from hepray.train.tasks import Task
+
+
+def ensure_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS, or start an embedded local Ray."""
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING", log_to_driver=True)
+
+
+def scaling_config(job: JobSpec) -> ScalingConfig:
+    s = job.scaling
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if s.use_gpu == "auto" else s.use_gpu
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if use_gpu else {})}
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=use_gpu, resources_per_worker=resources)
+
+
+def selection_metric(job: JobSpec) -> tuple[str, str]:
+    rule = job.train.early_stopping
+    return (rule.metric, rule.mode) if rule else ("val_loss", "min")
+
+
+def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str, float]:
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_job(job, out_dir / "job.yaml")
+    if not resume:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    ensure_ray()
+    data = build_job_data(job)
+    split = job.data.split
+    metric, mode = selection_metric(job)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": job.model_dump(mode="json", by_alias=True),
+            "train_events": int(data.plan.events * (1 - split.val - split.test)),
+            "tensorboard_dir": str(out_dir / "tensorboard"),
+        },
+        scaling_config=scaling_config(job),
+        datasets={"train": data.datasets["train"], "val": data.datasets["val"]},
+        run_config=RunConfig(
+            storage_path=str(out_dir),
+            name="checkpoints",
+            checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints,
+                                               checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+            failure_config=FailureConfig(max_failures=job.scaling.max_failures),
+        ),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    train_seconds = time.perf_counter() - started
+
+    best = result.get_best_checkpoint(metric, mode)
+    with best.as_directory() as directory:
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    best_epoch = next(m for c, m in result.best_checkpoints if c.path == best.path)["epoch"]
+    save_model(out_dir / MODEL_FILE, job, state["model"])
+    model, _ = load_model(out_dir / MODEL_FILE)
+    export_onnx(model, input_shapes(job.data), out_dir / "model.onnx")
+
+    test = collect(predict(data.datasets["test"], out_dir / MODEL_FILE, batch_size=job.train.batch_size))
+    task = Task(job.task)
+    observers = {name: test[f"obs_{name}"] for name in job.data.observers}
+    metrics = evaluate_predictions(
+        job.task.kind, test["output"], test[task.truth_column], observers, job.data.class_names,
+        job.evaluate.bins, out_dir, baseline=test.get("baseline"), energy=job.evaluate.energy,
+        history=state["history"], make_plots=job.evaluate.plots,
+    )
+    final = state["history"][-1] if state["history"] else {}
+    last = result.metrics or {}
+    metrics.update({key: float(value) for key, value in final.items() if key != "epoch"})  # at the best epoch
+    metrics.update({
+        "best_epoch": float(best_epoch),
+        "epochs_run": float(last.get("epoch", best_epoch) + 1),
+        "stopped_early": float(last.get("stopped_early", 0.0)),
+        "events_read": float(data.plan.events),
+        "events_test": float(len(test["output"])),
+        "train_seconds": train_seconds,
+        "parameters": float(sum(p.numel() for p in model.parameters())),
+        **{k: v for k, v in data.skip_report().items() if k != "skipped"},
+    })
+    skipped = data.skip_report()["skipped"]
+    (out_dir / "metrics.json").write_text(json.dumps(_finite_or_null(metrics), indent=1, sort_keys=True))
+    (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    if skipped:
+        (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=1))
+    return metrics
+
+
+def _finite_or_null(metrics: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: undefined metrics (e.g. AUC in a one-class bin) are written as null."""
+    return {k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in metrics.items()}

@@ -1,0 +1,198 @@
+"""The ROOT datasource: every entry exactly once, projection, cuts, labels, a stable split, bad input."""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from hepray.data.pipeline import build_dataset
+from hepray.data.root_source import DataError, EventReader, plan_reads, split_of
+from hepray.spec import JobSpec
+from rootfiles import etaphi_job, towers, write_tree
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two signal files (1000 + 700 events) and one background file (900), ids unique."""
+    root = tmp_path_factory.mktemp("towers")
+    write_tree(root / "sig_0.root", towers(1000, 0, seed=1))
+    write_tree(root / "sig_1.root", towers(700, 1000, seed=2))
+    write_tree(root / "bkg_0.root", {**towers(900, 5000, seed=3), "comment": np.array(["text"] * 900)})
+    return root
+
+
+def make_job(files, **data) -> JobSpec:
+    return JobSpec.model_validate(etaphi_job({"sig": str(files / "sig_*.root"), "bkg": str(files / "bkg_*.root")}, **data))
+
+
+def read_all(job: JobSpec, split: str | None) -> dict[str, np.ndarray]:
+    """Run every read task of the plan in-process (what each Ray read task does)."""
+    reader = EventReader(job.data, split)
+    plan = plan_reads(job.data, reader.branches())
+    blocks = [block for task in plan.tasks for block in reader.read(task)]
+    return {name: np.concatenate([block[name].to_numpy() for block in blocks]) for name in ("obs_evt", "label", "obs_x")}
+
+
+@pytest.mark.parametrize("events_per_task", [1, 97, 500, 100000])
+def test_every_entry_read_exactly_once_for_any_task_size(files, events_per_task):
+    job = make_job(files, events_per_task=events_per_task)
+    ids = read_all(job, None)["obs_evt"]
+    expected = np.concatenate([np.arange(0, 1700), np.arange(5000, 5900)])
+    assert np.array_equal(np.sort(ids), expected)
+
+
+def test_read_tasks_mix_the_label_groups(files):
+    job = make_job(files, events_per_task=400)
+    plan = plan_reads(job.data, EventReader(job.data, None).branches())
+    assert len(plan.tasks) > 2
+    assert all({r.label for r in task} == {0, 1} for task in plan.tasks[:2])
+    assert plan.events == 2600 and plan.files == 3
+
+
+def test_only_needed_branches_are_read(files):
+    """The background file's string branch would fail validation if it were read."""
+    job = make_job(files)
+    assert EventReader(job.data, None).branches() == {"evt", "x", "cand_eta", "cand_phi", "tower_eta", "tower_phi", "tower_e"}
+    assert len(read_all(job, None)["obs_evt"]) == 2600
+
+
+def test_cut_and_labels(files):
+    job = make_job(files, cut="x > 0.5 and evt % 2 == 0")
+    out = read_all(job, None)
+    assert np.all(out["obs_x"] > 0.5) and np.all(out["obs_evt"] % 2 == 0)
+    truth = []
+    for name in ("sig_0", "sig_1", "bkg_0"):
+        arrays = uproot.open(files / f"{name}.root")["events"].arrays(["x", "evt"], library="np")
+        truth.append(((arrays["x"] > 0.5) & (arrays["evt"] % 2 == 0)).sum())
+    assert len(out["obs_evt"]) == sum(truth)
+    assert np.array_equal(out["label"], (out["obs_evt"] >= 5000).astype(int))
+
+
+def test_label_from_branch(files, tmp_path):
+    data = towers(300, 0, seed=5)
+    data["is_signal"] = (data["x"] > 0.3).astype(np.int32)
+    write_tree(tmp_path / "mixed.root", data)
+    job = JobSpec.model_validate(etaphi_job([str(tmp_path / "mixed.root")], label_branch="is_signal", classes=["bkg", "sig"]))
+    out = read_all(job, None)
+    assert np.array_equal(out["label"], (out["obs_x"] > 0.3).astype(int))
+
+
+def test_split_is_a_stable_partition(files):
+    by_split = {s: set(read_all(make_job(files, events_per_task=300), s)["obs_evt"]) for s in ("train", "val", "test")}
+    again = set(read_all(make_job(files, events_per_task=77), "val")["obs_evt"])
+    assert by_split["val"] == again
+    assert sum(map(len, by_split.values())) == 2600
+    assert set.union(*by_split.values()) == set(range(1700)) | set(range(5000, 5900))
+    assert 0.10 < len(by_split["val"]) / 2600 < 0.20 and 0.10 < len(by_split["test"]) / 2600 < 0.20
+    # A different seed gives a different partition.
+    other = set(read_all(make_job(files, split={"seed": 7}), "val")["obs_evt"])
+    assert other != by_split["val"]
+    u = split_of("a.root", np.arange(100000), 1)
+    assert 0.49 < np.mean(u < 0.5) < 0.51
+
+
+def test_through_ray_data(ray_session, files):
+    job = make_job(files, events_per_task=250)
+    reader = EventReader(job.data, None)
+    plan = plan_reads(job.data, reader.branches())
+    dataset = build_dataset(job.data, "train", plan)
+    rows = 0
+    ids = []
+    for batch in dataset.iter_batches(batch_size=128, batch_format="numpy"):
+        assert batch["image"].shape[1:] == (1, 9, 9)
+        assert batch["image"].dtype == np.float32
+        rows += len(batch["label"])
+        ids.append(batch["obs_evt"])
+    assert rows == len(set(read_all(job, "train")["obs_evt"]))
+    assert len(np.unique(np.concatenate(ids))) == rows
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def bad_job(path, **data) -> JobSpec:
+    return JobSpec.model_validate(etaphi_job({"sig": str(path), "bkg": str(path)}, **data))
+
+
+def bad_read(job: JobSpec):
+    reader = EventReader(job.data, None)
+    plan = plan_reads(job.data, reader.branches())
+    return [block for task in plan.tasks for block in reader.read(task)]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"nothere_\*\.root: no such file"):
+        bad_read(bad_job(tmp_path / "nothere_*.root"))
+
+
+def test_truncated_file(files, tmp_path):
+    data = (files / "sig_0.root").read_bytes()
+    (tmp_path / "cut.root").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError) as error:
+        bad_read(bad_job(tmp_path / "cut.root"))
+    assert "cut.root" in str(error.value)
+
+
+def test_missing_branch(files):
+    job = bad_job(files / "sig_0.root", observers=["evt", "nope"])
+    with pytest.raises(DataError, match=r"sig_0.root: tree 'events' has no branch 'nope'"):
+        bad_read(job)
+
+
+def test_wrong_branch_type(files):
+    job = bad_job(files / "bkg_0.root", observers=["comment"])
+    with pytest.raises(DataError, match=r"bkg_0.root: entries \[0, \d+\): branch 'comment' has type .*string.*expected numbers"):
+        bad_read(job)
+
+
+def test_empty_tree(tmp_path):
+    write_tree(tmp_path / "empty.root", {k: v[:0] for k, v in towers(5, 0, seed=1).items()})
+    with pytest.raises(DataError, match="empty.root: tree 'events' has no entries"):
+        bad_read(bad_job(tmp_path / "empty.root"))
+
+
+def test_nan_values(tmp_path):
+    data = towers(200, 0, seed=4)
+    energy = ak.to_numpy(ak.flatten(data["tower_e"])).copy()
+    first_of_event_57 = int(ak.sum(ak.num(data["tower_e"])[:57]))
+    energy[first_of_event_57] = np.nan
+    data["tower_e"] = ak.unflatten(energy, ak.num(data["tower_e"]))
+    write_tree(tmp_path / "nan.root", data)
+    with pytest.raises(DataError, match=r"nan.root: entries \[0, 100\): branch 'tower_e' has 1 NaN/inf values \(first at entry 57\)"):
+        bad_read(bad_job(tmp_path / "nan.root", events_per_task=200))
+
+
+def test_jagged_counts_disagree(tmp_path):
+    data = towers(50, 0, seed=6)
+    counts = ak.num(data["tower_e"]).to_numpy().copy()
+    counts[10] += 1
+    data["tower_e"] = ak.unflatten(np.ones(int(counts.sum())), counts)
+    # Separate counters: write the energies under another collection name.
+    data["cell_e"] = data.pop("tower_e")
+    write_tree(tmp_path / "ragged.root", data)
+    job = JobSpec.model_validate(etaphi_job({"a": str(tmp_path / "ragged.root"), "b": str(tmp_path / "ragged.root")}))
+    job.data.inputs["image"].points[0].value = "cell_e"
+    with pytest.raises(DataError, match=r"ragged.root: entries \[0, 50\): branches 'tower_eta' and 'cell_e' disagree in length at entry 10"):
+        bad_read(job)
+
+
+def test_skip_mode_counts_what_it_skips(ray_session, files, tmp_path):
+    """A bad file is skipped at planning, a NaN range at reading; both are counted, the rest is read."""
+    data = towers(100, 9000, seed=8)
+    data["x"] = np.where(np.arange(100) == 3, np.nan, data["x"])
+    write_tree(tmp_path / "sig_nan.root", data)
+    (tmp_path / "sig_broken.root").write_bytes(b"not a root file")
+    job = JobSpec.model_validate(etaphi_job(
+        {"sig": [str(files / "sig_0.root"), str(tmp_path / "sig_*.root")], "bkg": str(files / "bkg_0.root")},
+        on_error="skip", events_per_task=200))
+    from hepray.data.pipeline import build_job_data
+
+    data = build_job_data(job, splits=("train", "val", "test"))
+    total = sum(data.datasets[s].count() for s in ("train", "val", "test"))
+    report = data.skip_report()
+    assert total == 1900
+    assert report["events_skipped"] == 100 and report["ranges_skipped"] == 2
+    assert any("sig_broken.root" in reason for reason in report["skipped"])
+    assert any("sig_nan.root" in reason and "'x'" in reason for reason in report["skipped"])

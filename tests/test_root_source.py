@@ -19,7 +19,7 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("towers")
     write_tree(root / "sig_0.root", towers(1000, 0, seed=1))
     write_tree(root / "sig_1.root", towers(700, 1000, seed=2))
-    write_tree(root / "bkg_0.root", {**towers(900, 5000, seed=3), "comment": np.array(["text"] * 900)})
+    write_tree(root / "bkg_0.root", {**towers(900, 5000, seed=3), "junk": np.full(900, np.nan)})
     return root
 
 
@@ -52,7 +52,7 @@ def test_read_tasks_mix_the_label_groups(files):
 
 
 def test_only_needed_branches_are_read(files):
-    """The background file's string branch would fail validation if it were read."""
+    """The background file's all-NaN branch would fail validation if it were read."""
     job = make_job(files)
     assert EventReader(job.data, None).branches() == {"evt", "x", "cand_eta", "cand_phi", "tower_eta", "tower_phi", "tower_e"}
     assert len(read_all(job, None)["obs_evt"]) == 2600
@@ -142,9 +142,13 @@ def test_missing_branch(files):
 
 
 def test_wrong_branch_type(files):
-    job = bad_job(files / "bkg_0.root", observers=["comment"])
-    with pytest.raises(DataError, match=r"bkg_0.root: entries \[0, \d+\): branch 'comment' has type .*string.*expected numbers"):
-        bad_read(job)
+    per_event_as_points = bad_job(files / "sig_0.root")
+    per_event_as_points.data.inputs["image"].points[0].value = "x"
+    with pytest.raises(DataError, match=r"sig_0.root: entries \[0, \d+\): branch 'x' is not jagged"):
+        bad_read(per_event_as_points)
+    points_as_observer = bad_job(files / "sig_0.root", observers=["tower_e"])
+    with pytest.raises(DataError, match=r"sig_0.root: entries \[0, \d+\): 'tower_e' has a list of values per event"):
+        bad_read(points_as_observer)
 
 
 def test_empty_tree(tmp_path):

@@ -230,17 +230,17 @@ class EventReader:
         keep = split_mask(split_of(task.path, entries, self.spec.split.seed), self.split,
                           self.spec.split.val, self.spec.split.test)
         if self.cut is not None:
-            keep &= np.asarray(self.cut.evaluate(arrays), dtype=bool)
+            keep &= _one_per_event(self.cut.evaluate(arrays), self.cut.text, task).astype(bool)
         arrays = {name: array[keep] for name, array in arrays.items()}
 
         batch: dict[str, np.ndarray] = {"entry": entries[keep]}
         for column, expr in self.columns.items():
-            batch[column] = np.asarray(expr.evaluate(arrays), dtype=np.float32)
+            batch[column] = _one_per_event(expr.evaluate(arrays), expr.text, task).astype(np.float32)
         if self.spec.label_branch:
-            batch["label"] = np.asarray(arrays[self.spec.label_branch], dtype=np.int64)
+            batch["label"] = _one_per_event(arrays[self.spec.label_branch], self.spec.label_branch, task).astype(np.int64)
         elif task.label is not None:
             batch["label"] = np.full(int(keep.sum()), task.label, dtype=np.int64)
-        scalars = {text: expr.evaluate(arrays) for text, expr in self.scalar_exprs.items()}
+        scalars = {text: _one_per_event(expr.evaluate(arrays), text, task) for text, expr in self.scalar_exprs.items()}
         for name, spec in self.spec.inputs.items():
             try:
                 batch[name] = make_input(spec, scalars if spec.kind == "scalars" else arrays)
@@ -283,6 +283,12 @@ def _validate(arrays: dict, task: EntryRange, jagged_groups: list[list[str]]) ->
             if not np.array_equal(count, reference):
                 entry = task.start + int(np.argmax(count != reference))
                 raise DataError(f"{task.where}: branches '{reference_name}' and '{name}' disagree in length at entry {entry}")
+
+
+def _one_per_event(values, text: str, task: EntryRange) -> np.ndarray:
+    if isinstance(values, ak.Array) and values.ndim > 1:
+        raise DataError(f"{task.where}: '{text}' has a list of values per event; one value per event expected")
+    return np.asarray(values)
 
 
 def _first_bad_entry(array: ak.Array, start: int) -> int:

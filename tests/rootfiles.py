@@ -19,21 +19,24 @@ def write_tree(path: Path, branches: dict, tree: str = "events") -> Path:
     return path
 
 
-def towers(n: int, first_id: int, seed: int, mean_towers: float = 6.0) -> dict:
-    """n events: candidate (eta, phi), jagged towers near it, a unique event id and a flat x."""
+def towers(n: int, first_id: int, seed: int, mean_towers: float = 6.0, energy: float = 2.0, spread: float = 0.05) -> dict:
+    """n events: candidate (eta, phi), jagged towers near it, a unique event id, a flat x, and
+    the summed tower energy; classes made with other `energy`/`spread` are learnable."""
     rng = np.random.default_rng(seed)
     counts = rng.poisson(mean_towers, n)
     total = int(counts.sum())
     eta = rng.uniform(-2, 2, n)
     phi = rng.uniform(-np.pi, np.pi, n)
+    tower_e = rng.exponential(energy, total)
     return {
         "evt": np.arange(first_id, first_id + n, dtype=np.int64),
         "x": rng.uniform(0, 1, n),
         "cand_eta": eta,
         "cand_phi": phi,
-        "tower_eta": ak.unflatten(np.repeat(eta, counts) + rng.normal(0, 0.05, total), counts),
-        "tower_phi": ak.unflatten(np.repeat(phi, counts) + rng.normal(0, 0.05, total), counts),
-        "tower_e": ak.unflatten(rng.exponential(2.0, total), counts),
+        "tower_eta": ak.unflatten(np.repeat(eta, counts) + rng.normal(0, spread, total), counts),
+        "tower_phi": ak.unflatten(np.repeat(phi, counts) + rng.normal(0, spread, total), counts),
+        "tower_e": ak.unflatten(tower_e, counts),
+        "e_sum": np.bincount(np.repeat(np.arange(n), counts), weights=tower_e, minlength=n),
     }
 
 

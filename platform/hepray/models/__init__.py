@@ -11,13 +11,24 @@ from typing import Annotated, Union
 from pydantic import Field
 from torch import nn
 
+from hepray.models.calo3d import Calo3D, Calo3DConfig
+from hepray.models.cvn import CVN, CVNConfig
+from hepray.models.film import FiLMConfig, FiLMNet
+from hepray.models.resnet import ResNet, ResNetConfig
 from hepray.models.seed_cnn import SeedCNN, SeedCNNConfig
 
 MODEL_FAMILIES: dict[str, type[nn.Module]] = {
-    "seed_cnn": SeedCNN,
+    "seed_cnn": SeedCNN,  # study 000 baseline
+    "calo3d": Calo3D,  # study 001, LCD calorimeter energy regression
+    "cvn": CVN,  # study 003, NOvA CVN
+    "film": FiLMNet,  # study 004, DeepCalo
+    "resnet": ResNet,  # small ResNet, any study
 }
 
-ModelConfig = Annotated[Union[SeedCNNConfig], Field(discriminator="name")]
+ModelConfig = Annotated[
+    Union[SeedCNNConfig, Calo3DConfig, CVNConfig, FiLMConfig, ResNetConfig],
+    Field(discriminator="name"),
+]
 
 
 def build_model(config, input_shapes: dict[str, tuple[int, ...]], n_outputs: int) -> nn.Module:

@@ -44,3 +44,46 @@ class DenseHead(nn.Module):
         if scalars is not None:
             features = torch.cat([features, scalars], dim=1)
         return self.net(features)
+
+
+def scalar_inputs(input_shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Names of scalar inputs (shape [n]), in job order."""
+    return [name for name, shape in input_shapes.items() if len(shape) == 1]
+
+
+def select_images(requested: list[str] | None, input_shapes: dict[str, tuple[int, ...]],
+                  spatial_dims: tuple[int, ...], family: str) -> list[str]:
+    """The image inputs a family convolves: `requested` (checked) or every input with a fitting
+    number of spatial dims, in job order. Raises ValueError if none or if a name does not fit."""
+    fits = [name for name, shape in input_shapes.items() if len(shape) - 1 in spatial_dims]
+    names = fits if requested is None else list(requested)
+    kind = " or ".join(f"{d}-D" for d in spatial_dims)
+    for name in names:
+        if name not in input_shapes:
+            raise ValueError(f"{family}: unknown input {name!r}; the job has {sorted(input_shapes)}")
+        if name not in fits:
+            raise ValueError(f"{family}: input {name!r} has shape {input_shapes[name]}, "
+                             f"expected channels + {kind} spatial dims")
+    if not names:
+        raise ValueError(f"{family}: needs at least one {kind} image input; the job has {input_shapes}")
+    return names
+
+
+def layer_nd(kind: str, spatial_dims: int) -> type[nn.Module]:
+    """`layer_nd("Conv", 3)` -> nn.Conv3d; works for Conv, BatchNorm, MaxPool, AvgPool."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"only 2-D and 3-D images are supported, got {spatial_dims} spatial dims")
+    return getattr(nn, f"{kind}{spatial_dims}d")
+
+
+class PositionalInputs(nn.Module):
+    """Wraps a dict-input model so it takes its inputs as positional tensors in `names` order,
+    which is what `torch.onnx.export` and `torch.jit.trace` want."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model = model
+        self.names = list(names)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(dict(zip(self.names, tensors)))

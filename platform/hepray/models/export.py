@@ -7,23 +7,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-class _PositionalInputs(nn.Module):
-    """ONNX graphs take positional tensors; our models take a dict of named inputs."""
-
-    def __init__(self, model: nn.Module, names: list[str]):
-        super().__init__()
-        self.model, self.names = model, names
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(dict(zip(self.names, tensors)))
+from hepray.models.common import PositionalInputs
 
 
 def export_onnx(model: nn.Module, input_shapes: dict[str, tuple[int, ...]], path: str | Path) -> Path:
     names = list(input_shapes)
     example = tuple(torch.zeros(2, *shape) for shape in input_shapes.values())
     torch.onnx.export(
-        _PositionalInputs(model.eval(), names), example, str(path), dynamo=False,
+        PositionalInputs(model.eval(), names), example, str(path), dynamo=False,
         input_names=names, output_names=["output"],
         dynamic_axes={name: {0: "batch"} for name in [*names, "output"]},
     )

@@ -1,0 +1,1 @@
+"""Throughput benchmarks: same files, same cores, one run, ratios. Results in benchmarks/RESULTS.md."""

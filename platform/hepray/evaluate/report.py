@@ -1,0 +1,168 @@
+"""The evaluation entry point called by training: metrics (flat floats) + plots.
+
+``evaluate_predictions`` returns the flat metric dict (see ``metrics`` and ``resolution`` for
+the key scheme and exact definitions); the caller merges it into metrics.json. It also
+writes ``out_dir/evaluation.json`` (the same metrics with NaN as null, the bin edges
+actually used, the per-energy-bin resolution table behind the fit, and the list of plots)
+and, with ``make_plots``, ``out_dir/plots/*.png``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics, resolution
+
+log = logging.getLogger(__name__)
+DEFAULT_ENERGY_BINS = 8
+
+
+def _json_safe(v):
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_json_safe(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def _scan_table(sc: resolution.EnergyScan) -> dict:
+    return {"edges": sc.edges, "energy_mean": sc.energy, "events": sc.events,
+            "response_median": sc.response_median, "resolution_sigma": sc.sigma_rel,
+            "resolution_sigma_err": sc.sigma_rel_err, "resolution_iqr": sc.iqr_rel68,
+            "resolution_rms": sc.rms_rel, "fit": sc.fit}
+
+
+def evaluate_predictions(
+    task: str,
+    outputs: np.ndarray,
+    truth: np.ndarray,
+    observers: Mapping[str, np.ndarray],
+    class_names: Sequence[str],
+    bins: Mapping[str, Sequence[float]],
+    out_dir: Path,
+    baseline: np.ndarray | None = None,
+    energy: str | None = None,
+    history: Sequence[Mapping] | None = None,
+    make_plots: bool = True,
+) -> dict[str, float]:
+    """Evaluate test-set predictions; returns a flat ``{key: float}`` dict (NaN where undefined).
+
+    ``outputs``: [N, 1] logits (binary), [N, K] logits (multiclass), [N, 1] predictions
+    (regression); ``truth``: int labels or float targets [N]; ``observers``: per-event arrays
+    used by ``bins`` (edges per observer, ``[lo, hi)`` bins) and ``energy`` (regression: the
+    true energy in GeV for resolution vs energy and the a/sqrt(E) (+) b (+) c/E fit; binned
+    by ``bins[energy]`` or, if absent, 8 equal-population bins with 3-significant-digit edges,
+    which are then also used for the ``@energy[...)`` keys). Events with a non-finite output or
+    truth are dropped and counted in ``test_events_nonfinite``. Shape mismatches raise;
+    degenerate bins and missing observers do not (NaN / warning).
+    """
+    if task not in ("binary", "multiclass", "regression"):
+        raise ValueError(f"unknown task {task!r}")
+    out_dir = Path(out_dir)
+    truth = np.asarray(truth).reshape(-1)
+    n = truth.size
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 1:
+        outputs = outputs[:, None]
+    if outputs.shape[0] != n:
+        raise ValueError(f"outputs have {outputs.shape[0]} rows for {n} truth values")
+    if task != "multiclass" and outputs.shape[1] != 1:
+        raise ValueError(f"{task} outputs must be [N, 1], got {outputs.shape}")
+    if baseline is not None:
+        baseline = np.asarray(baseline, dtype=np.float64)
+        if baseline.shape[0] != n:
+            raise ValueError(f"baseline has {baseline.shape[0]} rows for {n} events")
+        if task != "multiclass":
+            baseline = baseline.reshape(n, -1)[:, 0]
+    obs = {}
+    for k, v in observers.items():
+        v = np.asarray(v).reshape(-1)
+        if v.size != n:
+            raise ValueError(f"observer {k!r} has {v.size} values for {n} events")
+        obs[k] = v
+
+    ok = np.isfinite(outputs).all(axis=1) & np.isfinite(truth.astype(np.float64))
+    n_bad = int(n - ok.sum())
+    if n_bad:
+        log.warning("evaluate: %d of %d events have non-finite outputs or truth and are dropped", n_bad, n)
+        outputs, truth = outputs[ok], truth[ok]
+        baseline = None if baseline is None else baseline[ok]
+        obs = {k: v[ok] for k, v in obs.items()}
+    if task != "regression":
+        truth = truth.astype(np.int64)
+
+    result: dict[str, float] = {"test_events_nonfinite": float(n_bad)}
+    result.update(metrics.task_metrics(task, outputs, truth, class_names, baseline))
+
+    used_bins = {k: metrics.clean_edges(v) for k, v in bins.items()}
+    scans: dict[str, resolution.EnergyScan] = {}
+    if task == "regression" and energy:
+        if energy not in obs:
+            log.warning("evaluate: energy observer %r not available, no resolution-vs-energy fit", energy)
+        else:
+            e = obs[energy].astype(np.float64)
+            edges = used_bins.get(energy) or resolution.quantile_edges(e, DEFAULT_ENERGY_BINS)
+            used_bins[energy] = edges
+            pred = outputs[:, 0]
+            estimators = {"test": ("model", pred)}
+            if baseline is not None:
+                estimators["baseline"] = ("baseline", baseline)
+            for prefix, (label, est) in estimators.items():
+                sc = resolution.energy_scan(est, truth, e, edges)
+                scans[label] = sc
+                result.update({f"{prefix}_{k}": float(v) for k, v in sc.fit.items()})
+
+    result.update(metrics.binned_metrics(task, outputs, truth, class_names, obs, used_bins, baseline))
+    result = {k: float(v) for k, v in result.items()}
+
+    written: list[str] = []
+    if make_plots:
+        written = _make_plots(task, outputs, truth, class_names, out_dir / "plots", baseline, scans, history)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"task": task, "class_names": list(class_names), "bins": used_bins, "energy": energy,
+               "energy_scans": {k: _scan_table(v) for k, v in scans.items()}, "plots": written,
+               "metrics": result}
+    (out_dir / "evaluation.json").write_text(json.dumps(_json_safe(summary), indent=1))
+    return result
+
+
+def _make_plots(task, outputs, truth, class_names, plot_dir: Path, baseline, scans, history) -> list[str]:
+    from . import plots  # matplotlib only imported when plotting
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    if task == "binary":
+        jobs += [("roc.png", plots.roc, (outputs[:, 0], truth, baseline)),
+                 ("score_hist.png", plots.score_hist, (outputs[:, 0], truth, class_names))]
+    elif task == "multiclass":
+        jobs += [("roc_ovr.png", plots.roc_ovr, (outputs, truth, class_names)),
+                 ("confusion.png", plots.confusion, (outputs, truth, class_names))]
+    else:
+        jobs += [("pred_vs_true.png", plots.pred_vs_true, (outputs[:, 0], truth)),
+                 ("response.png", plots.response, (outputs[:, 0], truth, baseline))]
+        if scans:
+            jobs += [("resolution_vs_energy.png", plots.resolution_vs_energy, (scans,)),
+                     ("response_vs_energy.png", plots.response_vs_energy, (scans,))]
+    if history:
+        jobs.append(("loss.png", plots.loss, (history,)))
+        keys = plots.metric_keys(history)
+        if keys:
+            jobs.append(("metric.png", plots.metric, (history, keys)))
+    written = []
+    for name, fn, args in jobs:
+        try:
+            fn(plot_dir / name, *args)
+            written.append(name)
+        except Exception:  # a broken plot must not lose the metrics of a finished training
+            log.exception("evaluate: plot %s failed", name)
+    return written

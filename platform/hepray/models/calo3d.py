@@ -1,0 +1,62 @@
+"""Study 001's model (LCD calorimeter energy regression, a Keras original): one Conv3D branch
+per 3-D calorimeter image (ECAL 25x25x25, HCAL 5x5x60), each Conv3D -> ReLU -> MaxPool3D ->
+flatten; branches (and any scalars) concatenated -> Dense(1000) -> ReLU -> Dropout(0.5) -> linear.
+
+As in Keras the convolutions are 'valid' (unpadded). To work on any input size the kernel and
+pool are clipped per dimension to the size they see, so no dimension ever drops below 1
+(HCAL 5x5x60 with kernel 4, pool 2: conv -> 2x2x57, pool -> 1x1x28).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from hepray.models.common import DenseHead, ModelSpec, gather_scalars, scalar_width, select_images
+
+
+class Calo3DConfig(ModelSpec):
+    name: Literal["calo3d"]
+    inputs: list[str] | None = Field(None, description="3-D inputs, one branch each; default all, in job order")
+    filters: int = Field(3, gt=0, description="Conv3D filters per branch (study: 3)")
+    kernel: int = Field(4, gt=0, description="cubic Conv3D kernel, clipped to each dimension")
+    pool: int = Field(2, gt=0, description="cubic MaxPool3D size, clipped so no dimension drops below 1")
+    dense: int = Field(1000, gt=0)
+    dropout: float = Field(0.5, ge=0, lt=1)
+
+
+class Calo3DBranch(nn.Module):
+    """Conv3D(filters, kernel, valid) -> ReLU -> MaxPool3D -> flatten, for one calorimeter image."""
+
+    def __init__(self, shape: tuple[int, ...], filters: int, kernel: int, pool: int):
+        super().__init__()
+        channels, *size = shape
+        kernel_size = tuple(min(kernel, n) for n in size)
+        size = [n - k + 1 for n, k in zip(size, kernel_size)]
+        pool_size = tuple(min(pool, n) for n in size)
+        size = [n // p for n, p in zip(size, pool_size)]
+        self.conv = nn.Conv3d(channels, filters, kernel_size)
+        self.pool = nn.MaxPool3d(pool_size)
+        self.n_features = filters * size[0] * size[1] * size[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+class Calo3D(nn.Module):
+    def __init__(self, config: Calo3DConfig, input_shapes: dict[str, tuple[int, ...]], n_outputs: int):
+        super().__init__()
+        self.input_shapes = input_shapes
+        self.names = select_images(config.inputs, input_shapes, (3,), "calo3d")
+        self.branches = nn.ModuleList(  # parallel to self.names (input names may not be attribute-safe)
+            Calo3DBranch(input_shapes[name], config.filters, config.kernel, config.pool) for name in self.names
+        )
+        n_features = sum(branch.n_features for branch in self.branches)
+        self.head = DenseHead(n_features, scalar_width(input_shapes), config.dense, config.dropout, n_outputs)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = torch.cat([branch(inputs[name]) for name, branch in zip(self.names, self.branches)], dim=1)
+        return self.head(x, gather_scalars(inputs, self.input_shapes))

@@ -264,7 +264,7 @@ def test_points_of_one_set_must_have_equal_counts():
 
 def test_branches_for_each_kind():
     assert branches_for(etaphi_spec()) == {"tower_eta", "tower_phi", "tower_e"}
-    assert branches_for(etaphi_spec(center={"eta": "el_eta", "phi": "el_phi"}, channel_branch="layer")) == {
+    assert branches_for(etaphi_spec(center={"eta": "el_eta", "phi": "el_phi"}, channel_branch="layer", n_channels=3)) == {
         "tower_eta", "tower_phi", "tower_e", "el_eta", "el_phi", "layer"}
     assert branches_for(JetImage(kind="jet", eta="e", phi="p", value="pt")) == {"e", "p", "pt"}
     assert branches_for(HitsXYImage(kind="hits_xy", encoding="binary")) == {"XE", "XW", "YE", "YW"}
@@ -490,3 +490,19 @@ def test_phi_roll_rolls_each_event_by_its_own_shift():
 def test_augment_rejects_unknown_ops():
     with pytest.raises(ValueError, match="rotate90"):
         augment(augment_batch(), ["image"], ["rotate90"])
+
+
+def test_spec_rejects_ambiguous_channels_and_empty_ranges():
+    with pytest.raises(ValueError, match="channel_branch needs n_channels"):
+        etaphi_spec(channel_branch="layer")
+    with pytest.raises(ValueError, match="low < high"):
+        VoxelImage(kind="voxels", shape=(2, 2, 2), points={"x": "x", "y": "y", "z": "z", "value": "e"},
+                   range=[(0, 1), (1, 1), (0, 1)])
+
+
+def test_etaphi_phi_cell_can_differ_from_eta_cell():
+    spec = etaphi_spec(center={"eta": "c_eta", "phi": "c_phi"}, size=3, cell=1.0, cell_phi=0.1)
+    arrays = {"c_eta": np.zeros(1), "c_phi": np.zeros(1), "tower_eta": jagged([[0.0]]),
+              "tower_phi": jagged([[0.12]]), "tower_e": jagged([[1.0]])}
+    image = make_input(spec, arrays)[0, 0]
+    assert image[1, 2] == 1.0 and image.sum() == 1.0  # 0.12 / 0.1 + 1.5 -> pixel 2 in phi

@@ -144,7 +144,7 @@ def test_missing_branch(files):
 def test_wrong_branch_type(files):
     per_event_as_points = bad_job(files / "sig_0.root")
     per_event_as_points.data.inputs["image"].points[0].value = "x"
-    with pytest.raises(DataError, match=r"sig_0.root: entries \[0, \d+\): branch 'x' is not jagged"):
+    with pytest.raises(DataError, match=r"sig_0.root: entries \[0, \d+\): input 'image': branch 'x': expected a list of numbers per event"):
         bad_read(per_event_as_points)
     points_as_observer = bad_job(files / "sig_0.root", observers=["tower_e"])
     with pytest.raises(DataError, match=r"sig_0.root: entries \[0, \d+\): 'tower_e' has a list of values per event"):
@@ -178,7 +178,7 @@ def test_jagged_counts_disagree(tmp_path):
     write_tree(tmp_path / "ragged.root", data)
     job = JobSpec.model_validate(etaphi_job({"a": str(tmp_path / "ragged.root"), "b": str(tmp_path / "ragged.root")}))
     job.data.inputs["image"].points[0].value = "cell_e"
-    with pytest.raises(DataError, match=r"ragged.root: entries \[0, 50\): branches 'tower_eta' and 'cell_e' disagree in length at entry 10"):
+    with pytest.raises(DataError, match=r"ragged.root: entries \[0, 50\): input 'image': branches 'tower_eta' and 'cell_e' have different numbers of points"):
         bad_read(job)
 
 

@@ -24,6 +24,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Per event, over all channels; log1p is sign(x) * log1p(|x|) so negative noise stays finite.
 Norm = Literal["none", "l1", "l2", "max", "log1p"]
 
 
@@ -54,16 +55,26 @@ class EtaPhiImage(Strict):
     points: list[PointSet] = Field(min_length=1)
     center: EtaPhiCenter | Literal["centroid"] = "centroid"
     size: int = Field(47, gt=0)
-    cell: float = Field(0.0174, gt=0)
+    cell: float = Field(0.0174, gt=0, description="pixel size in eta (and in phi unless cell_phi is given)")
+    cell_phi: float | None = Field(None, gt=0, description="pixel size in phi, e.g. 2*pi/360 for a 360-cell ring")
     channel_branch: str | None = None
-    n_channels: int = Field(1, gt=0)
+    n_channels: int | None = Field(None, gt=0, description="number of channel_branch values, 0..n-1")
     norm: Norm = "none"
 
     @model_validator(mode="after")
     def _channels(self) -> "EtaPhiImage":
-        if self.channel_branch is not None and len(self.points) != 1:
-            raise ValueError("channel_branch needs exactly one point set")
+        if self.channel_branch is not None:
+            if len(self.points) != 1:
+                raise ValueError("channel_branch needs exactly one point set")
+            if self.n_channels is None:
+                raise ValueError("channel_branch needs n_channels")
+        elif self.n_channels is not None:
+            raise ValueError("n_channels goes with channel_branch (otherwise one channel per point set)")
         return self
+
+    @property
+    def phi_cell(self) -> float:
+        return self.cell_phi or self.cell
 
     @property
     def channels(self) -> int:
@@ -80,9 +91,10 @@ class JetImage(Strict):
     eta: str
     phi: str
     value: str
-    size: int = Field(32, gt=0)
-    extent: float = Field(0.8, gt=0, description="half-width of the image in eta and phi")
-    preprocess: list[Literal["translate", "rotate", "flip"]] = ["translate", "rotate", "flip"]
+    size: int = Field(33, gt=0, description="odd, so the jet axis is a pixel centre after translate")
+    extent: float = Field(0.825, gt=0, description="half-width of the image in eta and phi")
+    preprocess: set[Literal["translate", "rotate", "flip"]] = Field(
+        {"translate", "rotate", "flip"}, description="always applied in the order translate, rotate, flip")
     norm: Norm = "l1"
 
     def shape(self) -> tuple[int, ...]:
@@ -137,6 +149,8 @@ class VoxelImage(Strict):
             raise ValueError("give exactly one of cells or points")
         if self.points is not None and (self.range is None or len(self.range) != 3):
             raise ValueError("points need range: [[xlo, xhi], [ylo, yhi], [zlo, zhi]]")
+        if self.range is not None and any(low >= high for low, high in self.range):
+            raise ValueError("range: each (low, high) needs low < high")
         if any(n <= 0 for n in self.shape_):
             raise ValueError("shape: every size must be > 0")
         return self

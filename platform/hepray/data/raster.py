@@ -271,7 +271,7 @@ def _etaphi(spec: EtaPhiImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
         eta_offset -= np.repeat(eta_center, counts)
         phi_offset = phi.astype(np.float64)
         phi_offset -= np.repeat(phi_center, counts)
-        pixels = [_pixel(eta_offset, spec.cell, size / 2), _pixel(_wrap_phi(phi_offset), spec.cell, size / 2)]
+        pixels = [_pixel(eta_offset, spec.cell, size / 2), _pixel(_wrap_phi(phi_offset), spec.phi_cell, size / 2)]
         index, ok = _grid_index(pixels, (size, size))
         index += _event_offsets(counts, image_size)
         if spec.channel_branch is not None:

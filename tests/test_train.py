@@ -29,7 +29,9 @@ def binary_job(root, **train) -> JobSpec:
     raw = etaphi_job({"narrow": str(root / "narrow.root"), "wide": str(root / "wide.root")},
                      split={"val": 0.2, "test": 0.3, "seed": 1})
     raw["train"] = {"epochs": 2, "batch_size": 64, "lr": 3e-3, **train}
-    raw["evaluate"] = {"bins": {"x": [0, 0.5, 1]}}
+    raw["evaluate"] = {"bins": {"x": [0, 0.5, 1]},
+                       "baselines": {"sum": "-e_sum", "cuts": {"kind": "cuts", "vars": {"e_sum": "below"}}},
+                       "robustness": {"split_seed": 2, "norms": ["l1"]}}
     return JobSpec.model_validate(raw)
 
 
@@ -38,8 +40,15 @@ def test_binary_run_writes_everything_and_learns(ray_session, classes, tmp_path)
     assert metrics["test_auc"] > 0.8
     assert metrics["epochs_run"] == 2 and metrics["events_read"] == 1200
     assert metrics["events_skipped"] == 0
+    # Baselines scored on the same test events; the wide class has less energy, so -e_sum separates.
+    assert 0.6 < metrics["baseline_sum_auc"] < 1 and metrics["baseline_cuts_eff"] == pytest.approx(0.9, abs=0.06)
+    assert {"baseline_cuts_rej", "test_rej_at_cuts", "baseline_sum_auc@x[0,0.5)"} <= set(metrics)
+    # Robustness: frozen weights on another split and with another norm, and the change reported.
+    assert metrics["robust_split_auc"] > 0.7 and metrics["robust_split_events"] != metrics["test_events"]
+    assert metrics["robust_norm_l1_delta_auc"] == pytest.approx(metrics["robust_norm_l1_auc"] - metrics["test_auc"])
+    assert (tmp_path / "evaluations" / "robust_norm_l1" / "plots" / "roc.png").exists()
     assert {"test_auc@x[0,0.5)", "test_auc@x[0.5,1)", "train_loss", "train_eval_loss", "val_loss", "val_auc"} <= set(metrics)
-    assert 250 < metrics["events_test"] < 470
+    assert 250 < metrics["test_events"] < 470
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test_auc"] == pytest.approx(metrics["test_auc"])
     assert len(json.loads((tmp_path / "history.json").read_text())) == 2
@@ -80,8 +89,14 @@ def test_regression_with_baseline(ray_session, classes, tmp_path):
     raw["data"]["inputs"]["image"]["norm"] = "none"
     raw["task"] = {"kind": "regression", "loss": "huber"}
     raw["train"] = {"epochs": 1, "batch_size": 64}
-    raw["evaluate"] = {"baseline": "1.0 * e_sum", "energy": "e_sum"}
+    raw["evaluate"] = {"baselines": {"sum": "1.0 * e_sum", "calib": {"kind": "linear", "expr": "0.5 * e_sum + 3"}},
+                       "energy": "e_sum", "samples": {"wide": str(classes / "wide.root")}}
     metrics = run_job(JobSpec.model_validate(raw), tmp_path)
-    assert metrics["baseline_response_median"] == pytest.approx(1.0)
-    assert np.isfinite(metrics["test_mse"]) and "test_resolution_sigma" in metrics and "test_rIQR" in metrics
+    assert metrics["baseline_sum_response_median"] == pytest.approx(1.0)
+    # The linear calibration, fitted on the train split, undoes the scale and offset.
+    assert metrics["baseline_calib_response_median"] == pytest.approx(1.0, abs=0.01)
+    assert np.isfinite(metrics["test_mse"]) and "test_resolution_sigma" in metrics and "test_rIQR_vs_sum" in metrics
     assert (tmp_path / "plots" / "resolution_vs_energy.png").exists()
+    # An extra sample: all its events, scored by the model and the baselines.
+    assert metrics["wide_events"] == 600 and metrics["wide_baseline_sum_response_median"] == pytest.approx(1.0)
+    assert "wide_baseline_calib_fit_a" in metrics and "wide_delta_iqr_rel" in metrics

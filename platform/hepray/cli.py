@@ -66,6 +66,37 @@ def run(
     console.print(f"[green]wrote[/] {out_dir}/metrics.json, plots/, model.onnx")
 
 
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="output directory of `hepray run` (holds model.pt)"),
+    files: list[str] = typer.Option(..., "--files", help="ROOT files or globs to score (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default RUN_DIR/predictions)"),
+    fmt: str = typer.Option("root", "--format", help="root (a TTree 'predictions') or parquet"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="model actors (default the job's num_workers)"),
+    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs per actor, e.g. 0.25 (default from the job)"),
+    engine: str = typer.Option("torch", "--engine", help="torch or onnx (RUN_DIR/model.onnx)"),
+    batch_size: int = typer.Option(1024, "--batch-size", help="events per model call"),
+    observers: Optional[str] = typer.Option(None, "--observers", help="comma-separated branches to copy (default the job's; '' for none)"),
+) -> None:
+    """Score new ROOT files with a trained model: one friend-tree output per input file."""
+    if fmt not in ("root", "parquet") or engine not in ("torch", "onnx"):
+        _fail(ValueError(f"--format must be root or parquet, --engine torch or onnx (got {fmt}, {engine})"))
+    from hepray.evaluate.predict import predict_files
+
+    chosen = None if observers is None else [name for name in observers.split(",") if name.strip()]
+    try:
+        report = predict_files(run_dir, files, out, fmt, concurrency, num_gpus, engine, batch_size, chosen)
+    except Exception as error:
+        cause = data_error_in(error)
+        if cause is None:
+            raise
+        _fail(cause)
+    summary = {"events": report.events, "events_per_s": round(report.events / report.seconds),
+               "events_skipped": report.events_skipped, "files_skipped": report.files_skipped, "outputs": len(report.outputs)}
+    console.print_json(json.dumps(summary))
+    console.print(f"[green]wrote[/] {len(report.outputs)} outputs and predict.json to {Path(report.outputs[0]).parent if report.outputs else out}")
+
+
 @app.command("make-data")
 def make_data(
     kind: str = typer.Argument(..., help="sample kind, e.g. electron_id"),
@@ -96,6 +127,137 @@ def validate(job_file: Path, set_: list[str] = typer.Option([], "--set")) -> Non
     except SpecError as error:
         _fail(error)
     typer.echo(yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False))
+
+
+@app.command()
+def tune(
+    space_file: Path = typer.Argument(..., help="search YAML (tune_spaces/NAME.yaml)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/tune/<search name>)"),
+    set_: list[str] = typer.Option([], "--set", help="override a search key: --set num_samples=4"),
+    resume: bool = typer.Option(False, "--resume", help="continue the search in --out; finished trials are kept"),
+    retrain_best: bool = typer.Option(False, "--retrain-best", help="then train the best job in full (OUT/best)"),
+    report: bool = typer.Option(False, "--report", help="then train baseline and best and write docs/tune_<name>.md"),
+) -> None:
+    """Search a job's keys with Ray Tune + Optuna (TPE) + ASHA; write trials.csv, best_job.yaml, study.db."""
+    from hepray.spec import SpecError
+    from hepray.tune.space import load_search
+
+    try:
+        spec, base, base_raw = load_search(space_file, set_)
+    except SpecError as error:
+        _fail(error)
+    from hepray.tune.report import write_report
+    from hepray.tune.search import load_best_job, run_search
+    from hepray.train.trainer import run_job
+
+    out_dir = out or Path("runs") / "tune" / spec.name
+    try:
+        summary = run_search(spec, base, base_raw, out_dir, resume=resume)
+        console.print_json(json.dumps(summary, default=str))
+        console.print(f"[green]wrote[/] {out_dir}/trials.csv, best_job.yaml; dashboard: optuna-dashboard {summary['study']}")
+        if retrain_best and not report:
+            metrics = run_job(load_best_job(out_dir), out_dir / "best")
+            console.print(f"[green]retrained[/] best job: {out_dir}/best/metrics.json "
+                          f"({', '.join(f'{k}={metrics[k]:.4f}' for k in ('test_auc', 'test_auc_macro') if k in metrics)})")
+        if report:
+            console.print(f"[green]wrote[/] {write_report(spec, base, space_file, out_dir)}")
+    except Exception as error:
+        cause = data_error_in(error)
+        if cause is None:
+            raise
+        _fail(cause)
+
+
+ADDRESS_HELP = "Ray dashboard / Jobs API address (default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)"
+
+
+@app.command()
+def submit(
+    job_file: Path = typer.Argument(..., help="job YAML inside this project (it is uploaded with it)"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    set_: list[str] = typer.Option([], "--set", help="override a job key: --set train.epochs=3"),
+    out: Optional[str] = typer.Option(None, "--out", help="output directory on the cluster (default ~/hepray-runs/<name>)"),
+    pip: bool = typer.Option(False, "--pip", help="install hepray's requirements in the job's environment"),
+    follow_logs: bool = typer.Option(False, "--follow", help="then stream the job's log until it ends"),
+) -> None:
+    """Submit a job to a Ray cluster through its Jobs API; prints the job id."""
+    from hepray.cluster import jobs
+    from hepray.spec import SpecError
+
+    try:
+        job_id = jobs.submit(job_file, address, set_, out, pip)
+    except (SpecError, jobs.ClusterError) as error:
+        _fail(error)
+    typer.echo(job_id)
+    console.print(f"follow it: hepray logs {job_id} --follow" + (f" --address {address}" if address else ""))
+    if follow_logs:
+        _follow(job_id, address)
+
+
+@app.command()
+def status(
+    job_id: Optional[str] = typer.Argument(None, help="job id (default: list all jobs)"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """The status of one job, or a table of the cluster's jobs."""
+    from hepray.cluster import jobs
+
+    try:
+        if job_id:
+            info = jobs.status(job_id, address)
+            typer.echo(f"{info['id']} {info['status']}")
+            for key in ("message", "entrypoint", "started", "ended"):
+                if info[key]:
+                    typer.echo(f"  {key}: {info[key]}")
+            return
+        for row in jobs.list_jobs(address):
+            typer.echo(f"{row['id']:40} {row['status']:10} {row['started']:20} {row['entrypoint']}")
+    except jobs.ClusterError as error:
+        _fail(error)
+
+
+@app.command()
+def logs(
+    job_id: str = typer.Argument(..., help="job id"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    follow_logs: bool = typer.Option(False, "--follow", "-f", help="stream until the job ends; exit 1 unless it succeeded"),
+) -> None:
+    """Print a job's log (its driver's stdout and stderr)."""
+    from hepray.cluster import jobs
+
+    if follow_logs:
+        _follow(job_id, address)
+        return
+    try:
+        typer.echo(jobs.logs(job_id, address), nl=False)
+    except jobs.ClusterError as error:
+        _fail(error)
+
+
+@app.command()
+def stop(
+    job_id: str = typer.Argument(..., help="job id"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Stop a running job and wait until it has stopped."""
+    from hepray.cluster import jobs
+
+    try:
+        typer.echo(f"{job_id} {jobs.stop(job_id, address)}")
+    except jobs.ClusterError as error:
+        _fail(error)
+
+
+def _follow(job_id: str, address: Optional[str]) -> None:
+    from hepray.cluster import jobs
+
+    try:
+        final = jobs.follow(job_id, lambda chunk: typer.echo(chunk, nl=False), address)
+    except jobs.ClusterError as error:
+        _fail(error)
+    console.print(f"{job_id} {final}")
+    if final != "SUCCEEDED":
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from hepray.models import ModelConfig
 
@@ -184,6 +184,7 @@ class Generate(Strict):
     out: str = Field(description="directory the generator writes into")
     events: int = Field(4000, gt=0, description="events per class or sample")
     seed: int = 1
+    format: Literal["ttree", "rntuple"] = Field("ttree", description="write TTrees or RNTuples")
 
 
 class Split(Strict):
@@ -268,11 +269,69 @@ class ScalingSpec(Strict):
     max_failures: int = Field(1, ge=-1)
 
 
+class CutsBaseline(Strict):
+    """Binary: a rectangular cut on each variable, tuned on the train split for the most background
+    rejection at `efficiency` signal efficiency (study 000's cut-based selection)."""
+
+    kind: Literal["cuts"]
+    vars: dict[str, Literal["below", "above"]] = Field(min_length=1, max_length=3,
+                                                       description="branch or expression -> which side passes")
+    efficiency: float = Field(0.9, gt=0, lt=1)
+
+
+class LinearBaseline(Strict):
+    """Regression: target ~ a * expr + b, fitted on the train split (a linear calibration)."""
+
+    kind: Literal["linear"]
+    expr: str
+
+
+class GBDTBaseline(Strict):
+    """Any task: scikit-learn's HistGradientBoosting on the features, fitted on the train split."""
+
+    kind: Literal["gbdt"]
+    features: list[str] = Field(min_length=1)
+    max_iter: int = Field(200, gt=0)
+    max_train_events: int = Field(200_000, gt=0)
+
+
+def _baseline_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "expression"
+    return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+Baseline = Annotated[
+    Union[Annotated[str, Tag("expression")], Annotated[CutsBaseline, Tag("cuts")],
+          Annotated[LinearBaseline, Tag("linear")], Annotated[GBDTBaseline, Tag("gbdt")]],
+    Discriminator(_baseline_kind),
+]
+
+
+class Robustness(Strict):
+    """Study 000's robustness checks: the trained model, weights frozen, on a re-drawn split and
+    with other input norms; metrics keyed `robust_split_*` and `robust_norm_<norm>_*`."""
+
+    split_seed: int | None = Field(None, description="test split drawn with this seed instead")
+    norms: list[Norm] = []
+
+
 class EvaluateSpec(Strict):
     bins: dict[str, list[float]] = {}
-    baseline: str | None = Field(None, description="regression: branch or expression estimating the target")
+    baselines: dict[str, Baseline] = Field(
+        {}, description="name -> an expression (a classifier score or a target estimate) or a fitted baseline")
+    samples: dict[str, list[str]] = Field(
+        {}, description="name -> globs of extra samples evaluated with the trained model (all their events)")
+    robustness: Robustness | None = None
     energy: str | None = Field(None, description="regression: observer holding the true energy for resolution fits")
     plots: bool = True
+
+    @field_validator("samples", mode="before")
+    @classmethod
+    def _sample_globs_as_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+        return value
 
 
 class JobSpec(Strict):
@@ -299,6 +358,17 @@ class JobSpec(Strict):
                 raise ValueError(f"task.kind: binary needs 2 classes, data has {n_classes}")
             if self.task.class_weights is not None and len(self.task.class_weights) != n_classes:
                 raise ValueError("task.class_weights: one weight per class")
+        for name, baseline in self.evaluate.baselines.items():
+            kind = getattr(baseline, "kind", "expression")
+            if kind == "cuts" and self.task.kind != "binary":
+                raise ValueError(f"evaluate.baselines.{name}: cuts need a binary task")
+            if kind == "linear" and self.task.kind != "regression":
+                raise ValueError(f"evaluate.baselines.{name}: a linear calibration needs a regression task")
+        if self.evaluate.samples and self.task.kind != "regression" and self.data.label_branch is None:
+            raise ValueError("evaluate.samples: extra samples of a classifier need data.label_branch for their labels")
+        robustness = self.evaluate.robustness
+        if robustness and robustness.norms and not any(hasattr(i, "norm") for i in self.data.inputs.values()):
+            raise ValueError("evaluate.robustness.norms: the job has no image input with a norm")
         return self
 
     @property

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import glob
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 
 from hepray.data.root_source import EventReader, ReadPlan, RootDatasource, SkipLedger, plan_reads, SPLITS
+from hepray.evaluate import baselines
 from hepray.spec import DataSpec, JobSpec
 
 
@@ -21,7 +22,7 @@ def ensure_data(spec: DataSpec) -> None:
         return
     from hepray.data.samples import generate
 
-    generate(spec.generate.kind, spec.generate.out, spec.generate.events, spec.generate.seed)
+    generate(spec.generate.kind, spec.generate.out, spec.generate.events, spec.generate.seed, spec.generate.format)
 
 
 def input_shapes(spec: DataSpec) -> dict[str, tuple[int, ...]]:
@@ -30,15 +31,23 @@ def input_shapes(spec: DataSpec) -> dict[str, tuple[int, ...]]:
 
 @dataclass
 class JobData:
-    """The job's datasets per split, the read plan behind them and the skip ledger they report to."""
+    """The job's datasets per split, the read plans behind them and the skip ledger they report to.
+
+    `evaluations` are the datasets the trained model is scored on, keyed by the prefix of their
+    metrics: `test`, each extra sample of `evaluate.samples`, and the robustness checks.
+    `baseline_train` is the train split without images, for fitting baselines."""
 
     datasets: dict[str, ray.data.Dataset]
     plan: ReadPlan
     ledger: ray.actor.ActorHandle | None
+    evaluations: dict[str, ray.data.Dataset] = field(default_factory=dict)
+    baseline_train: ray.data.Dataset | None = None
+    sample_plans: list[ReadPlan] = field(default_factory=list)
 
     def skip_report(self) -> dict[str, float | list]:
         """events_skipped / files_skipped and the reasons, from planning and from the read tasks."""
-        skipped = [(path, events, reason) for path, events, reason in self.plan.skipped]
+        skipped = [(path, events, reason) for plan in (self.plan, *self.sample_plans)
+                   for path, events, reason in plan.skipped]
         if self.ledger is not None:
             skipped += [(path, stop - start, reason) for path, start, stop, reason in ray.get(self.ledger.skipped.remote())]
         return {
@@ -49,20 +58,47 @@ class JobData:
 
 
 def build_dataset(spec: DataSpec, split: str | None, plan: ReadPlan, ledger_name: str | None = None,
-                  extra_columns: dict[str, str] | None = None) -> ray.data.Dataset:
-    """A streaming dataset of one split (None: all events); nothing holds all events in memory."""
-    reader = EventReader(spec, split, ledger_name, extra_columns or {}, shuffle=split == "train")
+                  extra_columns: dict[str, str] | None = None, with_inputs: bool = True,
+                  **reader_options) -> ray.data.Dataset:
+    """A streaming dataset of one split (None: all events); nothing holds all events in memory.
+    reader_options: further EventReader fields (flag_cut, file_column for `hepray predict`)."""
+    reader = EventReader(spec, split, ledger_name, extra_columns or {}, shuffle=split == "train", with_inputs=with_inputs,
+                         **reader_options)
     return ray.data.read_datasource(RootDatasource(plan, reader), override_num_blocks=len(plan.tasks))
+
+
+def with_norm(spec: DataSpec, norm: str) -> DataSpec:
+    """The data spec with every image input normalised by `norm` instead."""
+    inputs = {name: i.model_copy(update={"norm": norm}) if hasattr(i, "norm") else i for name, i in spec.inputs.items()}
+    return spec.model_copy(update={"inputs": inputs})
 
 
 def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
     spec = job.data
     ensure_data(spec)
-    extra = {"baseline": job.evaluate.baseline} if job.evaluate.baseline else {}
+    extra = baselines.columns(job)
     plan = plan_reads(spec, EventReader(spec, None, extra=extra).branches())
     ledger, ledger_name = None, None
     if spec.on_error == "skip":
         ledger_name = f"hepray-skips-{uuid.uuid4().hex[:12]}"
         ledger = SkipLedger.options(name=ledger_name).remote()
-    datasets = {split: build_dataset(spec, split, plan, ledger_name, extra) for split in splits}
-    return JobData(datasets, plan, ledger)
+    # Sparse images: ~8x fewer object-store bytes per event than dense ones (benchmarks/RESULTS.md).
+    datasets = {split: build_dataset(spec, split, plan, ledger_name, extra, sparse=True) for split in splits}
+    data = JobData(datasets, plan, ledger)
+    if "test" in datasets:
+        data.evaluations["test"] = datasets["test"]
+    if baselines.needs_fit(job):
+        data.baseline_train = build_dataset(spec, "train", plan, ledger_name, extra, with_inputs=False)
+    for name, globs in job.evaluate.samples.items():
+        sample = spec.model_copy(update={"files": globs})
+        ensure_data(sample)
+        sample_plan = plan_reads(sample, EventReader(sample, None, extra=extra).branches())
+        data.sample_plans.append(sample_plan)
+        data.evaluations[name] = build_dataset(sample, None, sample_plan, ledger_name, extra)
+    robustness = job.evaluate.robustness
+    if robustness and robustness.split_seed is not None:
+        resplit = spec.model_copy(update={"split": spec.split.model_copy(update={"seed": robustness.split_seed})})
+        data.evaluations["robust_split"] = build_dataset(resplit, "test", plan, ledger_name, extra)
+    for norm in robustness.norms if robustness else []:
+        data.evaluations[f"robust_norm_{norm}"] = build_dataset(with_norm(spec, norm), "test", plan, ledger_name, extra)
+    return data

@@ -34,6 +34,8 @@ Conventions (the docs repeat them):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import awkward as ak
 import numpy as np
@@ -85,7 +87,92 @@ def make_input(spec: ImageSpec, arrays: dict[str, ArrayLike]) -> np.ndarray:
         images = _voxel_cells(spec, arrays) if spec.cells is not None else _voxel_points(spec, arrays)
     else:
         raise TypeError(f"no rasterizer for input spec {type(spec).__name__}")
+    if isinstance(images, _Scatter):
+        images = _accumulate(*images)
     return _normalize_in_place(images, spec.norm)
+
+
+@dataclass
+class SparseImages:
+    """A batch of images as the points inside them: event i owns pixel[offsets[i]:offsets[i+1]] and
+    the same slice of value. pixel indexes the flattened (C, ...) image; points sharing a pixel sum.
+    The norm is not applied yet: `densify` applies it, so sums over shared pixels come first."""
+
+    offsets: np.ndarray  # int64, n_events + 1, starting at 0
+    pixel: np.ndarray  # int32
+    value: np.ndarray  # float32
+    shape: tuple[int, ...]  # of one event's image
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.offsets.nbytes + self.pixel.nbytes + self.value.nbytes
+
+    def slice(self, begin: int, stop: int) -> SparseImages:
+        offsets = self.offsets[begin:stop + 1]
+        return SparseImages(offsets - offsets[0], self.pixel[offsets[0]:offsets[-1]], self.value[offsets[0]:offsets[-1]],
+                            self.shape)
+
+    def take(self, events: np.ndarray) -> SparseImages:
+        """The images of `events` (an index array), in that order."""
+        counts = np.diff(self.offsets)[events]
+        offsets = np.zeros(len(events) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        source = np.repeat(self.offsets[:-1][events] - offsets[:-1], counts) + np.arange(offsets[-1])
+        return SparseImages(offsets, self.pixel[source], self.value[source], self.shape)
+
+    @staticmethod
+    def empty(shape: tuple[int, ...]) -> SparseImages:
+        return SparseImages(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32), shape)
+
+    @staticmethod
+    def concat(parts: list[SparseImages]) -> SparseImages:
+        shift = np.cumsum([0] + [part.offsets[-1] for part in parts[:-1]])
+        offsets = np.concatenate([parts[0].offsets[:1]] + [part.offsets[1:] + s for part, s in zip(parts, shift)])
+        return SparseImages(offsets, np.concatenate([part.pixel for part in parts]),
+                            np.concatenate([part.value for part in parts]), parts[0].shape)
+
+
+def sparse_supported(spec: ImageSpec) -> bool:
+    """Inputs whose image is a sum of point values (so ~100 points, not 2209 pixels, per event travel)."""
+    return (isinstance(spec, (EtaPhiImage, JetImage))
+            or (isinstance(spec, VoxelImage) and spec.cells is None)
+            or (isinstance(spec, HitsXYImage) and spec.encoding == "per_hit"))
+
+
+def make_sparse(spec: ImageSpec, arrays: dict[str, ArrayLike]) -> SparseImages:
+    """Rasterize one batch to its in-window points, ordered by event; `densify` gives make_input's images."""
+    if isinstance(spec, EtaPhiImage):
+        scatter = _etaphi(spec, arrays)
+    elif isinstance(spec, JetImage):
+        scatter = _jet(spec, arrays)
+    elif isinstance(spec, HitsXYImage) and spec.encoding == "per_hit":
+        scatter = _hits_xy(spec, arrays)
+    elif isinstance(spec, VoxelImage) and spec.cells is None:
+        scatter = _voxel_points(spec, arrays)
+    else:
+        raise TypeError(f"input kind {spec.kind!r} has no sparse form")
+    n_events, shape, flat_index, inside, weights = scatter
+    index = np.concatenate([i[ok] for i, ok in zip(flat_index, inside)])
+    value = np.concatenate([w[ok] for w, ok in zip(weights, inside)]).astype(np.float32, copy=False)
+    if len(flat_index) > 1:  # several point sets: bring each event's points together
+        order = np.argsort(index, kind="stable")
+        index, value = index[order], value[order]
+    image_size = math.prod(shape)
+    event = index // image_size
+    offsets = np.zeros(n_events + 1, dtype=np.int64)
+    np.cumsum(np.bincount(event, minlength=n_events), out=offsets[1:])
+    return SparseImages(offsets, (index - event * image_size).astype(np.int32), value, shape)
+
+
+def densify(images: SparseImages, norm: str) -> np.ndarray:
+    """Dense float32 (N, *shape) images with the norm applied: equal to make_input's for the same events."""
+    image_size = math.prod(images.shape)
+    index = images.pixel.astype(np.int64) + _event_offsets(np.diff(images.offsets), image_size)
+    dense = _accumulate(len(images), images.shape, [index], [np.ones(len(index), dtype=bool)], [images.value])
+    return _normalize_in_place(dense, norm)
 
 
 def apply_norm(images: np.ndarray, norm: str) -> np.ndarray:
@@ -214,6 +301,18 @@ def _event_offsets(counts: np.ndarray, image_size: int) -> np.ndarray:
     return np.repeat(np.arange(len(counts), dtype=np.int64) * image_size, counts)
 
 
+class _Scatter(NamedTuple):
+    """What a point kernel computes: per point set, each point's flat index in the batch buffer,
+    whether it is inside the image, and its value. `_accumulate` sums it into dense images,
+    `make_sparse` keeps the points."""
+
+    n_events: int
+    shape: tuple[int, ...]
+    flat_index: list[np.ndarray]
+    inside: list[np.ndarray]
+    weights: list[np.ndarray]
+
+
 def _accumulate(n_events: int, shape: tuple[int, ...], flat_index: list[np.ndarray], inside: list[np.ndarray],
                 weights: list[np.ndarray]) -> np.ndarray:
     """Sum weights into a zeroed (n_events, *shape) float32 buffer; points outside go to a dump bin.
@@ -249,7 +348,7 @@ def _wrap_phi(delta: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- etaphi
 
 
-def _etaphi(spec: EtaPhiImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
+def _etaphi(spec: EtaPhiImage, arrays: dict[str, ArrayLike]) -> _Scatter:
     sets = [_point_set(arrays, [p.eta, p.phi, p.value]) for p in spec.points]
     n_events = len(sets[0][1])
     for (_, counts), points in zip(sets, spec.points):
@@ -282,7 +381,7 @@ def _etaphi(spec: EtaPhiImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
         flat_index.append(index)
         inside.append(ok)
         weights.append(value)
-    return _accumulate(n_events, spec.shape(), flat_index, inside, weights)
+    return _Scatter(n_events, spec.shape(), flat_index, inside, weights)
 
 
 def _etaphi_centroid(sets: list[tuple[list[np.ndarray], np.ndarray]], n_events: int) -> tuple[np.ndarray, np.ndarray]:
@@ -323,7 +422,7 @@ def _channel_of_points(arrays: dict[str, ArrayLike], spec: EtaPhiImage, counts: 
 # ---------------------------------------------------------------- jet
 
 
-def _jet(spec: JetImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
+def _jet(spec: JetImage, arrays: dict[str, ArrayLike]) -> _Scatter:
     (eta, phi, pt), counts = _point_set(arrays, [spec.eta, spec.phi, spec.value])
     n_events = len(counts)
     event = np.repeat(np.arange(n_events), counts)
@@ -347,7 +446,7 @@ def _jet(spec: JetImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
     index, inside = _grid_index([_pixel(eta, cell, spec.size / 2), _pixel(phi, cell, spec.size / 2)],
                                 (spec.size, spec.size))
     index += _event_offsets(counts, spec.size * spec.size)
-    return _accumulate(n_events, spec.shape(), [index], [inside], [pt])
+    return _Scatter(n_events, spec.shape(), [index], [inside], [pt])
 
 
 def _rotate_principal_axis_to_eta(eta: np.ndarray, phi: np.ndarray, pt: np.ndarray, event: np.ndarray,
@@ -366,7 +465,7 @@ def _rotate_principal_axis_to_eta(eta: np.ndarray, phi: np.ndarray, pt: np.ndarr
 # ---------------------------------------------------------------- hits_xy
 
 
-def _hits_xy(spec: HitsXYImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
+def _hits_xy(spec: HitsXYImage, arrays: dict[str, ArrayLike]) -> _Scatter | np.ndarray:
     names = [spec.xe, spec.xw, spec.ye, spec.yw] + ([] if spec.encoding == "binary" else [spec.energy])
     (xe, xw, ye, yw, *energy), counts = _point_set(arrays, names)
     n_events = len(counts)
@@ -379,7 +478,7 @@ def _hits_xy(spec: HitsXYImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
                                 (spec.size, spec.size))
     index += _event_offsets(counts, spec.size * spec.size)
     if spec.encoding == "per_hit":
-        return _accumulate(n_events, spec.shape(), [index], [inside], energy)
+        return _Scatter(n_events, spec.shape(), [index], [inside], energy)
 
     hit = np.zeros(n_events * spec.size * spec.size, dtype=bool)
     hit[index[inside]] = True
@@ -428,7 +527,7 @@ def _jagged_cells(values: ak.Array, name: str, expected: int, shape: tuple[int, 
     return ak.to_numpy(ak.flatten(values, axis=1)).reshape(len(counts), expected)
 
 
-def _voxel_points(spec: VoxelImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
+def _voxel_points(spec: VoxelImage, arrays: dict[str, ArrayLike]) -> _Scatter:
     names = [spec.points.x, spec.points.y, spec.points.z, spec.points.value]
     (*coordinates, value), counts = _point_set(arrays, names)
     pixels = []
@@ -438,7 +537,7 @@ def _voxel_points(spec: VoxelImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
         pixels.append(_pixel(np.subtract(coordinate, low, dtype=np.float64), (high - low) / bins, 0.0))
     index, inside = _grid_index(pixels, spec.shape_)
     index += _event_offsets(counts, math.prod(spec.shape_))
-    return _accumulate(len(counts), spec.shape(), [index], [inside], [value])
+    return _Scatter(len(counts), spec.shape(), [index], [inside], [value])
 
 
 # ---------------------------------------------------------------- scalars

@@ -1,6 +1,7 @@
 """A Ray Data datasource over ROOT files: one read task per (file, entry range).
 
-The driver plans from metadata only (entry counts, branch names); each read task opens its
+The driver plans from metadata only (entry counts, branch names, basket or cluster boundaries);
+files are TTrees or RNTuples, local or at fsspec URLs (see rootio). Each read task opens its
 file, reads only the needed branches for its entry range, validates them, applies the cut
 and the split, and turns events into model inputs (images, scalars) with the vectorized
 rasterizers. Blocks leave the task as Arrow tables of fixed-shape tensors.
@@ -12,8 +13,10 @@ lost silently.
 
 from __future__ import annotations
 
-import glob
+import hashlib
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -21,21 +24,19 @@ from typing import Iterator
 import awkward as ak
 import numpy as np
 import ray
-import uproot
 from ray.data import Datasource, ReadTask
-from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.block import BlockMetadata
 
+from hepray.cluster.metrics import record_read
 from hepray.data.expr import Expression
-from hepray.data.raster import branches_for, make_input
+from hepray.data.batches import to_block
+from hepray.data.raster import SparseImages, branches_for, make_input, make_sparse, sparse_supported
+from hepray.data.rootio import DataError, describe, entry_ranges, expand_glob, read_arrays
 from hepray.spec import DataSpec
 
 SPLITS = ("train", "val", "test")
 BLOCK_BYTES = 32 * 1024 * 1024  # Ray Data wants blocks of >= 1 MB; large ones strain the object store
 RASTER_EVENTS = 2048
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the branch and the entry range."""
 
 
 @dataclass(frozen=True)
@@ -65,17 +66,8 @@ class ReadPlan:
 
 
 def expand_globs(patterns: list[str]) -> list[str]:
-    """Local globs are expanded and sorted; URLs pass through unchanged."""
-    paths: list[str] = []
-    for pattern in patterns:
-        if "://" in pattern:
-            paths.append(pattern)
-            continue
-        matches = sorted(glob.glob(pattern))
-        if not matches:
-            raise DataError(f"{pattern}: no such file" + (" (no file matches the glob)" if glob.has_magic(pattern) else ""))
-        paths.extend(matches)
-    return paths
+    """Local and URL globs expanded, each sorted (see rootio.expand_glob)."""
+    return [path for pattern in patterns for path in expand_glob(pattern)]
 
 
 def labelled_files(spec: DataSpec) -> list[tuple[str, int | None]]:
@@ -84,17 +76,20 @@ def labelled_files(spec: DataSpec) -> list[tuple[str, int | None]]:
     return [(path, None) for path in expand_globs(spec.files)]
 
 
-def plan_reads(spec: DataSpec, branches: set[str]) -> ReadPlan:
+def plan_reads(spec: DataSpec, branches: set[str], allow_empty: bool = False) -> ReadPlan:
     """Split files into entry ranges, checking branches exist, and stripe them into read tasks
-    of about `events_per_task` events."""
+    of about `events_per_task` events. allow_empty: empty trees are files of no events, not errors."""
     files = labelled_files(spec)
     groups = sorted({label for _, label in files}, key=lambda label: -1 if label is None else label)
     range_size = max(1, spec.events_per_task // len(groups))
     per_group: dict[int | None, list[EntryRange]] = {label: [] for label in groups}
     skipped, total, opened = [], 0, 0
-    for path, label in files:
+    # Metadata only (entries, basket/cluster boundaries), fetched concurrently: remote files cost a round trip each.
+    with ThreadPoolExecutor(max(1, min(16, len(files)))) as pool:
+        described = [pool.submit(describe, path, spec.tree, branches, allow_empty) for path, _ in files]
+    for (path, label), metadata in zip(files, described):
         try:
-            entries = _check_file(path, spec.tree, branches)
+            entries, boundaries = metadata.result()
         except DataError as error:
             if spec.on_error == "fail":
                 raise
@@ -102,37 +97,12 @@ def plan_reads(spec: DataSpec, branches: set[str]) -> ReadPlan:
             continue
         opened += 1
         total += entries
-        per_group[label] += [EntryRange(path, label, start, min(start + range_size, entries))
-                             for start in range(0, entries, range_size)]
-    if total == 0:
+        per_group[label] += [EntryRange(path, label, start, stop) for start, stop in entry_ranges(boundaries, range_size)]
+    if total == 0 and not allow_empty:
         raise DataError("no events to read: " + ("; ".join(reason for _, _, reason in skipped) or "no files"))
     stripes = max(len(ranges) for ranges in per_group.values())
     tasks = [[ranges[k] for ranges in per_group.values() if k < len(ranges)] for k in range(stripes)]
     return ReadPlan(tasks, total, opened, skipped)
-
-
-def _check_file(path: str, tree_name: str, branches: set[str]) -> int:
-    try:
-        file = uproot.open(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except Exception as error:  # uproot raises many kinds for a corrupt or truncated file
-        raise DataError(f"{path}: cannot be opened as a ROOT file ({type(error).__name__}: {error})") from None
-    with file:
-        try:
-            tree = file[tree_name]
-        except Exception:
-            known = ", ".join(sorted({key.split(";")[0] for key in file.keys()})) or "none"
-            raise DataError(f"{path}: no tree '{tree_name}' (objects in the file: {known})") from None
-        entries = int(tree.num_entries)
-        missing = sorted(branches - set(tree.keys()))
-        if missing:
-            error = DataError(f"{path}: tree '{tree_name}' has no branch {', '.join(map(repr, missing))}")
-            error.events = entries
-            raise error
-        if entries == 0:
-            raise DataError(f"{path}: tree '{tree_name}' has no entries")
-    return entries
 
 
 # ------------------------------------------------------------------ reading (in Ray tasks)
@@ -148,6 +118,12 @@ def split_of(path: str, entries: np.ndarray, seed: int) -> np.ndarray:
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def file_key(path: str) -> int:
+    """A 64-bit id of a file path: a number column says where an event came from (a string
+    column would not pass iter_torch_batches) and no path table rides along with every read task."""
+    return int.from_bytes(hashlib.blake2b(path.encode(), digest_size=8).digest(), "little", signed=True)
 
 
 def split_mask(u: np.ndarray, split: str | None, val: float, test: float) -> np.ndarray:
@@ -169,6 +145,10 @@ class EventReader:
     ledger: str | None = None  # SkipLedger actor name, for on_error: skip
     extra: dict[str, str] = field(default_factory=dict)  # column -> expression (e.g. baseline)
     shuffle: bool = False  # permute events within each read task (training)
+    flag_cut: bool = False  # keep every event and add a pass_cut column instead of dropping (friend trees)
+    file_column: bool = False  # add file_key(path) per event, so per-file outputs can regroup events
+    with_inputs: bool = True  # False: labels, observers and extra columns only (fitting baselines)
+    sparse: bool = False  # ship point-sum images as (pixel, value) lists; consumers densify (data.batches)
 
     def __post_init__(self) -> None:
         self.cut = Expression(self.spec.cut) if self.spec.cut else None
@@ -176,14 +156,16 @@ class EventReader:
         if self.spec.target:
             self.columns["target"] = Expression(self.spec.target)
         self.columns.update({column: Expression(text) for column, text in self.extra.items()})
+        self.inputs = self.spec.inputs if self.with_inputs else {}
+        self.sparse_inputs = {name for name, spec in self.inputs.items() if self.sparse and sparse_supported(spec)}
         self.scalar_exprs = {
             text: Expression(text)
-            for spec in self.spec.inputs.values() if spec.kind == "scalars" for text in spec.branches
+            for spec in self.inputs.values() if spec.kind == "scalars" for text in spec.branches
         }
 
     def branches(self) -> set[str]:
         needed: set[str] = set()
-        for name, spec in self.spec.inputs.items():
+        for name, spec in self.inputs.items():
             if spec.kind != "scalars":
                 needed |= branches_for(spec)
         for expr in (self.cut, *self.columns.values(), *self.scalar_exprs.values()):
@@ -194,47 +176,60 @@ class EventReader:
         return needed
 
     def bytes_per_event(self) -> int:
-        return sum(4 * int(np.prod(spec.shape())) for spec in self.spec.inputs.values()) + 8 * (2 + len(self.columns))
+        """A planning estimate: a sparse image counted as 1/8 of its dense pixels (the blocks are cut by their real size)."""
+        return sum(4 * int(np.prod(spec.shape())) // (8 if name in self.sparse_inputs else 1)
+                   for name, spec in self.inputs.items()) + 8 * (2 + len(self.columns))
 
     def read(self, ranges: list[EntryRange]) -> Iterator:
         batches = []
         for entry_range in ranges:
+            started = time.perf_counter()
             try:
                 batches.append(self._read_range(entry_range))
+                record_read(self.split, entry_range.stop - entry_range.start, len(batches[-1]["entry"]),
+                            time.perf_counter() - started)
             except DataError as error:
                 if self.spec.on_error == "fail" or self.ledger is None:
                     raise
                 ray.get_actor(self.ledger).record.remote(entry_range.path, entry_range.start, entry_range.stop, str(error))
         if not batches:
             return
-        batch = {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+        batch = {key: SparseImages.concat([b[key] for b in batches]) if key in self.sparse_inputs
+                 else np.concatenate([b[key] for b in batches]) for key in batches[0]}
         n = len(batch["entry"])
         if self.shuffle:
             # Seeded by the task's first range: the same events in the same order every run.
             first = ranges[0]
             order = np.random.default_rng([zlib.crc32(first.path.encode()), first.start, self.spec.split.seed]).permutation(n)
-            batch = {key: value[order] for key, value in batch.items()}
-        step = max(1, BLOCK_BYTES // self.bytes_per_event())
+            batch = {key: value.take(order) if key in self.sparse_inputs else value[order] for key, value in batch.items()}
+        step = max(1, BLOCK_BYTES * n // max(1, sum(value.nbytes for value in batch.values())))
+        norms = {name: self.inputs[name].norm for name in self.sparse_inputs}
         for begin in range(0, n, step):
-            yield BlockAccessor.batch_to_block({k: v[begin:begin + step] for k, v in batch.items()})
+            yield to_block(batch, begin, begin + step, norms)
 
     def _read_range(self, task: EntryRange) -> dict[str, np.ndarray]:
         names = sorted(self.branches())
         try:
-            with uproot.open(task.path) as file:
-                arrays = file[self.spec.tree].arrays(names, entry_start=task.start, entry_stop=task.stop, how=dict)
-        except Exception as error:
+            arrays = read_arrays(task.path, self.spec.tree, names, task.start, task.stop)
+        except Exception as error:  # a corrupt basket, a file changed or a server gone since planning
             raise DataError(f"{task.where}: reading branches {names} failed ({type(error).__name__}: {error})") from None
         _validate(arrays, task)
 
         entries = np.arange(task.start, task.stop, dtype=np.int64)
         keep = split_mask(split_of(task.path, entries, self.spec.split.seed), self.split,
                           self.spec.split.val, self.spec.split.test)
+        passed = None
         if self.cut is not None:
-            keep &= _one_per_event(self.cut.evaluate(arrays), self.cut.text, task).astype(bool)
+            passed = _one_per_event(self.cut.evaluate(arrays), self.cut.text, task).astype(bool)
+            if not self.flag_cut:
+                keep &= passed
         arrays = {name: array[keep] for name, array in arrays.items()}
 
         batch: dict[str, np.ndarray] = {"entry": entries[keep]}
+        if self.flag_cut and passed is not None:
+            batch["pass_cut"] = passed[keep]
+        if self.file_column:
+            batch["file_key"] = np.full(int(keep.sum()), file_key(task.path), dtype=np.int64)
         for column, expr in self.columns.items():
             batch[column] = _one_per_event(expr.evaluate(arrays), expr.text, task).astype(np.float32)
         if self.spec.label_branch:
@@ -243,16 +238,24 @@ class EventReader:
             batch["label"] = np.full(int(keep.sum()), task.label, dtype=np.int64)
         scalars = {text: _one_per_event(expr.evaluate(arrays), text, task) for text, expr in self.scalar_exprs.items()}
         n = int(keep.sum())
-        for name, spec in self.spec.inputs.items():
+        for name, spec in self.inputs.items():
             source = scalars if spec.kind == "scalars" else {b: arrays[b] for b in branches_for(spec)}
-            batch[name] = np.empty((n, *spec.shape()), dtype=np.float32)
+            sparse = name in self.sparse_inputs
+            parts = [] if sparse else np.empty((n, *spec.shape()), dtype=np.float32)
             # Slices keep the kernel's working set in cache: ~2x the events/s of one 20k-event call.
             for begin in range(0, n, RASTER_EVENTS):
                 part = {key: value[begin:begin + RASTER_EVENTS] for key, value in source.items()}
                 try:
-                    batch[name][begin:begin + RASTER_EVENTS] = make_input(spec, part)
+                    if sparse:
+                        parts.append(make_sparse(spec, part))
+                    else:
+                        parts[begin:begin + RASTER_EVENTS] = make_input(spec, part)
                 except ValueError as error:
                     raise DataError(f"{task.where}: input '{name}': {error}") from None
+            if sparse:
+                batch[name] = SparseImages.concat(parts) if parts else SparseImages.empty(spec.shape())
+            else:
+                batch[name] = parts
         return batch
 
 

@@ -9,7 +9,10 @@ binary (outputs = one logit per event, p = sigmoid(logit), class 1 = signal)
     ``test_rej50``/``rej80``/``rej90``: background rejection 1/FPR at 50/80/90 % signal
     efficiency, FPR linearly interpolated on the ROC between the last point below and the
     first point at/above the efficiency, and capped as ``1/max(FPR, 1/N_bkg)`` so it is
-    finite (≤ N_bkg). With a baseline score: ``baseline_auc``, ``baseline_rej50/80/90``.
+    finite (≤ N_bkg). With a baseline score named ``<b>``: ``baseline_<b>_auc``,
+    ``baseline_<b>_rej50/80/90``. With a baseline that is a cut (a boolean pass flag):
+    ``baseline_<b>_eff`` (signal efficiency), ``baseline_<b>_rej`` (1/background efficiency)
+    and ``test_rej_at_<b>``: the model's rejection at the cut's signal efficiency.
 multiclass (outputs = K logits, p = softmax)
     ``test_events``, ``test_events_<c>``, ``test_accuracy`` (argmax), ``test_auc_<c>``
     (one-vs-rest on p_c), ``test_auc_macro`` (mean of the defined one-vs-rest AUCs),
@@ -17,12 +20,12 @@ multiclass (outputs = K logits, p = softmax)
     score p_a/(p_a+p_b) (computed as the monotone-equivalent logit difference z_a - z_b,
     which is exact and overflow-free), positive class a; ``test_confusion_<true>_<pred>``:
     row-normalised confusion matrix (fraction of true-class events predicted as ``pred``;
-    NaN row when the bin has no event of that true class). With an [N, K] baseline score:
-    ``baseline_auc_<c>``, ``baseline_auc_macro``.
+    NaN row when the bin has no event of that true class). With an [N, K] baseline score
+    ``<b>``: ``baseline_<b>_auc_<c>``, ``baseline_<b>_auc_macro``.
 regression (outputs = one prediction per event): ``test_events``, ``test_mse`` (in target
     units squared) and the response/resolution numbers of ``resolution.response_summary``
-    with prefix ``test_``; with a baseline the same with prefix ``baseline_`` and
-    ``test_rIQR = (iqr_rel_baseline - iqr_rel_model) / iqr_rel_baseline`` (> 0: model better).
+    with prefix ``test_``; with a baseline ``<b>`` the same with prefix ``baseline_<b>_`` and
+    ``test_rIQR_vs_<b> = (iqr_rel_baseline - iqr_rel_model) / iqr_rel_baseline`` (> 0: model better).
 
 Binned: every key above gets the suffix ``@<observer>[<lo>,<hi>)`` for events with
 ``lo <= observer < hi`` (edges printed with ``format_edge``: shortest round-trip decimal,
@@ -120,8 +123,22 @@ def _binary_scores(prefix: str, y: np.ndarray, score: np.ndarray) -> dict[str, f
 # ------------------------------------------------------------------ task metrics
 
 
+def _cut_scores(name: str, y: np.ndarray, passed: np.ndarray, model_score: np.ndarray) -> dict[str, float]:
+    """A cut-based selection's working point, and the model's rejection at the same efficiency."""
+    n_sig, n_bkg = int(y.sum()), int((~y).sum())
+    eff = passed[y].mean() if n_sig else NAN
+    fake = passed[~y].mean() if n_bkg else NAN
+    out = {f"baseline_{name}_eff": float(eff),
+           f"baseline_{name}_rej": float(1.0 / max(fake, 1.0 / max(n_bkg, 1))) if n_bkg else NAN,
+           f"test_rej_at_{name}": NAN}
+    roc = roc_points(y, model_score)
+    if roc is not None and np.isfinite(eff):
+        out[f"test_rej_at_{name}"] = float(rejection_at(*roc, eff, n_bkg=n_bkg)[0])
+    return out
+
+
 def binary_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                   baseline: np.ndarray | None = None) -> dict[str, float]:
+                   baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     z = np.asarray(logits, dtype=np.float64)
     z = z[:, 0] if z.ndim == 2 else z
     t = np.asarray(truth).astype(np.int64)
@@ -131,8 +148,12 @@ def binary_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[
         out[f"test_events_{key_name(name)}"] = float(np.sum(t == i))
     out.update(_binary_scores("test", y, z))
     out["test_accuracy"] = float(np.mean((z > 0) == y)) if t.size else NAN
-    if baseline is not None:
-        out.update(_binary_scores("baseline", y, np.asarray(baseline, dtype=np.float64).reshape(-1)))
+    for name, baseline in (baselines or {}).items():
+        baseline = np.asarray(baseline).reshape(-1)
+        if baseline.dtype == np.bool_:
+            out.update(_cut_scores(name, y, baseline, z))
+        else:
+            out.update(_binary_scores(f"baseline_{name}", y, baseline.astype(np.float64)))
     return out
 
 
@@ -150,7 +171,7 @@ def _ovr(prefix: str, t: np.ndarray, scores: np.ndarray, names: list[str]) -> di
 
 
 def multiclass_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                       baseline: np.ndarray | None = None) -> dict[str, float]:
+                       baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     z = np.asarray(logits, dtype=np.float64)
     t = np.asarray(truth).astype(np.int64)
     names = [key_name(c) for c in class_names]
@@ -175,17 +196,16 @@ def multiclass_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Seque
     for i, ti in enumerate(names):
         for j, pj in enumerate(names):
             out[f"test_confusion_{ti}_{pj}"] = float(frac[i, j])
-    if baseline is not None:
+    for name, baseline in (baselines or {}).items():
         b = np.asarray(baseline, dtype=np.float64)
-        if b.ndim == 2 and b.shape == z.shape:
-            out.update(_ovr("baseline", t, b, names))
-        else:
-            log.warning("multiclass baseline must be [N, %d] scores, got %s: ignored", n_cls, b.shape)
+        if b.shape != z.shape:
+            raise ValueError(f"multiclass baseline {name!r} must be [N, {n_cls}] scores, got {b.shape}")
+        out.update(_ovr(f"baseline_{name}", t, b, names))
     return out
 
 
 def regression_metrics(pred: np.ndarray, truth: np.ndarray,
-                       baseline: np.ndarray | None = None) -> dict[str, float]:
+                       baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     y = np.asarray(truth, dtype=np.float64).reshape(-1)
     pr = np.asarray(pred, dtype=np.float64)
     pr = pr[:, 0] if pr.ndim == 2 else pr
@@ -198,21 +218,21 @@ def regression_metrics(pred: np.ndarray, truth: np.ndarray,
             out[f"{prefix}_{k}"] = float(v)
 
     block("test", pr)
-    if baseline is not None:
-        block("baseline", np.asarray(baseline, dtype=np.float64).reshape(-1))
-        ib, im = out["baseline_iqr_rel"], out["test_iqr_rel"]
-        out["test_rIQR"] = float((ib - im) / ib) if np.isfinite(ib) and ib > 0 else NAN
+    for name, baseline in (baselines or {}).items():
+        block(f"baseline_{name}", np.asarray(baseline, dtype=np.float64).reshape(-1))
+        ib, im = out[f"baseline_{name}_iqr_rel"], out["test_iqr_rel"]
+        out[f"test_rIQR_vs_{name}"] = float((ib - im) / ib) if np.isfinite(ib) and ib > 0 else NAN
     return out
 
 
 def task_metrics(task: str, outputs: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                 baseline: np.ndarray | None = None) -> dict[str, float]:
+                 baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     if task == "binary":
-        return binary_metrics(outputs, truth, class_names, baseline)
+        return binary_metrics(outputs, truth, class_names, baselines)
     if task == "multiclass":
-        return multiclass_metrics(outputs, truth, class_names, baseline)
+        return multiclass_metrics(outputs, truth, class_names, baselines)
     if task == "regression":
-        return regression_metrics(outputs, truth, baseline)
+        return regression_metrics(outputs, truth, baselines)
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -223,7 +243,7 @@ def clean_edges(edges: Sequence[float]) -> list[float]:
 
 def binned_metrics(task: str, outputs: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
                    observers: Mapping[str, np.ndarray], bins: Mapping[str, Sequence[float]],
-                   baseline: np.ndarray | None = None) -> dict[str, float]:
+                   baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     """``task_metrics`` in each ``[lo, hi)`` bin of each observer, keys suffixed by ``bin_suffix``.
     Observers absent from ``observers`` are skipped with a warning; NaN observer values fall
     in no bin."""
@@ -240,7 +260,7 @@ def binned_metrics(task: str, outputs: np.ndarray, truth: np.ndarray, class_name
         for lo, hi in zip(e[:-1], e[1:]):
             m = (x >= lo) & (x < hi)
             res = task_metrics(task, outputs[m], truth[m], class_names,
-                               None if baseline is None else baseline[m])
+                               {name: baseline[m] for name, baseline in (baselines or {}).items()})
             sfx = bin_suffix(obs, lo, hi)
             out.update({k + sfx: v for k, v in res.items()})
     return out

@@ -60,14 +60,12 @@ def _rej_curve(y: np.ndarray, score: np.ndarray):
     return EFF_GRID, metrics.rejection_at(*roc, EFF_GRID, n_bkg=int((~y[ok]).sum())), auc(*roc)
 
 
-def roc(path: Path, logits: np.ndarray, truth: np.ndarray, baseline: np.ndarray | None = None) -> Path:
+def roc(path: Path, logits: np.ndarray, truth: np.ndarray, baselines: Mapping[str, np.ndarray] | None = None) -> Path:
     y = np.asarray(truth) == 1
     with _figure(path) as (fig, ax):
-        for label, s in (("model", np.asarray(logits, dtype=np.float64).reshape(-1)),
-                         ("baseline", None if baseline is None else np.asarray(baseline, dtype=np.float64))):
-            if s is None:
-                continue
-            c = _rej_curve(y, s)
+        series = {"model": logits, **(baselines or {})}
+        for label, s in series.items():
+            c = _rej_curve(y, np.asarray(s, dtype=np.float64).reshape(-1))
             if c is not None:
                 ax.plot(c[0], c[1], label=f"{label} (AUC = {c[2]:.4f})")
         ax.set_yscale("log")
@@ -157,10 +155,9 @@ def pred_vs_true(path: Path, pred: np.ndarray, truth: np.ndarray, label: str = "
     return path
 
 
-def response(path: Path, pred: np.ndarray, truth: np.ndarray, baseline: np.ndarray | None = None) -> Path:
+def response(path: Path, pred: np.ndarray, truth: np.ndarray, baselines: Mapping[str, np.ndarray] | None = None) -> Path:
     series = [("model", resolution.valid_ratio(pred, truth))]
-    if baseline is not None:
-        series.append(("baseline", resolution.valid_ratio(baseline, truth)))
+    series += [(name, resolution.valid_ratio(b, truth)) for name, b in (baselines or {}).items()]
     allx = np.concatenate([s for _, s in series])
     with _figure(path) as (fig, ax):
         if allx.size:

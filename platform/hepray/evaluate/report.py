@@ -49,7 +49,7 @@ def evaluate_predictions(
     class_names: Sequence[str],
     bins: Mapping[str, Sequence[float]],
     out_dir: Path,
-    baseline: np.ndarray | None = None,
+    baselines: Mapping[str, np.ndarray] | None = None,
     energy: str | None = None,
     history: Sequence[Mapping] | None = None,
     make_plots: bool = True,
@@ -77,12 +77,13 @@ def evaluate_predictions(
         raise ValueError(f"outputs have {outputs.shape[0]} rows for {n} truth values")
     if task != "multiclass" and outputs.shape[1] != 1:
         raise ValueError(f"{task} outputs must be [N, 1], got {outputs.shape}")
-    if baseline is not None:
-        baseline = np.asarray(baseline, dtype=np.float64)
+    checked = {}
+    for name, baseline in (baselines or {}).items():
+        baseline = np.asarray(baseline)
         if baseline.shape[0] != n:
-            raise ValueError(f"baseline has {baseline.shape[0]} rows for {n} events")
-        if task != "multiclass":
-            baseline = baseline.reshape(n, -1)[:, 0]
+            raise ValueError(f"baseline {name!r} has {baseline.shape[0]} rows for {n} events")
+        checked[name] = baseline if task == "multiclass" else baseline.reshape(n, -1)[:, 0]
+    baselines = checked
     obs = {}
     for k, v in observers.items():
         v = np.asarray(v).reshape(-1)
@@ -95,13 +96,13 @@ def evaluate_predictions(
     if n_bad:
         log.warning("evaluate: %d of %d events have non-finite outputs or truth and are dropped", n_bad, n)
         outputs, truth = outputs[ok], truth[ok]
-        baseline = None if baseline is None else baseline[ok]
+        baselines = {name: baseline[ok] for name, baseline in baselines.items()}
         obs = {k: v[ok] for k, v in obs.items()}
     if task != "regression":
         truth = truth.astype(np.int64)
 
     result: dict[str, float] = {"test_events_nonfinite": float(n_bad)}
-    result.update(metrics.task_metrics(task, outputs, truth, class_names, baseline))
+    result.update(metrics.task_metrics(task, outputs, truth, class_names, baselines))
 
     used_bins = {k: metrics.clean_edges(v) for k, v in bins.items()}
     scans: dict[str, resolution.EnergyScan] = {}
@@ -114,19 +115,18 @@ def evaluate_predictions(
             used_bins[energy] = edges
             pred = outputs[:, 0]
             estimators = {"test": ("model", pred)}
-            if baseline is not None:
-                estimators["baseline"] = ("baseline", baseline)
+            estimators.update({f"baseline_{name}": (name, b) for name, b in baselines.items()})
             for prefix, (label, est) in estimators.items():
                 sc = resolution.energy_scan(est, truth, e, edges)
                 scans[label] = sc
                 result.update({f"{prefix}_{k}": float(v) for k, v in sc.fit.items()})
 
-    result.update(metrics.binned_metrics(task, outputs, truth, class_names, obs, used_bins, baseline))
+    result.update(metrics.binned_metrics(task, outputs, truth, class_names, obs, used_bins, baselines))
     result = {k: float(v) for k, v in result.items()}
 
     written: list[str] = []
     if make_plots:
-        written = _make_plots(task, outputs, truth, class_names, out_dir / "plots", baseline, scans, history)
+        written = _make_plots(task, outputs, truth, class_names, out_dir / "plots", baselines, scans, history)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"task": task, "class_names": list(class_names), "bins": used_bins, "energy": energy,
@@ -136,20 +136,21 @@ def evaluate_predictions(
     return result
 
 
-def _make_plots(task, outputs, truth, class_names, plot_dir: Path, baseline, scans, history) -> list[str]:
+def _make_plots(task, outputs, truth, class_names, plot_dir: Path, baselines, scans, history) -> list[str]:
     from . import plots  # matplotlib only imported when plotting
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
     if task == "binary":
-        jobs += [("roc.png", plots.roc, (outputs[:, 0], truth, baseline)),
+        scores = {name: b for name, b in baselines.items() if b.dtype != np.bool_}  # cuts are points, not curves
+        jobs += [("roc.png", plots.roc, (outputs[:, 0], truth, scores)),
                  ("score_hist.png", plots.score_hist, (outputs[:, 0], truth, class_names))]
     elif task == "multiclass":
         jobs += [("roc_ovr.png", plots.roc_ovr, (outputs, truth, class_names)),
                  ("confusion.png", plots.confusion, (outputs, truth, class_names))]
     else:
         jobs += [("pred_vs_true.png", plots.pred_vs_true, (outputs[:, 0], truth)),
-                 ("response.png", plots.response, (outputs[:, 0], truth, baseline))]
+                 ("response.png", plots.response, (outputs[:, 0], truth, baselines))]
         if scans:
             jobs += [("resolution_vs_energy.png", plots.resolution_vs_energy, (scans,)),
                      ("response_vs_energy.png", plots.response_vs_energy, (scans,))]

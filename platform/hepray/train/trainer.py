@@ -8,12 +8,14 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from hepray.data.pipeline import build_job_data, input_shapes
+from hepray.evaluate.baselines import Baselines
 from hepray.evaluate.inference import MODEL_FILE, collect, load_model, predict, save_model
 from hepray.evaluate.report import evaluate_predictions
 from hepray.models.export import export_onnx
@@ -40,6 +42,31 @@ def selection_metric(job: JobSpec) -> tuple[str, str]:
     return (rule.metric, rule.mode) if rule else ("val_loss", "min")
 
 
+def build_trainer(job: JobSpec, data, storage_path: Path, name: str, tensorboard_dir: Path,
+                  callbacks: list | None = None) -> TorchTrainer:
+    """The job's TorchTrainer on its train/val datasets; Ray Train keeps runs in storage_path/name."""
+    split = job.data.split
+    metric, mode = selection_metric(job)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": job.model_dump(mode="json", by_alias=True),
+            "train_events": int(data.plan.events * (1 - split.val - split.test)),
+            "tensorboard_dir": str(tensorboard_dir),
+        },
+        scaling_config=scaling_config(job),
+        datasets={"train": data.datasets["train"], "val": data.datasets["val"]},
+        run_config=RunConfig(
+            storage_path=str(storage_path),
+            name=name,
+            checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints,
+                                               checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+            failure_config=FailureConfig(max_failures=job.scaling.max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
 def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str, float]:
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,26 +75,8 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     ensure_ray()
     data = build_job_data(job)
-    split = job.data.split
     metric, mode = selection_metric(job)
-
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "job": job.model_dump(mode="json", by_alias=True),
-            "train_events": int(data.plan.events * (1 - split.val - split.test)),
-            "tensorboard_dir": str(out_dir / "tensorboard"),
-        },
-        scaling_config=scaling_config(job),
-        datasets={"train": data.datasets["train"], "val": data.datasets["val"]},
-        run_config=RunConfig(
-            storage_path=str(out_dir),
-            name="checkpoints",
-            checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints,
-                                               checkpoint_score_attribute=metric, checkpoint_score_order=mode),
-            failure_config=FailureConfig(max_failures=job.scaling.max_failures),
-        ),
-    )
+    trainer = build_trainer(job, data, out_dir, "checkpoints", out_dir / "tensorboard")
     started = time.perf_counter()
     result = trainer.fit()
     train_seconds = time.perf_counter() - started
@@ -80,14 +89,12 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     model, _ = load_model(out_dir / MODEL_FILE)
     export_onnx(model, input_shapes(job.data), out_dir / "model.onnx")
 
-    test = collect(predict(data.datasets["test"], out_dir / MODEL_FILE, batch_size=job.train.batch_size))
-    task = Task(job.task)
-    observers = {name: test[f"obs_{name}"] for name in job.data.observers}
-    metrics = evaluate_predictions(
-        job.task.kind, test["output"], test[task.truth_column], observers, job.data.class_names,
-        job.evaluate.bins, out_dir, baseline=test.get("baseline"), energy=job.evaluate.energy,
-        history=state["history"], make_plots=job.evaluate.plots,
-    )
+    fitted = Baselines(job, collect(data.baseline_train) if data.baseline_train is not None else None)
+    metrics: dict[str, float] = {}
+    for prefix, dataset in data.evaluations.items():
+        events = collect(predict(dataset, out_dir / MODEL_FILE, batch_size=job.train.batch_size))
+        metrics.update(evaluate_events(job, prefix, events, fitted, out_dir, state["history"]))
+    metrics.update(headline_changes(job, metrics, data.evaluations))
     final = state["history"][-1] if state["history"] else {}
     last = result.metrics or {}
     metrics.update({key: float(value) for key, value in final.items() if key != "epoch"})  # at the best epoch
@@ -96,7 +103,6 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
         "epochs_run": float(last.get("epoch", best_epoch) + 1),
         "stopped_early": float(last.get("stopped_early", 0.0)),
         "events_read": float(data.plan.events),
-        "events_test": float(len(test["output"])),
         "train_seconds": train_seconds,
         "parameters": float(sum(p.numel() for p in model.parameters())),
         **{k: v for k, v in data.skip_report().items() if k != "skipped"},
@@ -107,6 +113,38 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     if skipped:
         (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=1))
     return metrics
+
+
+HEADLINE = {"binary": "auc", "multiclass": "auc_macro", "regression": "iqr_rel"}
+
+
+def evaluate_events(job: JobSpec, prefix: str, events: dict[str, np.ndarray], fitted: Baselines, out_dir: Path,
+                    history: list[dict]) -> dict[str, float]:
+    """Metrics of the model and its baselines on one evaluation's events. The test split's keep
+    their `test_` / `baseline_` keys and its plots go to plots/; another evaluation's keys are
+    prefixed by its name (`photon_auc`, `photon_baseline_calib_iqr_rel`) and its plots go to
+    evaluations/<name>/plots/."""
+    if not events:
+        return {f"{prefix}_events": 0.0}
+    task = Task(job.task)
+    is_test = prefix == "test"
+    result = evaluate_predictions(
+        job.task.kind, events["output"], events[task.truth_column],
+        {name: events[f"obs_{name}"] for name in job.data.observers}, job.data.class_names,
+        job.evaluate.bins, out_dir if is_test else out_dir / "evaluations" / prefix,
+        baselines=fitted.apply(events), energy=job.evaluate.energy,
+        history=history if is_test else None, make_plots=job.evaluate.plots,
+    )
+    if is_test:
+        return result
+    return {f"{prefix}_{key.removeprefix('test_')}": value for key, value in result.items()}
+
+
+def headline_changes(job: JobSpec, metrics: dict[str, float], prefixes) -> dict[str, float]:
+    """How the headline metric of each other evaluation differs from the test split's."""
+    key = HEADLINE[job.task.kind]
+    return {f"{prefix}_delta_{key}": metrics[f"{prefix}_{key}"] - metrics[f"test_{key}"]
+            for prefix in prefixes if prefix != "test" and f"{prefix}_{key}" in metrics and f"test_{key}" in metrics}
 
 
 def _finite_or_null(metrics: dict[str, float]) -> dict[str, float | None]:

@@ -1,0 +1,195 @@
+"""ROOT event data behind one interface: a TTree or an RNTuple, on local disk or at any fsspec URL.
+
+Format. A job names branches as a TTree written by uproot spells them (`tower_eta`, with the
+shared counter `ntower`), whatever the file holds. An RNTuple whose fields are records of
+jagged fields (`tower: var * {eta, phi, e}`, which `file["events"] = {"tower": ak.zip(...)}`
+writes) exposes the same names: `tower_eta` reads the field `tower.eta` and `ntower` counts
+the entries of the collection `tower`. The dotted names work as well (outside expressions).
+
+Storage. A path is a local file or a URL that fsspec opens: `file://`, `http(s)://`, `s3://`
+(with s3fs), `root://` (XRootD, with fsspec-xrootd: `pip install "hepray[xrootd]"`). Globs are
+expanded wherever the filesystem can list: local disks, `file://`, `s3://`, `root://`, and
+HTTP servers that serve directory listings.
+
+Planning uses metadata only: entry counts and the entry boundaries of TTree baskets (those
+common to the branches read) or RNTuple clusters, so that read tasks start and stop on them.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+from urllib.parse import urlsplit
+
+import awkward as ak
+import numpy as np
+import uproot
+
+RNTuple = uproot.models.RNTuple.Model_ROOT_3a3a_RNTuple
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the branch and the entry range."""
+
+
+# ------------------------------------------------------------------ paths
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def expand_glob(pattern: str) -> list[str]:
+    """The files a local or URL glob names, sorted; a plain path or URL is returned as it is
+    (it is checked when opened). A query string (`?X-Amz-...`) is not a glob."""
+    if not is_url(pattern):
+        matches = sorted(glob.glob(pattern))
+    elif glob.has_magic(urlsplit(pattern).path):
+        matches = _remote_glob(pattern)
+    else:
+        return [pattern]
+    if not matches:
+        raise DataError(f"{pattern}: no such file" + (" (no file matches the glob)" if glob.has_magic(pattern) else ""))
+    return matches
+
+
+def _remote_glob(pattern: str) -> list[str]:
+    import fsspec
+
+    try:
+        filesystem, path = fsspec.core.url_to_fs(pattern)
+        return sorted(filesystem.unstrip_protocol(match) for match in filesystem.glob(path))
+    except Exception as error:
+        raise _storage_error(pattern, error) from None
+
+
+def _storage_error(path: str, error: Exception) -> DataError:
+    """One clear error for a file or URL that cannot be opened."""
+    detail = f"{type(error).__name__}: {error}".splitlines()[0]
+    if isinstance(error, FileNotFoundError):
+        return DataError(f"{path}: no such file")
+    if isinstance(error, ImportError) or (isinstance(error, ValueError) and "Protocol not known" in str(error)):
+        hint = "; for root:// URLs: pip install \"hepray[xrootd]\"" if path.startswith("root://") else ""
+        return DataError(f"{path}: no filesystem for this URL ({detail}){hint}")
+    if is_url(path) and not path.startswith("file://") and isinstance(error, (OSError, TimeoutError)):
+        return DataError(f"{path}: cannot reach the server ({detail})")
+    return DataError(f"{path}: cannot be opened as a ROOT file ({detail})")
+
+
+def open_file(path: str):
+    """uproot.open for a local path or URL; errors name the path."""
+    try:
+        return uproot.open(path)
+    except Exception as error:  # uproot and fsspec raise many kinds for missing, remote or corrupt files
+        raise _storage_error(path, error) from None
+
+
+# ------------------------------------------------------------------ one format-independent view
+
+
+@dataclass(frozen=True)
+class Column:
+    """Where a name's values come from: a TTree branch or RNTuple field, or a collection's counts."""
+
+    key: str
+    counts: bool = False
+
+
+class Events:
+    """The TTree or RNTuple `name` in an open file: entries, names, boundaries, arrays."""
+
+    def __init__(self, file, path: str, name: str):
+        self.path, self.name = path, name
+        try:
+            self.obj = file[name]
+        except Exception:
+            known = ", ".join(sorted({key.split(";")[0] for key in file.keys()})) or "none"
+            raise DataError(f"{path}: no tree '{name}' (objects in the file: {known})") from None
+        if isinstance(self.obj, RNTuple):
+            self.kind, self.item = "RNTuple", "field"
+            self.columns = _rntuple_columns(self.obj)
+        elif isinstance(self.obj, uproot.TTree):
+            self.kind, self.item = "tree", "branch"
+            self.columns = {key: Column(key) for key in self.obj.keys()}
+        else:
+            raise DataError(f"{path}: '{name}' is a {self.obj.classname}, not a TTree or RNTuple")
+        self.num_entries = int(self.obj.num_entries)
+
+    def missing(self, names: set[str]) -> list[str]:
+        return sorted(names - set(self.columns))
+
+    def boundaries(self, names: set[str]) -> np.ndarray:
+        """Sorted entry numbers at which every column read can start without splitting a
+        basket (TTree: basket starts common to the branches read) or a cluster (RNTuple)."""
+        if self.kind == "RNTuple":
+            starts = [summary.num_first_entry for summary in self.obj.cluster_summaries]
+        else:
+            offsets = [self.obj[self.columns[name].key].entry_offsets for name in sorted(names)]
+            starts = reduce(np.intersect1d, offsets) if offsets else []
+        return np.union1d(np.clip(starts, 0, self.num_entries), [0, self.num_entries]).astype(np.int64)
+
+    def arrays(self, names: list[str], start: int, stop: int) -> dict[str, ak.Array]:
+        if self.kind == "tree":
+            return self.obj.arrays(names, entry_start=start, entry_stop=stop, how=dict)
+        columns = {name: self.columns[name] for name in names}
+        table = self.obj.arrays(sorted({column.key for column in columns.values()}), entry_start=start, entry_stop=stop)
+        out = {}
+        for name, column in columns.items():
+            values = reduce(lambda array, part: array[part], column.key.split("."), table)
+            out[name] = ak.num(values, axis=1) if column.counts else values
+        return out
+
+
+def _rntuple_columns(ntuple) -> dict[str, Column]:
+    """Every field by its dotted path and by the TTree spelling of it (`tower.eta` -> `tower_eta`),
+    and `n<name>` for each top-level collection (read from its first leaf field)."""
+    keys = ntuple.keys()
+    columns = {key: Column(key) for key in keys}
+    for key in keys:
+        columns.setdefault(key.replace(".", "_"), Column(key))
+    for field in ntuple.fields:
+        if field.record.struct_role == uproot.const.RNTupleFieldRole.COLLECTION:
+            leaves = [key for key in keys if key.startswith(field.name + ".")] or [field.name]
+            columns.setdefault("n" + field.name, Column(leaves[0], counts=True))
+    return columns
+
+
+def describe(path: str, tree: str, names: set[str], allow_empty: bool = False) -> tuple[int, np.ndarray]:
+    """Entries and read boundaries of one file, from its metadata; checks the names exist."""
+    with open_file(path) as file:
+        events = Events(file, path, tree)
+        missing = events.missing(names)
+        if missing:
+            error = DataError(f"{path}: {events.kind} '{tree}' has no {events.item} {', '.join(map(repr, missing))}")
+            error.events = events.num_entries
+            raise error
+        if events.num_entries == 0 and not allow_empty:
+            raise DataError(f"{path}: {events.kind} '{tree}' has no entries")
+        return events.num_entries, events.boundaries(names)
+
+
+def read_arrays(path: str, tree: str, names: list[str], start: int, stop: int) -> dict[str, ak.Array]:
+    """The named columns for entries [start, stop), from either format."""
+    with open_file(path) as file:
+        return Events(file, path, tree).arrays(names, start, stop)
+
+
+def entry_ranges(boundaries: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Consecutive ranges covering [0, last boundary) whose ends sit on boundaries, each as close
+    to `size` entries as the boundaries allow. A cluster much longer than `size` is cut into
+    round(length / size) equal parts: holding the task size matters more than reading it once."""
+    cuts = [0]
+    for begin, end in zip(boundaries[:-1], boundaries[1:]):
+        parts = max(1, round((end - begin) / size))
+        cuts += [begin + (end - begin) * k // parts for k in range(1, parts + 1)]
+    cuts = np.asarray(cuts, dtype=np.int64)
+    ranges, start = [], 0
+    while start < cuts[-1]:
+        i = int(np.searchsorted(cuts, start + size))
+        candidates = [c for c in cuts[i - 1:i + 1] if c > start]  # the cuts either side of start + size
+        stop = int(min(candidates, key=lambda c: abs(c - start - size)))
+        ranges.append((start, stop))
+        start = stop
+    return ranges

@@ -1,0 +1,261 @@
+"""`hepray predict`: a trained run's model over new ROOT files, one output per input file.
+
+Each output holds one row per entry of its input tree, in entry order, so ROOT can read it
+as a friend tree: `entry`, the score columns (`score_<class>`, or `pred_<target>` for
+regression), `pass_cut` when the job has a cut (friend trees need every entry, so events
+failing the cut are scored and flagged rather than dropped), and the job's observers.
+
+Ordering with bounded memory: the read plan is one task per (file, entry range) in file and
+entry order, the dataset runs with `preserve_order`, so the driver receives the events of
+file 1, then file 2, ... and streams each file's rows into its writer, buffering at most
+`FLUSH_EVENTS` small rows. The images never reach the driver (the model actors drop them).
+Ranges skipped under `on_error: skip` become rows of NaN scores, so the friend tree still
+lines up; files skipped whole (unreadable, missing branches) get no output and are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import ray
+
+from hepray.data.pipeline import build_dataset
+from hepray.data.root_source import DataError, EventReader, SkipLedger, file_key, labelled_files, plan_reads
+from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, Engine, load_job, predict
+from hepray.spec import DataSpec, JobSpec
+from hepray.train.tasks import Task
+from hepray.train.trainer import ensure_ray
+
+TREE = "predictions"
+FLUSH_EVENTS = 100_000  # rows buffered per output before a write: one TBasket / row group each
+Format = Literal["root", "parquet"]
+
+
+@dataclass
+class PredictReport:
+    outputs: list[str]
+    events: int
+    events_skipped: int  # rows written with NaN scores (ranges skipped under on_error: skip)
+    files_skipped: int  # inputs without an output (skipped whole under on_error: skip)
+    seconds: float
+    skipped: list[str] = field(default_factory=list)
+
+
+def column_name(text: str) -> str:
+    """A branch name from a class name or expression: 'log(E)' -> 'log_E_'."""
+    return re.sub(r"\W", "_", text)
+
+
+def score_columns(job: JobSpec) -> list[str]:
+    """Binary: the probability of label 1 (the second file group); multiclass: one softmax
+    probability per class; regression: the prediction."""
+    if job.task.kind == "regression":
+        return [f"pred_{column_name(job.data.target)}"]
+    names = job.data.class_names
+    if job.task.kind == "binary":
+        return [f"score_{column_name(names[1])}"]
+    return [f"score_{column_name(name)}" for name in names]
+
+
+def prediction_spec(job: JobSpec, files: list[str], observers: list[str]) -> DataSpec:
+    """The job's data spec over new files: same tree, inputs, norms and cut; no labels, no
+    target, no augmentation, nothing generated."""
+    return job.data.model_copy(update={"files": files, "label_branch": None, "target": None,
+                                       "observers": observers, "augment": [], "generate": None})
+
+
+class OutputSchema:
+    """Column names and types of every output, and how to fill the rows of skipped entries."""
+
+    def __init__(self, job: JobSpec, observers: list[str]):
+        self.task = Task(job.task)
+        self.scores = score_columns(job)
+        self.observers = {f"obs_{name}": column_name(name) for name in observers}
+        self.has_cut = job.data.cut is not None
+        self.types = {"entry": np.dtype(np.int64), **{name: np.dtype(np.float32) for name in self.scores}}
+        if self.has_cut:
+            self.types["pass_cut"] = np.dtype(np.bool_)
+        self.types.update({name: np.dtype(np.float32) for name in self.observers.values()})
+        if len(self.types) != len(self.scores) + len(self.observers) + 1 + self.has_cut:
+            raise DataError(f"output columns collide: {list(self.types)} from observers {observers}")
+
+    def rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        scores = self.task.scores(batch["output"]).astype(np.float32).reshape(len(batch["entry"]), -1)
+        rows = {"entry": batch["entry"], **{name: scores[:, k] for k, name in enumerate(self.scores)}}
+        if self.has_cut:
+            rows["pass_cut"] = batch["pass_cut"]
+        rows.update({name: batch[column] for column, name in self.observers.items()})
+        return rows
+
+    def missing(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows for entries that were not read: NaN scores and observers, failing the cut."""
+        n = stop - start
+        return {name: (np.arange(start, stop, dtype=np.int64) if name == "entry"
+                       else np.zeros(n, np.bool_) if name == "pass_cut" else np.full(n, np.nan, np.float32))
+                for name in self.types}
+
+
+class OutputWriter:
+    """One output file, written under a temporary name and renamed when complete."""
+
+    def __init__(self, path: Path, fmt: Format, types: dict[str, np.dtype]):
+        self.path, self.fmt = path, fmt
+        self.partial = path.with_name(path.name + ".partial")
+        self.buffer: list[dict[str, np.ndarray]] = []
+        self.buffered = 0
+        self.written = 0
+        if fmt == "root":
+            import uproot
+
+            self.file = uproot.recreate(self.partial)
+            self.file.mktree(TREE, types)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            schema = pa.schema([(name, pa.from_numpy_dtype(dtype)) for name, dtype in types.items()])
+            self.file = pq.ParquetWriter(self.partial, schema)
+
+    def write(self, rows: dict[str, np.ndarray]) -> None:
+        self.buffer.append(rows)
+        self.buffered += len(rows["entry"])
+        if self.buffered >= FLUSH_EVENTS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        rows = {name: np.concatenate([part[name] for part in self.buffer]) for name in self.buffer[0]}
+        if self.fmt == "root":
+            self.file[TREE].extend(rows)
+        else:
+            import pyarrow as pa
+
+            self.file.write_table(pa.table(rows, schema=self.file.schema))
+        self.written += self.buffered
+        self.buffer, self.buffered = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()
+        self.partial.replace(self.path)
+
+    def abandon(self) -> None:
+        self.file.close()
+        self.partial.unlink(missing_ok=True)
+
+
+def output_paths(paths: list[str], out_dir: Path, fmt: Format) -> list[Path]:
+    """`OUT/<input stem>.root|parquet`; two inputs of the same name would overwrite each other."""
+    suffix = ".root" if fmt == "root" else ".parquet"
+    outputs = [out_dir / (Path(path.split("?")[0]).stem + suffix) for path in paths]
+    seen: dict[Path, str] = {}
+    for path, output in zip(paths, outputs):
+        if output in seen:
+            raise DataError(f"{path} and {seen[output]} would both write {output}: predict them into separate --out dirs")
+        seen[output] = path
+    return outputs
+
+
+def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | None = None, fmt: Format = "root",
+                  concurrency: int | None = None, num_gpus: float | None = None, engine: Engine = "torch",
+                  batch_size: int = 1024, observers: list[str] | None = None) -> PredictReport:
+    """Score every entry of `files` with RUN_DIR's model and write one output per file."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    model_path = run_dir / MODEL_FILE
+    for needed in (model_path, *([run_dir / ONNX_FILE] if engine == "onnx" else [])):
+        if not needed.is_file():
+            raise DataError(f"{needed}: no such file (is {run_dir} the output directory of `hepray run`?)")
+    job = load_job(model_path)
+    ensure_ray()
+    observers = job.data.observers if observers is None else observers
+    spec = prediction_spec(job, files, observers)
+    schema = OutputSchema(job, observers)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    plan = plan_reads(spec, EventReader(spec, None).branches(), allow_empty=True)
+    skipped_files = {path for path, _, _ in plan.skipped}
+    paths = [path for path, _ in labelled_files(spec) if path not in skipped_files]
+    entries = dict.fromkeys(paths, 0)
+    for ranges in plan.tasks:
+        for entry_range in ranges:
+            entries[entry_range.path] = max(entries[entry_range.path], entry_range.stop)
+    outputs = output_paths(paths, out_dir, fmt)
+    keys = np.array([file_key(path) for path in paths], dtype=np.int64)
+    if len(set(keys.tolist())) != len(keys):
+        raise DataError("two input paths share a 64-bit file key; predict them in separate runs")
+
+    ledger_name = f"hepray-skips-{uuid.uuid4().hex[:12]}" if spec.on_error == "skip" else None
+    ledger = SkipLedger.options(name=ledger_name).remote() if ledger_name else None
+    writers: list[OutputWriter] = []
+    try:
+        writers = [OutputWriter(output, fmt, schema.types) for output in outputs]
+        if plan.tasks:
+            scaling = job.scaling
+            use_gpu = scaling.use_gpu is True or (scaling.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+            dataset = build_dataset(spec, None, plan, ledger_name, flag_cut=True, file_column=True)
+            dataset.context.execution_options.preserve_order = True  # this dataset's own copy of the context
+            predicted = predict(dataset, model_path, engine=engine, batch_size=batch_size,
+                                concurrency=concurrency or scaling.num_workers, num_cpus=scaling.cpus_per_worker,
+                                num_gpus=(scaling.gpus_per_worker if use_gpu else 0) if num_gpus is None else num_gpus)
+            _write_in_order(predicted, keys, paths, entries, writers, schema)
+        for path, writer in zip(paths, writers):
+            if writer.written + writer.buffered != entries[path]:
+                raise RuntimeError(f"{path}: wrote {writer.written + writer.buffered} rows for {entries[path]} entries")
+            writer.close()
+    except BaseException:
+        for writer in writers:
+            writer.abandon()
+        raise
+
+    ledger_skips = ray.get(ledger.skipped.remote()) if ledger is not None else []
+    reasons = [reason for _, _, reason in plan.skipped] + [reason for *_, reason in ledger_skips]
+    report = PredictReport(
+        outputs=[str(output) for output in outputs],
+        events=sum(entries.values()),
+        events_skipped=sum(stop - start for _, start, stop, _ in ledger_skips),
+        files_skipped=len(plan.skipped),
+        seconds=time.perf_counter() - started,
+        skipped=reasons,
+    )
+    (out_dir / "predict.json").write_text(json.dumps({"run": str(run_dir), "engine": engine, **asdict(report)}, indent=1))
+    return report
+
+
+def _write_in_order(predicted: ray.data.Dataset, keys: np.ndarray, paths: list[str], entries: dict[str, int],
+                    writers: list[OutputWriter], schema: OutputSchema) -> None:
+    """Stream the ordered predictions into their files, filling entries no read task delivered."""
+    order = np.argsort(keys)
+    current, next_entry = 0, 0  # the file being written and its next expected entry
+
+    def finish_until(file_index: int) -> None:
+        nonlocal current, next_entry
+        while current < file_index:
+            total = entries[paths[current]]
+            if next_entry < total:
+                writers[current].write(schema.missing(next_entry, total))
+            current, next_entry = current + 1, 0
+
+    for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
+        file_index = order[np.searchsorted(keys, batch["file_key"], sorter=order)]
+        rows = schema.rows(batch)
+        starts = np.flatnonzero(np.r_[True, np.diff(file_index) != 0])
+        for begin, end in zip(starts, [*starts[1:], len(file_index)]):
+            index, entry = int(file_index[begin]), rows["entry"][begin:end]
+            if index < current or (index == current and entry[0] < next_entry) or np.any(np.diff(entry) <= 0):
+                raise RuntimeError(f"{paths[index]}: predictions arrived out of entry order (entry {entry[0]})")
+            finish_until(index)
+            if next_entry < entry[0]:
+                writers[current].write(schema.missing(next_entry, int(entry[0])))
+            writers[current].write({name: column[begin:end] for name, column in rows.items()})
+            next_entry = int(entry[-1]) + 1
+    finish_until(len(paths))

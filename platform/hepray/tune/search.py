@@ -1,0 +1,278 @@
+"""`hepray tune`: Ray Tune trials, each a Ray Train run of the base job with searched keys set,
+proposed by Optuna (TPE, stored in SQLite) and stopped early by ASHA on per-epoch reports.
+
+The Optuna study is the search's memory: a resumed search counts its finished trials, marks
+trials an interruption left running as failed, and runs only the rest of the budget in a new Tune
+session (out/ray/session_NN), so a finished trial is never trained again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from hepray.data.pipeline import build_job_data, ensure_data
+from hepray.spec import JobSpec, SpecError, validate_job
+from hepray.train.trainer import build_trainer, ensure_ray
+from hepray.tune.space import TuneSpec, job_with, trial_values
+
+STUDY_FILE = "study.db"
+TABLE_FILE = "trials.csv"
+BEST_JOB_FILE = "best_job.yaml"
+TRIAL_KEY = "optuna_trial"  # the Optuna trial number, carried in each Tune trial's config
+LOSS_COLUMNS = ["train_loss", "train_eval_loss", "val_loss", "loss_gap"]
+
+
+class ObjectiveReport(TuneReportCallback):
+    """Forwards rank 0's epoch report to Tune with `loss_gap` (val_loss - train_eval_loss) added and
+    every metric also as `best_<key>`: its value at the epoch with the best objective so far. Tune,
+    ASHA and Optuna see `best_<objective>`, so a trial is judged by the model it would keep."""
+
+    def __init__(self, metric: str, mode: str):
+        super().__init__()
+        self.metric, self.mode = metric, mode
+        self.best: dict[str, float] | None = None
+
+    def after_report(self, run_context, metrics, checkpoint):
+        current = dict(metrics[0])
+        if "val_loss" in current and "train_eval_loss" in current:
+            current["loss_gap"] = current["val_loss"] - current["train_eval_loss"]
+        value = current[self.metric]
+        if self.best is None or _better(value, self.best[self.metric], self.mode):
+            self.best = {k: v for k, v in current.items() if isinstance(v, (int, float))}
+        current.update({f"best_{key}": value for key, value in self.best.items()})
+        super().after_report(run_context, [current, *metrics[1:]], checkpoint)
+
+
+def _better(value: float, best: float, mode: str) -> bool:
+    if math.isnan(best):
+        return not math.isnan(value)
+    return value > best if mode == "max" else value < best
+
+
+def trial_job(spec: TuneSpec, base_raw: dict, values: dict[str, Any], number: int) -> JobSpec:
+    """The job a trial trains: base job, searched values, trial-only overrides, the trial's workers."""
+    raw = job_with(base_raw, {**values, **spec.trial_overrides})
+    raw["name"] = f"{raw['name']}_trial{number:03d}"
+    scaling = raw.setdefault("scaling", {})
+    if spec.resources.num_workers is not None:
+        scaling["num_workers"] = spec.resources.num_workers
+    if spec.resources.cpus_per_worker is not None:
+        scaling["cpus_per_worker"] = spec.resources.cpus_per_worker
+    raw.setdefault("train", {})["keep_checkpoints"] = 1  # trials are retrained; keep disk use small
+    return validate_job(raw, f"{spec.name}: trial {number}")
+
+
+def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> None:
+    """One Tune trial: a Ray Train run whose epoch reports reach Tune through ObjectiveReport."""
+    spec = TuneSpec.model_validate(spec_raw)
+    number = config[TRIAL_KEY]
+    job = trial_job(spec, base_raw, {k: v for k, v in config.items() if k in spec.space}, number)
+    data = build_job_data(job)
+    trainer = build_trainer(
+        job, data, Path(tune.get_context().get_trial_dir()), "train",
+        Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
+        callbacks=[ObjectiveReport(spec.metrics[0], spec.modes[0])],
+    )
+    trainer.fit()
+
+
+def trial_epochs(spec: TuneSpec, base: JobSpec) -> int:
+    return int(spec.trial_overrides.get("train.epochs", base.train.epochs))
+
+
+def open_study(spec: TuneSpec, out_dir: Path) -> optuna.Study:
+    directions = ["maximize" if mode == "max" else "minimize" for mode in spec.modes]
+    return optuna.create_study(storage=storage_url(out_dir), study_name=spec.name, directions=directions,
+                               load_if_exists=True)
+
+
+def storage_url(out_dir: Path) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / STUDY_FILE}"
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False) if t.state in done and not t.user_attrs.get("interrupted")]
+
+
+def _close_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by an interrupted session will never report: mark them failed, not counted."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(running)
+
+
+def run_search(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: str | Path,
+               resume: bool = False) -> dict[str, Any]:
+    """Run (or continue) the search; write the trial table and the best job. Returns a summary."""
+    out_dir = Path(out_dir).resolve()
+    if not resume:
+        for name in (STUDY_FILE, TABLE_FILE, BEST_JOB_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        for name in ("ray", "tensorboard"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_ray()
+    ensure_data(base.data)  # once, before trials that would all generate it at the same time
+
+    study = open_study(spec, out_dir)
+    interrupted = _close_interrupted(study)
+    remaining = spec.num_samples - len(finished_trials(study))
+    if remaining > 0:
+        _tune_session(spec, base, base_raw, out_dir, study, remaining)
+
+    study = open_study(spec, out_dir)
+    rows = trial_table(spec, base, out_dir, study)
+    _write_csv(rows, out_dir / TABLE_FILE)
+    best = best_trial(spec, study)
+    if best is None:
+        raise RuntimeError(f"{spec.name}: no trial finished; see the trial errors under {out_dir / 'ray'}")
+    write_best_job(spec, base_raw, best, len(rows), trial_epochs(spec, base), out_dir / BEST_JOB_FILE)
+    return {
+        "trials": len(rows),
+        "finished": len(finished_trials(study)),
+        "interrupted_closed": interrupted,
+        "stopped_by_asha": sum(1 for row in rows if row["stopped_by_asha"]),
+        "best_trial": best.number,
+        **{metric: value for metric, value in zip(spec.metrics, best.values)},
+        "table": str(out_dir / TABLE_FILE),
+        "best_job": str(out_dir / BEST_JOB_FILE),
+        "study": storage_url(out_dir),
+    }
+
+
+def _tune_session(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, study: optuna.Study,
+                  num_samples: int) -> None:
+    objectives = [f"best_{metric}" for metric in spec.metrics]
+    single = len(objectives) == 1
+    # A new seed per session: the same seed would replay the first session's random startup trials.
+    sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials), n_startup_trials=spec.startup_trials,
+                                         constant_liar=spec.max_concurrent_trials > 1)
+    first = [spec.base_point(base_raw)] if spec.evaluate_base_first and not study.trials else None
+    searcher = OptunaSearch(
+        space=_DefineByRun(spec), metric=objectives[0] if single else objectives,
+        mode=spec.modes[0] if single else spec.modes, points_to_evaluate=first, sampler=sampler,
+        study_name=spec.name, storage=optuna.storages.RDBStorage(storage_url(out_dir)),
+    )
+    epochs = trial_epochs(spec, base)
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration", metric=objectives[0], mode=spec.modes[0],
+        max_t=spec.scheduler.max_t or epochs, grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
+    )
+    trainable = tune.with_parameters(_trainable, spec_raw=spec.model_dump(mode="json"), base_raw=base_raw,
+                                     out_dir=str(out_dir))
+    sessions = out_dir / "ray"
+    session = f"session_{len(list(sessions.glob('session_*'))) if sessions.exists() else 0:02d}"
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": spec.resources.driver_cpus}),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(storage_path=str(sessions), name=session, verbose=1),
+    )
+    tuner.fit()
+
+
+class _DefineByRun:
+    """Optuna asks the searched keys (conditional ones only when their condition holds); the trial
+    number travels in the config. A class, not a closure: Tune pickles the searcher's state."""
+
+    def __init__(self, spec: TuneSpec):
+        self.spec = spec
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {**self.spec.suggest(trial), TRIAL_KEY: trial.number}
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.config[TRIAL_KEY]:03d}"
+
+
+def _last_result(out_dir: Path, number: int) -> dict[str, Any]:
+    for path in (out_dir / "ray").glob(f"session_*/trial_{number:03d}/result.json"):
+        lines = path.read_text().splitlines()
+        if lines:
+            return json.loads(lines[-1])
+    return {}
+
+
+def trial_table(spec: TuneSpec, base: JobSpec, out_dir: Path, study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per Optuna trial: state, whether ASHA stopped it, values at its best epoch, its keys."""
+    budget = min(spec.scheduler.max_t or math.inf, trial_epochs(spec, base))
+    columns = list(dict.fromkeys([*spec.metrics, *LOSS_COLUMNS]))
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        result = _last_result(out_dir, trial.number)
+        state = "INTERRUPTED" if trial.user_attrs.get("interrupted") else trial.state.name
+        epochs_run = int(result.get("training_iteration", 0))
+        row = {
+            "trial": trial.number,
+            "state": state,
+            "stopped_by_asha": state == "COMPLETE" and 0 < epochs_run < budget and not result.get("stopped_early"),
+            "epochs_run": epochs_run,
+            "best_epoch": result.get("best_epoch"),
+            **{column: result.get(f"best_{column}") for column in columns},
+            **trial_values(spec, trial.params),
+        }
+        rows.append(row)
+    return rows
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+
+
+def best_trial(spec: TuneSpec, study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best finished trial; with two objectives, the Pareto-front trial best in the first."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return None
+    if len(spec.metrics) == 1:
+        return study.best_trial
+    sign = 1 if spec.modes[0] == "max" else -1
+    return max(study.best_trials, key=lambda t: sign * t.values[0])
+
+
+def best_job_raw(spec: TuneSpec, base_raw: dict, trial: optuna.trial.FrozenTrial) -> dict:
+    raw = job_with(base_raw, trial_values(spec, trial.params))
+    raw["name"] = f"{base_raw['name']}_tuned"
+    return raw
+
+
+def write_best_job(spec: TuneSpec, base_raw: dict, trial: optuna.trial.FrozenTrial, n_trials: int,
+                   epochs: int, path: Path) -> None:
+    raw = best_job_raw(spec, base_raw, trial)
+    validate_job(raw, str(path))
+    values = ", ".join(f"{m}={v:.4f}" for m, v in zip(spec.metrics, trial.values))
+    header = (f"# Best of {n_trials} trials of search '{spec.name}' (base job {spec.base_job}): trial {trial.number},\n"
+              f"# {values} at its best epoch in trials of {epochs} epochs. Train it: hepray run {path.name}\n")
+    path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+
+
+def load_best_job(out_dir: str | Path) -> JobSpec:
+    path = Path(out_dir) / BEST_JOB_FILE
+    if not path.is_file():
+        raise SpecError(f"{path}: no best job yet; run the search first")
+    return validate_job(yaml.safe_load(path.read_text()), str(path))

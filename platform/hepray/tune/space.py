@@ -1,0 +1,272 @@
+"""Search files: a base job, a search space over its dotted keys, objectives, budget and scheduler.
+
+    base_job: jobs/electron_id.yaml
+    metric: val_auc                  # or two: [val_auc, loss_gap] with mode: [max, min]
+    mode: max
+    num_samples: 8
+    space:
+      model.blocks: {randint: [2, 4]}                    # low..high inclusive, as Optuna's suggest_int
+      model.head: {choice: [flatten, maxavg]}
+      model.dense: {choice: [64, 128], when: {model.head: flatten}}   # conditional key
+      train.lr: {loguniform: [1.0e-4, 3.0e-3]}
+
+Objectives are per-epoch metrics of the training loop (val_loss, val_auc, ...) or `loss_gap`
+(val_loss - train_eval_loss, the overfitting gap). A trial's value is the metric at its best
+epoch, the epoch with the best first objective so far.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from hepray.spec import (_MESSAGES, JobSpec, SpecError, Strict, _set_path, _yaml_path, read_yaml,
+                         validate_job)
+
+# What the training loop reports each epoch, per task kind (see train/loop.py and train/tasks.py).
+_EPOCH_METRICS = {
+    "binary": ["val_auc", "val_accuracy"],
+    "multiclass": ["val_auc_macro", "val_accuracy"],
+    "regression": ["val_response", "val_resolution"],
+}
+_COMMON_METRICS = ["val_loss", "train_loss", "train_eval_loss", "loss_gap"]
+_SCALAR = (str, int, float, bool, type(None))
+
+
+class Dimension(Strict):
+    """One searched key: exactly one of choice / uniform / loguniform / randint, optionally `when`."""
+
+    choice: list[Any] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    when: dict[str, Any] | None = Field(
+        None, description="searched only when each earlier key has this value (or one of this list)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Dimension":
+        kinds = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, randint")
+        for kind in ("uniform", "loguniform", "randint"):
+            bounds = getattr(self, kind)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{kind}: needs [low, high] with low < high")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform: low must be > 0")
+        return self
+
+    @property
+    def encoded(self) -> bool:
+        """Optuna's categorical values are scalars: lists (e.g. augmentations) travel as JSON text."""
+        return self.choice is not None and not all(isinstance(v, _SCALAR) for v in self.choice)
+
+    def suggest(self, trial, name: str) -> Any:
+        if self.choice is not None:
+            options = [json.dumps(v) for v in self.choice] if self.encoded else self.choice
+            return trial.suggest_categorical(name, options)
+        if self.randint is not None:
+            return trial.suggest_int(name, *self.randint)
+        if self.loguniform is not None:
+            return trial.suggest_float(name, *self.loguniform, log=True)
+        return trial.suggest_float(name, *self.uniform)
+
+    def decode(self, value: Any) -> Any:
+        return json.loads(value) if self.encoded else value
+
+    def example(self) -> Any:
+        if self.choice is not None:
+            return self.choice[0]
+        return (self.randint or self.loguniform or self.uniform)[0]
+
+    def applies(self, chosen: dict[str, Any]) -> bool:
+        for key, wanted in (self.when or {}).items():
+            allowed = wanted if isinstance(wanted, list) else [wanted]
+            if key not in chosen or chosen[key] not in allowed:
+                return False
+        return True
+
+
+class Scheduler(Strict):
+    """ASHA on per-epoch reports: stop a trial at a rung when it is below the top 1/reduction_factor."""
+
+    kind: Literal["asha"] = "asha"
+    grace_period: int = Field(1, gt=0, description="epochs every trial runs before it can be stopped")
+    max_t: int | None = Field(None, gt=0, description="epochs of the longest trial (default: the trial's train.epochs)")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class TrialResources(Strict):
+    """Per trial: its training workers (a placement group of their own) and its Tune driver's CPUs."""
+
+    num_workers: int | None = Field(None, gt=0, description="default: the base job's scaling.num_workers")
+    cpus_per_worker: float | None = Field(None, gt=0, description="default: the base job's scaling.cpus_per_worker")
+    # The trial driver only waits on fit(): a fraction of a CPU leaves the rest to Ray Data's read tasks.
+    driver_cpus: float = Field(0.25, ge=0)
+
+
+class Report(Strict):
+    """What `hepray tune --report` compares besides baseline and tuned job."""
+
+    binary_jobs: list[str] = Field([], description="dedicated two-class jobs; their AUC vs the tuned model's pairwise AUC")
+    pair_goal: float = Field(0.005, ge=0, description="largest acceptable binary - multiclass pairwise AUC gap")
+
+
+class TuneSpec(Strict):
+    name: str
+    base_job: str
+    metric: str | list[str]
+    mode: Literal["min", "max"] | list[Literal["min", "max"]]
+    num_samples: int = Field(8, gt=0, description="trials in the whole search, resumed sessions included")
+    max_concurrent_trials: int = Field(1, gt=0)
+    seed: int = 1
+    startup_trials: int = Field(10, gt=0, description="random trials before TPE models the results")
+    evaluate_base_first: bool = Field(True, description="trial 0 uses the base job's values of the searched keys")
+    scheduler: Scheduler = Scheduler()
+    resources: TrialResources = TrialResources()
+    trial_overrides: dict[str, Any] = Field(
+        {}, description="job keys set for trials only (e.g. fewer epochs); the best job keeps the base job's")
+    space: dict[str, Dimension] = Field(min_length=1)
+    report: Report = Report()
+
+    @field_validator("metric", "mode")
+    @classmethod
+    def _one_or_two(cls, value: Any) -> Any:
+        if isinstance(value, list) and not 1 <= len(value) <= 2:
+            raise ValueError("one objective, or a list of two")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TuneSpec":
+        if len(self.metrics) != len(self.modes):
+            raise ValueError("mode: one mode per metric")
+        keys = list(self.space)
+        for index, (key, dimension) in enumerate(self.space.items()):
+            for condition in dimension.when or {}:
+                if condition not in keys[:index]:
+                    raise ValueError(f"space.{key}.when: '{condition}' must be a searched key listed before it")
+        return self
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        return self.mode if isinstance(self.mode, list) else [self.mode]
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Optuna define-by-run: conditional keys are asked only when their condition holds."""
+        chosen: dict[str, Any] = {}
+        for key, dimension in self.space.items():
+            if dimension.applies(chosen):
+                chosen[key] = dimension.decode(dimension.suggest(trial, key))
+        return chosen
+
+    def base_point(self, base_raw: dict) -> dict[str, Any]:
+        """The base job's values of the searched keys, as Optuna params (for evaluate_base_first)."""
+        point = {}
+        for key, dimension in self.space.items():
+            value = _get_path(base_raw, key)
+            if value is not _MISSING:
+                point[key] = json.dumps(value) if dimension.encoded else value
+        return point
+
+
+_MISSING = object()
+
+
+def _get_path(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def job_with(base_raw: dict, values: dict[str, Any]) -> dict:
+    """The base job with dotted keys set. A changed `*.name` or `*.kind` (e.g. another model family)
+    drops the base's sibling keys, which belong to the old family; searched keys then fill it."""
+    raw = json.loads(json.dumps(base_raw))
+    discriminators = [k for k in values if k.rsplit(".", 1)[-1] in ("name", "kind") and "." in k]
+    for key in discriminators:
+        parent = key.rsplit(".", 1)[0]
+        if _get_path(raw, key) != values[key]:
+            _set_path(raw, parent, {key.rsplit(".", 1)[1]: values[key]})
+    for key, value in values.items():
+        _set_path(raw, key, value)
+    return raw
+
+
+def trial_values(spec: TuneSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Optuna params (JSON text for list choices) back to job values."""
+    return {key: spec.space[key].decode(value) for key, value in params.items() if key in spec.space}
+
+
+def _problems(raw: Any, error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        template = _MESSAGES.get(item["type"])
+        message = template.format(**item.get("ctx", {})) if template else item["msg"].removeprefix("Value error, ")
+        problems.append(f"{_yaml_path(raw, item['loc'])}: {message}")
+    return problems
+
+
+def _format(source: str, raw: Any, error: ValidationError) -> str:
+    return "\n  ".join([f"{source}: invalid search", *_problems(raw, error)])
+
+
+def apply_search_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """`--set num_samples=4`, `--set scheduler.max_t=3`; under `space.` and `trial_overrides.` the
+    rest is one dotted job key (`--set trial_overrides.train.epochs=2`)."""
+    raw = json.loads(json.dumps(raw))
+    for item in overrides or []:
+        if "=" not in item:
+            raise SpecError(f"--set {item}: expected key=value")
+        key, text = (part.strip() for part in item.split("=", 1))
+        value = yaml.safe_load(text)
+        head, _, rest = key.partition(".")
+        if head in ("space", "trial_overrides") and rest:
+            raw.setdefault(head, {})[rest] = value
+        else:
+            _set_path(raw, key, value)
+    return raw
+
+
+def load_search(path: str | Path, overrides: list[str] | None = None) -> tuple[TuneSpec, JobSpec, dict]:
+    """Read and validate a search file and its base job; returns (spec, base job, base job as YAML dict).
+
+    Every searched and trial-only key is checked against the base job now, so a typo fails before
+    Ray starts, naming the search file and the key."""
+    path = Path(path)
+    raw = apply_search_overrides(read_yaml(path), overrides)
+    raw.setdefault("name", path.stem)
+    try:
+        spec = TuneSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(_format(str(path), raw, error)) from None
+    base_raw = read_yaml(spec.base_job)
+    base = validate_job(base_raw, spec.base_job)
+
+    known = _COMMON_METRICS + _EPOCH_METRICS[base.task.kind]
+    for metric in spec.metrics:
+        if metric not in known:
+            raise SpecError(f"{path}: metric: '{metric}' is not reported by a {base.task.kind} job "
+                            f"(one of {', '.join(known)})")
+    for key, dimension in spec.space.items():
+        values = {k: spec.space[k].example() for k in dimension.when or {}}
+        _check_job(job_with(base_raw, {**values, key: dimension.example()}), f"{path}: space.{key}")
+    _check_job(job_with(base_raw, spec.trial_overrides), f"{path}: trial_overrides")
+    return spec, base, base_raw
+
+
+def _check_job(raw: dict, where: str) -> None:
+    try:
+        JobSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(f"{where}: makes the base job invalid ({'; '.join(_problems(raw, error))})") from None

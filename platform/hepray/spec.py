@@ -201,7 +201,8 @@ class Split(Strict):
 
 class DataSpec(Strict):
     files: dict[str, list[str]] | list[str] = Field(
-        description="label -> globs (one class per group), or plain globs with label_branch"
+        description="class -> globs, one class per group with labels 0, 1, ... in order (binary: the "
+                    "second group is the signal), or plain globs with label_branch"
     )
     tree: str = "events"
     label_branch: str | None = None

@@ -102,20 +102,24 @@ class Events:
 
     def __init__(self, file, path: str, name: str):
         self.path, self.name = path, name
+        known = sorted({key.split(";")[0] for key in file.keys()})
+        if name not in known:
+            raise DataError(f"{path}: no tree '{name}' (objects in the file: {', '.join(known) or 'none'})")
         try:
             self.obj = file[name]
-        except Exception:
-            known = ", ".join(sorted({key.split(";")[0] for key in file.keys()})) or "none"
-            raise DataError(f"{path}: no tree '{name}' (objects in the file: {known})") from None
-        if isinstance(self.obj, RNTuple):
-            self.kind, self.item = "RNTuple", "field"
-            self.columns = _rntuple_columns(self.obj)
-        elif isinstance(self.obj, uproot.TTree):
-            self.kind, self.item = "tree", "branch"
-            self.columns = {key: Column(key) for key in self.obj.keys()}
-        else:
-            raise DataError(f"{path}: '{name}' is a {self.obj.classname}, not a TTree or RNTuple")
-        self.num_entries = int(self.obj.num_entries)
+            if not isinstance(self.obj, (RNTuple, uproot.TTree)):
+                raise DataError(f"{path}: '{name}' is a {self.obj.classname}, not a TTree or RNTuple")
+            if isinstance(self.obj, RNTuple):
+                self.kind, self.item = "RNTuple", "field"
+                self.columns = _rntuple_columns(self.obj)
+            else:
+                self.kind, self.item = "tree", "branch"
+                self.columns = {key: Column(key) for key in self.obj.keys()}
+            self.num_entries = int(self.obj.num_entries)
+        except DataError:
+            raise
+        except Exception as error:  # a truncated or corrupt file fails here, in many ways
+            raise DataError(f"{path}: '{name}' cannot be read ({type(error).__name__}: {error})".splitlines()[0]) from None
 
     def missing(self, names: set[str]) -> list[str]:
         return sorted(names - set(self.columns))

@@ -171,6 +171,7 @@ def train_loop_per_worker(config: dict) -> None:
             for key, value in metrics.items():
                 writer.add_scalar(key, value, epoch)
             writer.flush()
+            print(progress_line(metrics, job.train.epochs), flush=True)  # Ray forwards it to the driver
         _report(metrics, rank, {
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -206,6 +207,12 @@ def _global_mean(total: float, count: int) -> float:
         dist.all_reduce(sums)
         total, count = sums.tolist()
     return total / max(count, 1)
+
+
+def progress_line(metrics: dict, epochs: int) -> str:
+    shown = " ".join(f"{key}={value:.4g}" for key, value in metrics.items()
+                     if key.startswith(("train", "val")) and "accuracy" not in key)
+    return f"epoch {metrics['epoch'] + 1}/{epochs}: {shown}" + ("  (early stop)" if metrics["stopped_early"] else "")
 
 
 def _report(metrics: dict, rank: int, state: dict) -> None:

@@ -22,7 +22,7 @@ Detector model (a toy, grounded in the ATLAS LAr calorimeter)
       presampler only for |eta| < 1.8.
     * Material in front of the calorimeter (tracker, solenoid, cryostat) in radiation
       lengths X0: 2 + 1.6 eta^2 in the barrel (2 at eta = 0, 5 at the crack), 4.5 - 0.8
-      (|eta| - 1.52) in the endcap; half of it is in the tracker. The presampler samples
+      (|eta| - 1.52) in the endcap; a quarter of it is in the tracker. The presampler samples
       the shower over the 1 X0 behind it; 0.3 X0 dead material follow; then the accordion:
       strips 4.3 X0, middle 16 X0, back up to a total depth of 22 + 2 |eta| (barrel),
       25 + 1.5 (|eta| - 1.52) (endcap). Energy deposited in front, in the gap or behind the
@@ -98,6 +98,7 @@ LAYERS = ("ps", "l1", "l2", "l3")
 NATIVE = {"ps": (1, 4), "l1": (1, 4), "l2": (1, 1), "l3": (2, 1)}  # native cell in middle cells (eta, phi)
 CLUSTER = {"barrel": (3, 7), "endcap": (5, 5)}
 # --- longitudinal (X0) ------------------------------------------------------------------
+TRACKER_SHARE = 0.25  # of the material in front
 PS_DEPTH, GAP_DEPTH, STRIP_DEPTH, MIDDLE_DEPTH = 1.0, 0.3, 4.3, 16.0
 PROFILE_B = 0.5
 CRITICAL_ENERGY = 0.011  # GeV
@@ -109,7 +110,7 @@ TAIL_FRACTION = {"ps": 0.0, "l1": 0.10, "l2": 0.12, "l3": 0.20}
 # --- response, noise, pile-up (GeV) -----------------------------------------------------
 SAMPLING = {"barrel": 0.10, "endcap": 0.12}
 CONSTANT_TERM = 0.007
-ELECTRONIC_NOISE = {"ps": 0.04, "l1": 0.028, "l2": 0.03, "l3": 0.02}  # per native cell
+ELECTRONIC_NOISE = {"ps": 0.01, "l1": 0.028, "l2": 0.03, "l3": 0.02}  # per native cell
 PILEUP_NOISE = {"ps": 0.004, "l1": 0.004, "l2": 0.006, "l3": 0.003}  # per sqrt(interaction), E_T
 IN_TIME_ET = 0.5e-3  # per interaction above the average, per middle-cell area
 OUT_OF_TIME_ET = -0.2e-3  # per unit of <mu> above 30
@@ -165,21 +166,26 @@ def _bethe_heitler_retained(rng, thickness):
 
 
 def _electron(rng, n, energy, pt, u, v, tracker):
+    """(u, v) is the electron's initial direction extrapolated straight to the calorimeter.
+    Brem photons fly on along the direction the electron had when it emitted them; the
+    electron itself bends away (further the more energy it has lost)."""
     evt = np.arange(n)
     charge = rng.choice([-1.0, 1.0], n)
     kept = _bethe_heitler_retained(rng, tracker)
     trk_pt = pt * _bethe_heitler_retained(rng, 0.05 * np.ones(n))  # a little material before the first hits
     trk_pt *= 1.0 + np.hypot(0.01, 0.0005 * pt) * rng.standard_normal(n)
+
+    def bending(path, momentum_kept):  # phi offset in cells after a fraction of the tracker
+        return np.minimum(charge * path * BEND / (pt * momentum_kept) / CELL_PHI, 50.0 * charge * charge)
+
     # the electron's own shower starts after the tracker (its losses there are the brem)
-    main = _Showers(evt, energy * kept, u, v, tracker.copy(), np.ones(n, bool))
-    parts = [main]
+    parts = [_Showers(evt, energy * kept, u, v + bending(1.0, kept), tracker.copy(), np.ones(n, bool))]
     share = rng.uniform(0.2, 0.8, n)
     for fraction in (share, 1 - share):
-        # emitted at a random point of the track: between the initial and the final direction
-        emitted_at = rng.random(n)
-        dv = -charge * (1 - emitted_at) * BEND / np.maximum(pt * kept, 0.5) / CELL_PHI
+        emitted_at = rng.random(n)  # fraction of the tracker traversed; momentum ~ kept ** emitted_at
         conversion = emitted_at * tracker + rng.exponential(PHOTON_MEAN_FREE_PATH, n)
-        parts.append(_Showers(evt, energy * (1 - kept) * fraction, u, v + dv, conversion, np.zeros(n, bool)))
+        parts.append(_Showers(evt, energy * (1 - kept) * fraction, u, v + bending(emitted_at, kept**emitted_at),
+                              conversion, np.zeros(n, bool)))
     return _Showers.concat(parts), trk_pt, np.zeros(n)
 
 
@@ -268,7 +274,7 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     u = eta_true / CELL_ETA - seed_i
     v = phi_true / CELL_PHI - seed_j
 
-    tracker = 0.5 * front_material(abs_eta)
+    tracker = TRACKER_SHARE * front_material(abs_eta)
     make = _electron if kind == "electron" else _photon
     showers, trk_pt, conv = make(rng, n, e_true, et, u, v, tracker)
 

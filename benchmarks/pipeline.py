@@ -1,77 +1,115 @@
-"""Events/s of a bare uproot read of the electron-ID job's branches vs iterating hepray's dataset.
+"""Figures 1, 4 and 6: ROOT -> training-ready batches vs a bare uproot read; waits for the next
+batch over an epoch of many files; object-store bytes per event, dense vs sparse images.
 
-    python -m benchmarks.pipeline [--events N]   (events per class; data cached in benchmarks/.data)
+    python -m benchmarks.pipeline
 
-Prints one JSON line per figure. The target (issue 8) is dataset rate >= 0.8 x read rate x cores.
+Targets (issue 8): dataset rate >= 0.8 x bare read rate x cores; p99 wait <= 2 x median wait.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
-from pathlib import Path
 
-import uproot
+import numpy as np
+import pyarrow as pa
+import torch
 
-from hepray.data.pipeline import build_dataset, ensure_data
-from hepray.data.root_source import EventReader, labelled_files, plan_reads
-from hepray.spec import load_job
+from benchmarks.common import bare_read_rate, branches, cores, electron_id_job, emit, load, start_ray
+from hepray.data.batches import ModelBatch
+from hepray.data.root_source import EventReader, RootDatasource, labelled_files, plan_reads
 
-HERE = Path(__file__).parent
-
-
-def electron_id_job(events: int):
-    out = HERE / ".data" / f"electron_id_{events}"
-    return load_job(HERE.parent / "jobs" / "electron_id.yaml", [
-        f"data.generate.out={out}", f"data.generate.events={events}",
-        f"data.files.electron={out}/electron_*.root", f"data.files.fake={out}/fake_*.root",
-    ])
+BATCH = 256
 
 
-def bare_read_rate(job, branches: list[str]) -> float:
-    """Single-process uproot read of the same branches, warm (files read once before timing)."""
-    paths = [path for path, _ in labelled_files(job.data)]
-    for path in paths:
-        uproot.open(path)[job.data.tree].arrays(branches)
-    started, events = time.perf_counter(), 0
-    for path in paths:
-        events += len(uproot.open(path)[job.data.tree].arrays(branches))
-    return events / (time.perf_counter() - started)
-
-
-def dataset_rate(job, cores: int, batch_size: int = 256) -> tuple[float, int]:
+def dataset(job, sparse: bool, **reader_options):
+    """The job's events as `hepray run` streams its training split: entry-range read tasks, only
+    the needed branches, shuffled within each task; every event (no split) so the bare read is
+    a fair comparison."""
     import ray
 
-    ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    reader = EventReader(job.data, None)
+    reader = EventReader(job.data, None, shuffle=True, sparse=sparse, **reader_options)
     plan = plan_reads(job.data, reader.branches())
-    dataset = build_dataset(job.data, None, plan)
-    for _ in dataset.limit(batch_size).iter_batches(batch_size=batch_size):
-        pass  # start-up (workers, imports) is not throughput
+    return ray.data.read_datasource(RootDatasource(plan, reader), override_num_blocks=len(plan.tasks)), plan
+
+
+def batches(ds):
+    """Training-ready batches exactly as the training loop gets them (dense, normalised tensors)."""
+    return ds.iterator().iter_torch_batches(batch_size=BATCH, collate_fn=ModelBatch(), prefetch_batches=2,
+                                            local_shuffle_buffer_size=4 * BATCH)
+
+
+def iteration_rate(job, sparse: bool, epochs: int = 3) -> tuple[float, int]:
+    """Events/s into training-ready batches over `epochs` passes after one warm-up pass (worker start-up)."""
+    ds, _ = dataset(job, sparse)
+    for _ in batches(ds):
+        pass
     started, events = time.perf_counter(), 0
-    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        events += len(batch["entry"])
-    rate = events / (time.perf_counter() - started)
-    ray.shutdown()
-    return rate, events
+    for _ in range(epochs):
+        for batch in batches(ds):
+            events += len(batch["label"])
+    return events / (time.perf_counter() - started), events // epochs
+
+
+def batch_waits(job) -> np.ndarray:
+    """Seconds waited for each next batch while a small CNN trains on them (one epoch, all files)."""
+    from hepray.models import build_model
+    from hepray.spec import ModelSpec
+
+    model = build_model(ModelSpec(name="seed_cnn", filters=8, blocks=2, dense=32), {"image": (1, 47, 47)}, 1)
+    optimizer = torch.optim.Adam(model.parameters())
+    ds, _ = dataset(job, sparse=True)
+    waits, iterator = [], iter(batches(ds))
+    while True:
+        started = time.perf_counter()
+        batch = next(iterator, None)
+        waits.append(time.perf_counter() - started)
+        if batch is None:
+            break
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model({"image": batch["image"]})[:, 0],
+                                                                    batch["label"].float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return np.array(waits[1:-1])  # the first waits for start-up, the last only learns the epoch ended
+
+
+def block_bytes(job, sparse: bool) -> tuple[float, float, float | None]:
+    """Arrow bytes per event of the blocks read tasks put in the object store (whole block, image
+    columns) and, for sparse images, the points per event."""
+    reader = EventReader(job.data, None, sparse=sparse)
+    plan = plan_reads(job.data, reader.branches())
+    table = pa.concat_tables([block for task in plan.tasks[:2] for block in reader.read(task)])
+    image = sum(table.column(name).nbytes for name in table.column_names if name.startswith("image"))
+    points = table.column("image__value").combine_chunks().flatten() if sparse else None
+    return table.nbytes / table.num_rows, image / table.num_rows, (len(points) / table.num_rows if sparse else None)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=25000, help="events per class")
-    parser.add_argument("--cores", type=int, default=os.cpu_count())
-    args = parser.parse_args()
-    job = electron_id_job(args.events)
-    ensure_data(job.data)
-    branches = sorted(EventReader(job.data, None).branches())
-    read = bare_read_rate(job, branches)
-    print(json.dumps({"figure": "bare_uproot_read", "events_per_s_per_core": round(read), "branches": branches}))
-    rate, events = dataset_rate(job, args.cores)
-    print(json.dumps({"figure": "hepray_dataset_iteration", "events_per_s": round(rate), "events": events, "cores": args.cores}))
-    print(json.dumps({"figure": "dataset_over_read_x_cores", "ratio": round(rate / (read * args.cores), 3), "target": 0.8}))
+    n_cores = cores()
+    job = electron_id_job()
+    read = bare_read_rate(job)
+    emit("bare_uproot_read", events_per_s_per_core=round(read), branches=branches(job), load=load())
+
+    for sparse in (False, True):
+        total, image, points = block_bytes(job, sparse)
+        emit("object_store_bytes_per_event", image_kind="etaphi 1x47x47", transport="sparse" if sparse else "dense",
+             bytes_per_event=round(total), image_bytes_per_event=round(image),
+             **({"points_per_event": round(points, 1)} if sparse else {}))
+
+    start_ray(n_cores)
+    rates = {}
+    for sparse in (False, True):
+        rate, events = iteration_rate(job, sparse)
+        rates[sparse] = rate
+        emit("dataset_iteration", transport="sparse" if sparse else "dense", events_per_s=round(rate),
+             events_per_epoch=events, cores=n_cores, load=load())
+    emit("dataset_over_read_x_cores", ratio=round(rates[True] / (read * n_cores), 3), target=0.8,
+         dense_transport_ratio=round(rates[False] / (read * n_cores), 3), cores=n_cores)
+
+    waits = batch_waits(job)
+    median, p99 = np.percentile(waits, [50, 99])
+    emit("next_batch_wait", batches=len(waits), files=len(labelled_files(job.data)), median_ms=round(1e3 * median, 3), p99_ms=round(1e3 * p99, 3),
+         max_ms=round(1e3 * waits.max(), 3), p99_over_median=round(p99 / median, 2), target=2.0, load=load())
 
 
 if __name__ == "__main__":

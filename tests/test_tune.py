@@ -46,7 +46,7 @@ def write_search(tmp_path, base_job_file, **changes) -> str:
         "seed": 7,
         "startup_trials": 2,
         "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
-        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "driver_cpus": 0.25},
         "space": {
             "train.lr": {"loguniform": [1.0e-9, 1.0e-8]},
             "model.head": {"choice": ["flatten", "maxavg"]},
@@ -75,6 +75,11 @@ def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
 
 
 def test_search_stops_trials_early_writes_outputs_and_resumes(ray_session, tmp_path, base_job_file):
+    # Two trials of 0.75 CPUs each would leave no CPU of the session's 2 for Ray Data: refused.
+    spec, base, base_raw = load_search(write_search(tmp_path, base_job_file, max_concurrent_trials=2))
+    with pytest.raises(SpecError, match="leave less than 1 of the cluster's 2 CPUs for reading data"):
+        run_search(spec, base, base_raw, tmp_path / "refused")
+
     path = write_search(tmp_path, base_job_file)
     out = tmp_path / "out"
     spec, base, base_raw = load_search(path)

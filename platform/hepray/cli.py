@@ -94,7 +94,7 @@ def predict(
     summary = {"events": report.events, "events_per_s": round(report.events / report.seconds),
                "events_skipped": report.events_skipped, "files_skipped": report.files_skipped, "outputs": len(report.outputs)}
     console.print_json(json.dumps(summary))
-    console.print(f"[green]wrote[/] {len(report.outputs)} outputs and predict.json to {Path(report.outputs[0]).parent if report.outputs else out}")
+    console.print(f"[green]wrote[/] {len(report.outputs)} outputs and predict.json to {report.out_dir}")
 
 
 @app.command("make-data")

@@ -59,6 +59,7 @@ def auth_token() -> str | None:
 def client(address: str | None = None):
     """A JobSubmissionClient that sends the token (Ray adds it itself only when this process
     runs in token mode, i.e. inside a cluster)."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     address = address or default_address()
@@ -66,9 +67,12 @@ def client(address: str | None = None):
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         return JobSubmissionClient(address, headers=headers)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        hint = "" if token else " (no token found: set RAY_AUTH_TOKEN or write it to ~/.ray/auth_token)"
-        raise ClusterError(f"{address}: cannot use the Ray Jobs API{hint}: {error}") from None
+    except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as error:
+        raise ClusterError(f"{address}: cannot use the Ray Jobs API{_token_hint()}: {error}") from None
+
+
+def _token_hint() -> str:
+    return "" if auth_token() else " (no token found: set RAY_AUTH_TOKEN or write it to ~/.ray/auth_token)"
 
 
 def project_dependencies() -> list[str]:
@@ -169,10 +173,14 @@ def wait(job_id: str, address: str | None = None, timeout: float = 600) -> str:
 
 
 def _call(address: str | None, method: str, *args):
+    from ray.exceptions import AuthenticationError
+
+    jobs = client(address)
     try:
-        return getattr(client(address), method)(*args)
-    except RuntimeError as error:  # the Jobs API's errors: unknown id, refused request
-        raise ClusterError(f"{' '.join(map(str, args)) or address or default_address()}: {error}") from None
+        return getattr(jobs, method)(*args)
+    except (RuntimeError, AuthenticationError) as error:  # the Jobs API's errors: unknown id, refused request
+        where = " ".join(map(str, args)) or address or default_address()
+        raise ClusterError(f"{where}{_token_hint()}: {error}") from None
 
 
 def _when(milliseconds: int | None) -> str:

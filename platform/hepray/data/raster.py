@@ -154,24 +154,27 @@ def make_sparse(spec: ImageSpec, arrays: dict[str, ArrayLike]) -> SparseImages:
         scatter = _voxel_points(spec, arrays)
     else:
         raise TypeError(f"input kind {spec.kind!r} has no sparse form")
-    n_events, shape, flat_index, inside, weights = scatter
-    index = np.concatenate([i[ok] for i, ok in zip(flat_index, inside)])
+    n_events, shape, pixels, inside, weights, counts = scatter
+    kept = []  # per point set: points inside the image per event
+    for ok, set_counts in zip(inside, counts):
+        inside_before = np.zeros(len(ok) + 1, dtype=np.int64)  # inside points before each point
+        np.cumsum(ok, out=inside_before[1:])
+        kept.append(np.diff(inside_before[np.concatenate([[0], np.cumsum(set_counts)])]))
+    pixel = np.concatenate([i[ok] for i, ok in zip(pixels, inside)]).astype(np.int32, copy=False)
     value = np.concatenate([w[ok] for w, ok in zip(weights, inside)]).astype(np.float32, copy=False)
-    if len(flat_index) > 1:  # several point sets: bring each event's points together
-        order = np.argsort(index, kind="stable")
-        index, value = index[order], value[order]
-    image_size = math.prod(shape)
-    event = index // image_size
+    if len(pixels) > 1:  # several point sets: bring each event's points together
+        event = np.concatenate([np.repeat(np.arange(n_events), k) for k in kept])
+        order = np.argsort(event, kind="stable")
+        pixel, value = pixel[order], value[order]
     offsets = np.zeros(n_events + 1, dtype=np.int64)
-    np.cumsum(np.bincount(event, minlength=n_events), out=offsets[1:])
-    return SparseImages(offsets, (index - event * image_size).astype(np.int32), value, shape)
+    np.cumsum(sum(kept), out=offsets[1:])
+    return SparseImages(offsets, pixel, value, shape)
 
 
 def densify(images: SparseImages, norm: str) -> np.ndarray:
     """Dense float32 (N, *shape) images with the norm applied: equal to make_input's for the same events."""
-    image_size = math.prod(images.shape)
-    index = images.pixel.astype(np.int64) + _event_offsets(np.diff(images.offsets), image_size)
-    dense = _accumulate(len(images), images.shape, [index], [np.ones(len(index), dtype=bool)], [images.value])
+    dense = _accumulate(len(images), images.shape, [images.pixel], [np.ones(len(images.pixel), dtype=bool)],
+                        [images.value], [np.diff(images.offsets)])
     return _normalize_in_place(dense, norm)
 
 
@@ -281,8 +284,9 @@ def _pixel(offset: np.ndarray, cell: float, shift: float) -> np.ndarray:
 
 
 def _grid_index(coordinates: list[np.ndarray], sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major cell index of continuous pixel coordinates, and which points fall inside the grid."""
-    index = np.zeros(len(coordinates[0]), dtype=np.int64)
+    """Row-major cell index (int32: casts from float64 to int32 run ~5x faster than to int64) of
+    continuous pixel coordinates, and which points fall inside the grid."""
+    index = np.zeros(len(coordinates[0]), dtype=np.int32)
     inside = np.ones(len(coordinates[0]), dtype=bool)
     for coordinate, size in zip(coordinates, sizes):
         inside &= coordinate >= 0
@@ -290,7 +294,7 @@ def _grid_index(coordinates: list[np.ndarray], sizes: tuple[int, ...]) -> tuple[
         # Truncation equals floor wherever the point is inside; casts of far-away points may
         # overflow, but those points go to the dump bin.
         with np.errstate(invalid="ignore"):
-            cell = coordinate.astype(np.int64)
+            cell = coordinate.astype(np.int32)
         index *= size
         index += cell
     return index, inside
@@ -302,26 +306,29 @@ def _event_offsets(counts: np.ndarray, image_size: int) -> np.ndarray:
 
 
 class _Scatter(NamedTuple):
-    """What a point kernel computes: per point set, each point's flat index in the batch buffer,
-    whether it is inside the image, and its value. `_accumulate` sums it into dense images,
-    `make_sparse` keeps the points."""
+    """What a point kernel computes: per point set, each point's flat index within its event's
+    image, whether it is inside the image, its value, and the points per event. `_accumulate`
+    sums it into dense images, `make_sparse` keeps the points."""
 
     n_events: int
     shape: tuple[int, ...]
-    flat_index: list[np.ndarray]
+    pixels: list[np.ndarray]
     inside: list[np.ndarray]
     weights: list[np.ndarray]
+    counts: list[np.ndarray]
 
 
-def _accumulate(n_events: int, shape: tuple[int, ...], flat_index: list[np.ndarray], inside: list[np.ndarray],
-                weights: list[np.ndarray]) -> np.ndarray:
+def _accumulate(n_events: int, shape: tuple[int, ...], pixels: list[np.ndarray], inside: list[np.ndarray],
+                weights: list[np.ndarray], counts: list[np.ndarray]) -> np.ndarray:
     """Sum weights into a zeroed (n_events, *shape) float32 buffer; points outside go to a dump bin.
 
     np.add.at into float32 measured ~2.5x faster than np.bincount (float64 output, then a cast).
     """
     dump = n_events * math.prod(shape)
     buffer = np.zeros(dump + 1, dtype=np.float32)
-    for index, ok, values in zip(flat_index, inside, weights):
+    for pixel, ok, values, set_counts in zip(pixels, inside, weights, counts):
+        index = _event_offsets(set_counts, math.prod(shape))
+        index += pixel
         np.add.at(buffer, np.where(ok, index, dump), values.astype(np.float32, copy=False))
     return buffer[:dump].reshape(n_events, *shape)
 
@@ -362,7 +369,6 @@ def _etaphi(spec: EtaPhiImage, arrays: dict[str, ArrayLike]) -> _Scatter:
         phi_center = _per_event(arrays, spec.center.phi, n_events)
 
     size = spec.size
-    image_size = spec.channels * size * size
     flat_index, inside, weights = [], [], []
     for set_number, ((eta, phi, value), counts) in enumerate(sets):
         # np.repeat of per-event values is cheaper than gathering them through an event index.
@@ -372,7 +378,6 @@ def _etaphi(spec: EtaPhiImage, arrays: dict[str, ArrayLike]) -> _Scatter:
         phi_offset -= np.repeat(phi_center, counts)
         pixels = [_pixel(eta_offset, spec.cell, size / 2), _pixel(_wrap_phi(phi_offset), spec.phi_cell, size / 2)]
         index, ok = _grid_index(pixels, (size, size))
-        index += _event_offsets(counts, image_size)
         if spec.channel_branch is not None:
             channel, ok = _channel_of_points(arrays, spec, counts, ok)
             index += channel * (size * size)
@@ -381,7 +386,7 @@ def _etaphi(spec: EtaPhiImage, arrays: dict[str, ArrayLike]) -> _Scatter:
         flat_index.append(index)
         inside.append(ok)
         weights.append(value)
-    return _Scatter(n_events, spec.shape(), flat_index, inside, weights)
+    return _Scatter(n_events, spec.shape(), flat_index, inside, weights, [counts for _, counts in sets])
 
 
 def _etaphi_centroid(sets: list[tuple[list[np.ndarray], np.ndarray]], n_events: int) -> tuple[np.ndarray, np.ndarray]:
@@ -445,8 +450,7 @@ def _jet(spec: JetImage, arrays: dict[str, ArrayLike]) -> _Scatter:
     cell = 2 * spec.extent / spec.size
     index, inside = _grid_index([_pixel(eta, cell, spec.size / 2), _pixel(phi, cell, spec.size / 2)],
                                 (spec.size, spec.size))
-    index += _event_offsets(counts, spec.size * spec.size)
-    return _Scatter(n_events, spec.shape(), [index], [inside], [pt])
+    return _Scatter(n_events, spec.shape(), [index], [inside], [pt], [counts])
 
 
 def _rotate_principal_axis_to_eta(eta: np.ndarray, phi: np.ndarray, pt: np.ndarray, event: np.ndarray,
@@ -476,12 +480,11 @@ def _hits_xy(spec: HitsXYImage, arrays: dict[str, ArrayLike]) -> _Scatter | np.n
     cell = 2 * spec.extent / spec.size
     index, inside = _grid_index([_pixel(y, cell, spec.size / 2), _pixel(x, cell, spec.size / 2)],
                                 (spec.size, spec.size))
-    index += _event_offsets(counts, spec.size * spec.size)
     if spec.encoding == "per_hit":
-        return _Scatter(n_events, spec.shape(), [index], [inside], energy)
+        return _Scatter(n_events, spec.shape(), [index], [inside], energy, [counts])
 
     hit = np.zeros(n_events * spec.size * spec.size, dtype=bool)
-    hit[index[inside]] = True
+    hit[(index + _event_offsets(counts, spec.size * spec.size))[inside]] = True
     images = hit.reshape(n_events, *spec.shape()).astype(np.float32)
     if spec.encoding == "binary":
         return images
@@ -536,8 +539,7 @@ def _voxel_points(spec: VoxelImage, arrays: dict[str, ArrayLike]) -> _Scatter:
             raise ValueError(f"voxels range for {name!r}: low {low} must be below high {high}")
         pixels.append(_pixel(np.subtract(coordinate, low, dtype=np.float64), (high - low) / bins, 0.0))
     index, inside = _grid_index(pixels, spec.shape_)
-    index += _event_offsets(counts, math.prod(spec.shape_))
-    return _Scatter(len(counts), spec.shape(), [index], [inside], [value])
+    return _Scatter(len(counts), spec.shape(), [index], [inside], [value], [counts])
 
 
 # ---------------------------------------------------------------- scalars

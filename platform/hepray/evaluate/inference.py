@@ -79,8 +79,8 @@ def predict(dataset: ray.data.Dataset, model_path: Path, concurrency: int = 1, n
             batch_size: int = 1024, engine: Engine = "torch", num_cpus: float = 1) -> ray.data.Dataset:
     """The dataset with the model's raw outputs: `concurrency` actors, each loading the model once."""
     return dataset.map_batches(ModelPredictor, fn_constructor_kwargs={"model_path": str(model_path), "engine": engine},
-                               concurrency=concurrency, num_gpus=num_gpus, num_cpus=num_cpus,
-                               batch_size=batch_size, batch_format="pyarrow")
+                               compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
+                               num_cpus=num_cpus, batch_size=batch_size, batch_format="pyarrow")
 
 
 def collect(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:

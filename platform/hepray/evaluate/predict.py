@@ -40,6 +40,7 @@ Format = Literal["root", "parquet"]
 
 @dataclass
 class PredictReport:
+    out_dir: str
     outputs: list[str]
     events: int
     events_skipped: int  # rows written with NaN scores (ranges skipped under on_error: skip)
@@ -220,6 +221,7 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
     ledger_skips = ray.get(ledger.skipped.remote()) if ledger is not None else []
     reasons = [reason for _, _, reason in plan.skipped] + [reason for *_, reason in ledger_skips]
     report = PredictReport(
+        out_dir=str(out_dir),
         outputs=[str(output) for output in outputs],
         events=sum(entries.values()),
         events_skipped=sum(stop - start for _, start, stop, _ in ledger_skips),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         meter.start_epoch(epoch)
         loss_sum, seen, kept = 0.0, 0, []
+        epoch_started = time.perf_counter()
         for batch in train_shard.iter_torch_batches(**batch_kwargs, local_shuffle_buffer_size=4 * job.train.batch_size,
                                                     local_shuffle_seed=job.train.seed + epoch):
             meter.waited()
@@ -155,7 +157,10 @@ def train_loop_per_worker(config: dict) -> None:
                 kept.append({name: batch[name].detach() for name in (*shapes, task.truth_column)})
 
         meter.flush()
+        train_seconds = time.perf_counter() - epoch_started
         metrics = {"epoch": epoch, "train_loss": _global_mean(loss_sum, seen)}
+        # Events trained on per second (all workers), data waits included: benchmarks/train.py compares it.
+        metrics["train_events_per_s"] = _global_mean(seen, 1) * context.get_world_size() / train_seconds
         metrics.update(evaluate_batches(model, task, shapes, kept, "train_eval", autocast))
         val_batches = val_shard.iter_torch_batches(**batch_kwargs)
         metrics.update(evaluate_batches(model, task, shapes, val_batches, "val", autocast))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -116,6 +117,19 @@ def _close_interrupted(study: optuna.Study) -> int:
     return len(running)
 
 
+def check_resources(spec: TuneSpec, base: JobSpec) -> None:
+    """Concurrent trials must leave a CPU to Ray Data's read tasks, or every trial waits forever."""
+    workers = spec.resources.num_workers or base.scaling.num_workers
+    cpus = spec.resources.cpus_per_worker or base.scaling.cpus_per_worker
+    per_trial = spec.resources.driver_cpus + workers * cpus
+    available = ray.cluster_resources().get("CPU", 0)
+    if spec.max_concurrent_trials * per_trial > available - 1:
+        raise SpecError(
+            f"{spec.name}: resources: {spec.max_concurrent_trials} concurrent trials x {per_trial:g} CPUs "
+            f"(driver_cpus + num_workers x cpus_per_worker) leave less than 1 of the cluster's {available:g} CPUs "
+            f"for reading data; lower max_concurrent_trials or cpus_per_worker")
+
+
 def run_search(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: str | Path,
                resume: bool = False) -> dict[str, Any]:
     """Run (or continue) the search; write the trial table and the best job. Returns a summary."""
@@ -127,6 +141,7 @@ def run_search(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: str | Pat
             shutil.rmtree(out_dir / name, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     ensure_ray()
+    check_resources(spec, base)
     ensure_data(base.data)  # once, before trials that would all generate it at the same time
 
     study = open_study(spec, out_dir)
@@ -162,7 +177,8 @@ def _tune_session(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, 
     # A new seed per session: the same seed would replay the first session's random startup trials.
     sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials), n_startup_trials=spec.startup_trials,
                                          constant_liar=spec.max_concurrent_trials > 1)
-    first = [spec.base_point(base_raw)] if spec.evaluate_base_first and not study.trials else None
+    resolved = base.model_dump(mode="json", by_alias=True)  # defaults filled in: the base job exactly
+    first = [spec.base_point(resolved)] if spec.evaluate_base_first and not study.trials else None
     searcher = OptunaSearch(
         space=_DefineByRun(spec), metric=objectives[0] if single else objectives,
         mode=spec.modes[0] if single else spec.modes, points_to_evaluate=first, sampler=sampler,

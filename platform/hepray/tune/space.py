@@ -167,11 +167,11 @@ class TuneSpec(Strict):
                 chosen[key] = dimension.decode(dimension.suggest(trial, key))
         return chosen
 
-    def base_point(self, base_raw: dict) -> dict[str, Any]:
+    def base_point(self, base: dict) -> dict[str, Any]:
         """The base job's values of the searched keys, as Optuna params (for evaluate_base_first)."""
         point = {}
         for key, dimension in self.space.items():
-            value = _get_path(base_raw, key)
+            value = _get_path(base, key)
             if value is not _MISSING:
                 point[key] = json.dumps(value) if dimension.encoded else value
         return point

@@ -136,8 +136,8 @@ class _Grids:
 
     def __init__(self, n: int):
         self.n = n
-        self.em = {"ecal": np.zeros((n, ECAL_LAYERS, ECAL_CELLS, ECAL_CELLS)),
-                   "hcal": np.zeros((n, HCAL_LAYERS, HCAL_CELLS, HCAL_CELLS))}
+        self.em = {"ecal": np.zeros((n, ECAL_LAYERS, ECAL_CELLS, ECAL_CELLS), dtype=np.float32),
+                   "hcal": np.zeros((n, HCAL_LAYERS, HCAL_CELLS, HCAL_CELLS), dtype=np.float32)}
         self.had = {"ecal": np.zeros_like(self.em["ecal"]), "hcal": np.zeros_like(self.em["hcal"])}
 
     def add(self, kind: str, evt, slab_energy, x, y, sigma_core, sigma_tail, f_core) -> None:
@@ -211,10 +211,10 @@ def hadronic_showers(grids: _Grids, rng, evt, visible, energy, start_lambda, x0,
 
 def _sample(rng, mean, k2) -> np.ndarray:
     """Cell energies after sampling fluctuations: Gamma with mean `mean` and variance k2 * mean."""
-    k2 = np.broadcast_to(k2, mean.shape)
-    out = np.zeros(mean.shape, dtype=np.float64)
+    k2 = np.broadcast_to(np.float32(k2), mean.shape)
+    out = np.zeros(mean.shape, dtype=np.float32)
     hit = mean > 1e-5  # cells below 10 keV hold ~1e-4 of the energy and cannot reach the thresholds
-    out[hit] = rng.gamma(mean[hit] / k2[hit], k2[hit])
+    out[hit] = rng.standard_gamma(mean[hit] / k2[hit], dtype=np.float32) * k2[hit]
     return out
 
 
@@ -272,25 +272,22 @@ def em_fraction_mean(energy):
     return 1.0 - energy ** (0.82 - 1.0)
 
 
-def _charged_pions(grids, rng, n, energy, visible_tracks):
+def _charged_pions(grids, rng, n, energy, tracks):
     x0, y0 = _impact(rng, n)
-    evt = np.arange(n)
-    t_int = rng.exponential(1.0, n)
-    visible_tracks.append((evt, t_int, x0, y0))
-    interacts = t_int < LAMBDA_EDGES[-1]
-    mean = em_fraction_mean(energy)
+    t_int = rng.exponential(1.0, n)  # first interaction [lambda_I]; beyond the HCAL: punch-through
+    tracks.append((np.arange(n), t_int, x0, y0))
+    hit = np.flatnonzero(t_int < LAMBDA_EDGES[-1])
+    e, t, x, y = energy[hit], t_int[hit], x0[hit], y0[hit]
+    mean = em_fraction_mean(e)
     concentration = mean * (1.0 - mean) / 0.12**2 - 1.0
     f_em = rng.beta(mean * concentration, (1.0 - mean) * concentration)
-    start_x0 = np.interp(t_int, LAMBDA_EDGES, X0_EDGES)
-    split = rng.uniform(0.2, 0.8, n)
-    kick = rng.normal(0.0, 20.0, (2, 2, n))  # mm: the pi0s leave the interaction at angles
-    sub = np.r_[evt, evt][np.r_[interacts, interacts]]
-    sub_energy = np.r_[energy * f_em * split, energy * f_em * (1 - split)][np.r_[interacts, interacts]]
-    keep = np.r_[interacts, interacts]
-    em_showers(grids, rng, sub, sub_energy, np.r_[start_x0, start_x0][keep] + rng.exponential(0.5, keep.sum()),
-               np.r_[x0 + kick[0, 0], x0 + kick[1, 0]][keep], np.r_[y0 + kick[0, 1], y0 + kick[1, 1]][keep])
-    hadronic_showers(grids, rng, evt[interacts], (energy * (1 - f_em) / E_OVER_H)[interacts], energy[interacts],
-                     t_int[interacts], x0[interacts], y0[interacts])
+    # the EM part: two sub-showers from the interaction point, displaced by the pi0s' angles
+    split = rng.uniform(0.2, 0.8, len(hit))
+    kick = rng.normal(0.0, 20.0, (4, len(hit)))  # mm
+    start = np.tile(np.interp(t, LAMBDA_EDGES, X0_EDGES), 2) + rng.exponential(0.5, 2 * len(hit))
+    em_showers(grids, rng, np.tile(hit, 2), np.r_[e * f_em * split, e * f_em * (1 - split)], start,
+               np.tile(x, 2) + kick[:2].reshape(-1), np.tile(y, 2) + kick[2:].reshape(-1))
+    hadronic_showers(grids, rng, hit, e * (1 - f_em) / E_OVER_H, e, t, x, y)
     return x0, y0, {}
 
 
@@ -350,7 +347,7 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
              "impact_x": x0.astype(np.float32), "impact_y": y0.astype(np.float32)}
     visible = {}
     for calo, slabs in (("ecal", ECAL_SLABS), ("hcal", HCAL_SLABS)):
-        response = RESPONSE[slabs, None, None]
+        response = RESPONSE[slabs, None, None].astype(np.float32)
         visible[calo] = (_sample(rng, grids.em[calo] * response, K2_EM[slabs, None, None])
                          + _sample(rng, grids.had[calo] * response, K2_HAD))
     for evt, t_int, tx, ty in tracks:
@@ -358,7 +355,7 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     sums = {}
     cells = {}
     for calo in ("ecal", "hcal"):
-        noisy = visible[calo].astype(np.float32)
+        noisy = visible[calo]
         noisy += NOISE[calo] * rng.standard_normal(noisy.shape, dtype=np.float32)
         jagged, sums[calo] = _sparse(noisy, calo)
         cells.update(jagged)

@@ -39,8 +39,9 @@ Detector model (a toy, grounded in the ATLAS LAr calorimeter)
       energy; presampler 1 cell). Accordion sampling term 10 %/sqrt(E) barrel, 12 %/sqrt(E)
       endcap, constant 0.7 %.
     * Electrons lose a Bethe-Heitler fraction of their energy to bremsstrahlung in the
-      tracker (two photons emitted along the bending track, 0.36 rad GeV / pT in phi at the
-      calorimeter for a 2 T field and 1.2 m); the track's pT (measured at the perigee,
+      tracker: two photons emitted along the bending track fly on straight, the electron
+      bends further (0.36 rad GeV / pT in phi at the calorimeter for a 2 T field over
+      1.2 m, less at large |eta| where tracks leave through the solenoid's end); the track's pT (measured at the perigee,
       resolution 1 % (+) 0.05 % pT) is in ``trk_pt``.
     * Photons convert in the tracker with probability 1 - exp(-7/9 X0_tracker); the e+e-
       pair (energy split uniform) bends apart in phi and starts showering at the conversion
@@ -120,6 +121,7 @@ ZERO_SUPPRESSION = 2.0  # sigmas of the native cell's noise
 # --- kinematics ---------------------------------------------------------------------------
 ET_RANGE = (10.0, 200.0)
 BEND = 0.36  # dphi [rad] * pT [GeV] at the calorimeter: 0.3 * 2 T * 1.2 m / 2
+SOLENOID_RADIUS, SOLENOID_HALF_LENGTH = 1.2, 2.9  # m
 
 BRANCHES = ("e_true", "e_acc", "eta", "abs_eta", "phi", "mu", "npv", "trk_pt", "conv", "particle",
             "e_ps", "e_l1", "e_l2", "e_l3", "seed_eta", "seed_phi",
@@ -165,7 +167,13 @@ def _bethe_heitler_retained(rng, thickness):
     return np.exp(-rng.gamma(np.maximum(thickness, 1e-6) / np.log(2.0)))
 
 
-def _electron(rng, n, energy, pt, u, v, tracker):
+def _field_lever(abs_eta):
+    """Transverse path in the solenoid's field relative to its radius: tracks at large |eta|
+    leave through its end (half-length 2.9 m, radius 1.2 m) and bend less."""
+    return np.minimum(1.0, SOLENOID_HALF_LENGTH / (SOLENOID_RADIUS * np.sinh(np.maximum(abs_eta, 1e-3))))
+
+
+def _electron(rng, n, energy, pt, u, v, tracker, abs_eta):
     """(u, v) is the electron's initial direction extrapolated straight to the calorimeter.
     Brem photons fly on along the direction the electron had when it emitted them; the
     electron itself bends away (further the more energy it has lost)."""
@@ -175,21 +183,25 @@ def _electron(rng, n, energy, pt, u, v, tracker):
     trk_pt = pt * _bethe_heitler_retained(rng, 0.05 * np.ones(n))  # a little material before the first hits
     trk_pt *= 1.0 + np.hypot(0.01, 0.0005 * pt) * rng.standard_normal(n)
 
+    bend = charge * BEND * _field_lever(abs_eta) / CELL_PHI
+
     def bending(path, momentum_kept):  # phi offset in cells after a fraction of the tracker
-        return np.minimum(charge * path * BEND / (pt * momentum_kept) / CELL_PHI, 50.0 * charge * charge)
+        return np.clip(path * bend / (pt * momentum_kept), -50.0, 50.0)
 
     # the electron's own shower starts after the tracker (its losses there are the brem)
-    parts = [_Showers(evt, energy * kept, u, v + bending(1.0, kept), tracker.copy(), np.ones(n, bool))]
+    parts = [_Showers(evt, energy * kept, u, v + bending(1.0, np.sqrt(kept)), tracker.copy(), np.ones(n, bool))]
     share = rng.uniform(0.2, 0.8, n)
     for fraction in (share, 1 - share):
-        emitted_at = rng.random(n)  # fraction of the tracker traversed; momentum ~ kept ** emitted_at
+        # emitted after a fraction of the tracker; momentum falls as kept ** fraction, so the
+        # mean momentum on the way there is about kept ** (fraction / 2)
+        emitted_at = rng.random(n)
         conversion = emitted_at * tracker + rng.exponential(PHOTON_MEAN_FREE_PATH, n)
-        parts.append(_Showers(evt, energy * (1 - kept) * fraction, u, v + bending(emitted_at, kept**emitted_at),
+        parts.append(_Showers(evt, energy * (1 - kept) * fraction, u, v + bending(emitted_at, kept ** (emitted_at / 2)),
                               conversion, np.zeros(n, bool)))
     return _Showers.concat(parts), trk_pt, np.zeros(n)
 
 
-def _photon(rng, n, energy, pt, u, v, tracker):
+def _photon(rng, n, energy, pt, u, v, tracker, abs_eta):
     evt = np.arange(n)
     depth = rng.exponential(PHOTON_MEAN_FREE_PATH, n)
     converted = depth < tracker
@@ -202,7 +214,7 @@ def _photon(rng, n, energy, pt, u, v, tracker):
     trk_pt = np.zeros(n)
     for sign, fraction in ((1.0, x[c]), (-1.0, 1 - x[c])):
         leg_pt = pt[c] * fraction
-        dv = sign * remaining * BEND / np.maximum(leg_pt, 0.5) / CELL_PHI
+        dv = np.clip(sign * remaining * BEND * _field_lever(abs_eta[c]) / np.maximum(leg_pt, 0.5) / CELL_PHI, -50, 50)
         parts.append(_Showers(evt[c], energy[c] * fraction, u[c], v[c] + dv, depth[c], np.ones(c.sum(), bool)))
         trk_pt[c] += leg_pt * (1.0 + 0.03 * rng.standard_normal(c.sum()))
     return _Showers.concat(parts), trk_pt, converted.astype(np.float64)
@@ -276,7 +288,7 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
 
     tracker = TRACKER_SHARE * front_material(abs_eta)
     make = _electron if kind == "electron" else _photon
-    showers, trk_pt, conv = make(rng, n, e_true, et, u, v, tracker)
+    showers, trk_pt, conv = make(rng, n, e_true, et, u, v, tracker, abs_eta)
 
     # pile-up: actual interactions around <mu>, vertices found among them
     mu = rng.uniform(*MU_RANGE, n)

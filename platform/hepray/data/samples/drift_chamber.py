@@ -308,7 +308,9 @@ def swim(rng, p4, charge, mass, z0):
                  np.pi * (whole_turns + 1) - half_angle[:, :, None])
     s = 2 * radius[:, None, None] * u
     z = z0[:, None, None] + s * (pz / pt)[:, None, None]
-    phi = phi0[:, None, None] + turn[:, None, None] * u
+    # the hit's azimuth is the chord's direction, phi0 + turn * s / 2R; every turn passes the
+    # same transverse points, so the whole turns drop out of it (only z advances)
+    phi = phi0[:, None, None] + turn[:, None, None] * (u - np.pi * whole_turns)
     # a track whose circle does not close inside the chamber leaves through the outer wall
     stays = (2 * radius < OUTER_WALL)[:, None, None] | (crossing == 0)[None, None, :]
     valid = reaches[:, :, None] & stays & (np.abs(z) < HALF_LENGTH[None, :, None])

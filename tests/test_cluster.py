@@ -37,6 +37,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _psutil():
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+    import psutil
+
+    return psutil
+
+
 class LocalCluster:
     """A head and a worker node on this machine. Only processes started under this cluster's own
     temp dir (and their children) are ever signalled: other Ray instances on the machine are left alone."""
@@ -60,11 +67,20 @@ class LocalCluster:
                                  env=self.env, capture_output=True, text=True, timeout=300)
         assert started.returncode == 0, f"ray start {' '.join(args)} failed:\n{started.stdout[-2000:]}\n{started.stderr[-3000:]}"
 
-    def start(self) -> "LocalCluster":
-        self._start("--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
-                    "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()))
-        self._start("--address", f"127.0.0.1:{self.gcs_port}")
-        return self
+    def start(self, attempts: int = 3) -> "LocalCluster":
+        """Ray gives a node 30 s to register: on a saturated machine, start again on fresh ports."""
+        for attempt in range(attempts):
+            try:
+                self._start("--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
+                            "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()))
+                self._start("--address", f"127.0.0.1:{self.gcs_port}")
+                return self
+            except AssertionError:
+                self._kill_own_processes()
+                if attempt == attempts - 1:
+                    raise
+                self.gcs_port, self.dashboard_port = free_port(), free_port()
+                self.address = f"http://127.0.0.1:{self.dashboard_port}"
 
     def get(self, path: str) -> dict:
         response = requests.get(self.address + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
@@ -76,14 +92,10 @@ class LocalCluster:
         return [node["raylet"] for node in self.get("/nodes?view=summary")["summary"]]
 
     def own_processes(self):
-        import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
-        import psutil
-
-        roots = []
-        for process in psutil.process_iter(["cmdline"]):
-            if any(self.temp_dir in part for part in process.info["cmdline"] or []):
-                roots.append(process)
-        return roots
+        """Ray's processes started for this cluster: their command lines name its temp dir."""
+        psutil = _psutil()
+        return [process for process in psutil.process_iter(["cmdline"])
+                if any(self.temp_dir in part for part in process.info["cmdline"] or [])]
 
     def workers(self, title_prefix: str):
         """Live worker processes of this cluster whose Ray process title starts with the prefix."""
@@ -93,13 +105,16 @@ class LocalCluster:
                 try:
                     if " ".join(child.cmdline()).startswith(title_prefix):
                         found.append(child)
-                except Exception:  # exited while we looked
+                except _psutil().Error:  # exited while we looked
                     continue
         return found
 
     def stop(self) -> None:
-        import psutil
+        self._kill_own_processes()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    def _kill_own_processes(self) -> None:
+        psutil = _psutil()
         roots = self.own_processes()
         family = roots + [child for root in roots for child in root.children(recursive=True)]
         for process in family:
@@ -113,7 +128,6 @@ class LocalCluster:
                 process.kill()
             except psutil.NoSuchProcess:
                 pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -362,13 +376,13 @@ def test_training_resumes_from_checkpoint_after_a_worker_is_killed(cluster, file
 
 
 READ_DRIVER = """
-import json, sys, threading, time
+import json, os, sys, threading, time
 import ray
 import psutil  # Ray's bundled copy, on sys.path once ray is imported
 from hepray.data.pipeline import build_job_data
 from hepray.spec import JobSpec
 
-job, temp_dir = JobSpec.model_validate_json(sys.argv[1]), sys.argv[2]
+job, temp_dir = JobSpec.model_validate_json(sys.argv[1]), os.environ["TEST_RAY_TEMP_DIR"]
 ray.init(logging_level="ERROR")
 dataset = build_job_data(job, splits=("train",)).datasets["train"]
 # This cluster's own Ray processes (raylets, agents ...): read tasks run in their child workers.
@@ -403,8 +417,8 @@ def test_killed_read_task_is_retried_without_losing_or_repeating_events(cluster,
     """A worker running a read task is SIGKILLed mid-epoch: Ray Data retries the task and the epoch
     delivers every (file, entry) of the split exactly once."""
     job = load_job(JOB_FILE, [*file_overrides(files), "data.events_per_task=100"])
-    env = {**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}"}
-    driver = subprocess.run([sys.executable, "-c", READ_DRIVER, job.model_dump_json(by_alias=True), cluster.temp_dir],
+    env = {**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}", "TEST_RAY_TEMP_DIR": cluster.temp_dir}
+    driver = subprocess.run([sys.executable, "-c", READ_DRIVER, job.model_dump_json(by_alias=True)],
                             env=env, cwd=PROJECT, capture_output=True, text=True, timeout=900)
     assert driver.returncode == 0, driver.stderr[-3000:]
     result = json.loads(driver.stdout.strip().splitlines()[-1])

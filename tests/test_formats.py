@@ -20,7 +20,7 @@ from hepray.spec import JobSpec, load_job
 from httpserver import FileServer
 from rootfiles import etaphi_job, towers
 
-ELECTRON_EVENTS = 300  # per class: files of 200 + 100 events
+ELECTRON_EVENTS = 300  # per class, one file each: one read task per split when events_per_task is large
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
@@ -54,7 +54,7 @@ def tower_job(path, **data) -> JobSpec:
 def electron_id(tmp_path_factory):
     root = tmp_path_factory.mktemp("electron_id")
     for fmt in ("ttree", "rntuple"):
-        generate("electron_id", root / fmt, ELECTRON_EVENTS, seed=3, fmt=fmt, events_per_file=200)
+        generate("electron_id", root / fmt, ELECTRON_EVENTS, seed=3, fmt=fmt)
     return root
 
 
@@ -68,16 +68,17 @@ def electron_job(root, fmt: str, *overrides: str) -> JobSpec:
 def test_generator_writes_ttree_by_default_and_rntuple_on_request(electron_id):
     for fmt, kind in (("ttree", uproot.TTree), ("rntuple", uproot.models.RNTuple.Model_ROOT_3a3a_RNTuple)):
         names = sorted(p.name for p in (electron_id / fmt).iterdir())
-        assert names == ["electron_000.root", "electron_001.root", "fake_000.root", "fake_001.root"]
-        with uproot.open(electron_id / fmt / "fake_001.root") as file:
-            assert isinstance(file["events"], kind) and file["events"].num_entries == 100
+        assert names == ["electron_000.root", "fake_000.root"]
+        with uproot.open(electron_id / fmt / "fake_000.root") as file:
+            assert isinstance(file["events"], kind) and file["events"].num_entries == ELECTRON_EVENTS
 
 
 def test_electron_id_dataset_is_identical_event_by_event(electron_id):
-    """Same seed, same events: every column of every split (images included) is bitwise equal."""
+    """Same seed, same events: every column of every split (images included) is bitwise equal,
+    read in ranges of 50 events."""
     for split in ("train", "val", "test"):
-        ttree = columns(electron_job(electron_id, "ttree"), split)
-        rntuple = columns(electron_job(electron_id, "rntuple"), split)
+        ttree = columns(electron_job(electron_id, "ttree", "data.events_per_task=100"), split)
+        rntuple = columns(electron_job(electron_id, "rntuple", "data.events_per_task=100"), split)
         assert set(ttree) == set(rntuple) >= {"entry", "label", "image", "obs_ele_pt", "obs_ele_eta"}
         assert len(ttree["entry"]) > 30
         for name in ttree:

@@ -10,6 +10,7 @@ import pytest
 import uproot
 
 from hepray.data.samples import drift_chamber as dc
+from hepray.data.samples import drift_chamber_tracks as dct
 from hepray.data.samples import generate, known_kinds
 
 EVENTS = 400
@@ -217,6 +218,37 @@ def test_same_seed_same_arrays_and_rntuple(tmp_path):
     assert not np.array_equal(ak.to_numpy(a["trk_px"]), ak.to_numpy(c["trk_px"]))
 
 
+# --- one entry per track --------------------------------------------------------------------
+
+def test_tracks_carry_exactly_their_own_hits():
+    chunk = dc.generate_chunk(np.random.default_rng(4), 300, "psip_mumu", noise_hits=3.0)
+    tracks = dct.split_tracks(chunk)
+    assert len(tracks["track_e"]["pid"]) == 0 and len(tracks["track_mu"]["pid"]) > 400
+    a = ak.Array(chunk)
+    trk = flat(a["TRK"]).astype(int)
+    track_of_hit = np.repeat(np.arange(len(a)), ak.to_numpy(ak.num(a["TRK"]))) * 4 + trk - 1  # -1: noise
+    hits_per_track = np.bincount(track_of_hit[trk > 0], minlength=4 * len(a))
+    pid = np.abs(ak.to_numpy(a["trk_pid"]).reshape(-1))
+    for prefix, code in (("track_mu", 13), ("track_pi", 211)):
+        t = tracks[prefix]
+        assert set(np.abs(t["pid"])) == {code} and ak.min(ak.num(t["RC"])) >= dct.MIN_HITS
+        kept = (trk > 0) & (pid[track_of_hit] == code) & (hits_per_track[track_of_hit] >= dct.MIN_HITS)
+        # the kept tracks hold exactly the event hits on such tracks, no noise hit among them
+        np.testing.assert_array_equal(np.sort(flat(t["RT"])), np.sort(flat(a["RT"])[kept]))
+        np.testing.assert_allclose(t["pt"], np.hypot(t["px"], t["py"]), rtol=1e-6)
+
+
+def test_track_files_one_class_each(tmp_path):
+    paths = generate("drift_chamber_tracks", tmp_path, 300, seed=2)
+    assert [p.name for p in paths] == ["track_e_000.root", "track_mu_000.root", "track_pi_000.root"]
+    arrays = {p.name.rsplit("_", 1)[0]: read([p]) for p in paths}
+    assert set(arrays["track_e"].fields) >= {"layer", "wire", "XE", "YE", "XW", "YW", "RT", "RC", "px", "pt", "p", "pid"}
+    for prefix, code in dct.PARTICLES.items():
+        assert len(arrays[prefix]) == 300 and set(np.abs(ak.to_numpy(arrays[prefix]["pid"]))) == {code}
+    p = {prefix: np.median(ak.to_numpy(a["p"])) for prefix, a in arrays.items()}
+    assert p["track_pi"] < 0.6 < p["track_mu"] < p["track_e"] < 1.6  # muons also from the softer continuum
+
+
 # --- jobs ----------------------------------------------------------------------------------------
 
 def test_jobs_validate_and_encodings_are_overridable():
@@ -224,12 +256,13 @@ def test_jobs_validate_and_encodings_are_overridable():
 
     names = sorted(p.name for p in JOBS.glob("drift_chamber*.yaml"))
     assert names == ["drift_chamber_ee_vs_continuum.yaml", "drift_chamber_ee_vs_mumu.yaml",
-                     "drift_chamber_multiclass.yaml", "drift_chamber_mumu_vs_continuum.yaml"]
+                     "drift_chamber_multiclass.yaml", "drift_chamber_mumu_vs_continuum.yaml",
+                     "drift_chamber_track_momentum.yaml", "drift_chamber_tracks.yaml"]
     for name in names:
         for encoding in ("binary", "total", "average", "per_hit"):
             job = load_job(JOBS / name, [f"data.inputs.image.encoding={encoding}", "model.filters=8"])
             assert job.data.inputs["image"].encoding == encoding and job.model.filters == 8
-            assert job.data.generate.kind == "drift_chamber"
+            assert job.data.generate.kind.startswith("drift_chamber")
     assert load_job(JOBS / "drift_chamber_multiclass.yaml").data.class_names == list(dc.CLASSES)
 
 

@@ -64,9 +64,15 @@ def test_constituents_are_in_the_jet_frame(sample):
         # close to it for constituents within the cone
         total = np_(ak.sum(ptrel, axis=1))
         assert total.min() > 1 - 1e-4 and total.max() < 1.2 and np.median(total) < 1.03
-        # the jet axis is the pT-weighted centre of its constituents
-        for rel in ("pfcand_etarel", "pfcand_phirel"):
-            assert np.abs(np_(ak.sum(ptrel * a[rel], axis=1))).max() < 0.02
+        # the jet is the four-vector sum of its constituents: in the jet frame it has pT 1,
+        # phi 0 and the jet's eta
+        eta = a["pfcand_etarel"] + a["jet_eta"]
+        px = np_(ak.sum(ptrel * np.cos(a["pfcand_phirel"]), axis=1))
+        py = np_(ak.sum(ptrel * np.sin(a["pfcand_phirel"]), axis=1))
+        pz = np_(ak.sum(ptrel * np.sinh(eta), axis=1))
+        np.testing.assert_allclose(px, 1.0, atol=2e-4)
+        np.testing.assert_allclose(py, 0.0, atol=2e-4)
+        np.testing.assert_allclose(np.arcsinh(pz / px), np_(a["jet_eta"]), atol=2e-3)
         dr = np.sqrt(a["pfcand_etarel"] ** 2 + a["pfcand_phirel"] ** 2)
         assert ak.max(dr) < 1.0
 

@@ -72,6 +72,11 @@ def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
         load_search(path, ["space.train.lr={uniform: [0, 1], choice: [1]}"])
     with pytest.raises(SpecError, match=r"space.model.dropout.when: 'train.optimizer' must be a searched key"):
         load_search(path, ["space.model.dropout={uniform: [0, 0.3], when: {train.optimizer: sgd}}"])
+    # Trial 0 is the base job: its weight_decay (default 0) cannot be enqueued on a log scale.
+    with pytest.raises(SpecError, match=r"space.train.weight_decay: the base job's value 0.0 cannot be drawn"):
+        load_search(path, ["space.train.weight_decay={loguniform: [1.0e-6, 0.1]}"])
+    spec, _, _ = load_search(path, ["num_samples=9", "trial_overrides.train.epochs=1"])
+    assert spec.num_samples == 9 and spec.trial_overrides == {"train.epochs": 1}
 
 
 def test_search_stops_trials_early_writes_outputs_and_resumes(ray_session, tmp_path, base_job_file):

@@ -119,10 +119,9 @@ def submit(job_file: str | Path, address: str | None = None, overrides: list[str
     job = load_job(job_file, overrides)  # a bad key fails here, before anything is uploaded
     root = project_root()
     entrypoint = run_command(job_file, overrides, out, root, job.name)
-    jobs = client(address)
     job_id = f"hepray-{job.name}-{uuid.uuid4().hex[:8]}"
-    return jobs.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env(root, pip),
-                           metadata={"hepray_job": job.name})
+    return _call(address, "submit_job", entrypoint=entrypoint, submission_id=job_id,
+                 runtime_env=runtime_env(root, pip), metadata={"hepray_job": job.name})
 
 
 def status(job_id: str, address: str | None = None) -> dict:
@@ -172,12 +171,12 @@ def wait(job_id: str, address: str | None = None, timeout: float = 600) -> str:
         time.sleep(0.5)
 
 
-def _call(address: str | None, method: str, *args):
+def _call(address: str | None, method: str, *args, **kwargs):
     from ray.exceptions import AuthenticationError
 
     jobs = client(address)
     try:
-        return getattr(jobs, method)(*args)
+        return getattr(jobs, method)(*args, **kwargs)
     except (RuntimeError, AuthenticationError) as error:  # the Jobs API's errors: unknown id, refused request
         where = " ".join(map(str, args)) or address or default_address()
         raise ClusterError(f"{where}{_token_hint()}: {error}") from None

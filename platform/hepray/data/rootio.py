@@ -20,10 +20,10 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
 from urllib.parse import urlsplit
 
 import awkward as ak
+import fsspec
 import numpy as np
 import uproot
 
@@ -56,8 +56,6 @@ def expand_glob(pattern: str) -> list[str]:
 
 
 def _remote_glob(pattern: str) -> list[str]:
-    import fsspec
-
     try:
         filesystem, path = fsspec.core.url_to_fs(pattern)
         return sorted(filesystem.unstrip_protocol(match) for match in filesystem.glob(path))
@@ -70,6 +68,8 @@ def _storage_error(path: str, error: Exception) -> DataError:
     detail = f"{type(error).__name__}: {error}".splitlines()[0]
     if isinstance(error, FileNotFoundError):
         return DataError(f"{path}: no such file")
+    if isinstance(error, PermissionError):
+        return DataError(f"{path}: access denied ({detail})")
     if isinstance(error, ImportError) or (isinstance(error, ValueError) and "Protocol not known" in str(error)):
         hint = "; for root:// URLs: pip install \"hepray[xrootd]\"" if path.startswith("root://") else ""
         return DataError(f"{path}: no filesystem for this URL ({detail}){hint}")

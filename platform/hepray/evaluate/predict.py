@@ -165,6 +165,20 @@ def output_paths(paths: list[str], out_dir: Path, fmt: Format) -> list[Path]:
     return outputs
 
 
+def default_concurrency(job: JobSpec) -> int:
+    """The job's worker count as model actors, leaving at least one CPU for the read tasks
+    (actors holding every CPU would starve the reads that feed them)."""
+    spare = int((ray.cluster_resources().get("CPU", 1) - 1) // job.scaling.cpus_per_worker)
+    return max(1, min(job.scaling.num_workers, spare))
+
+
+def default_gpus(job: JobSpec) -> float:
+    """GPUs per actor as the job trains: gpus_per_worker when it uses GPUs and the cluster has them."""
+    scaling = job.scaling
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    return scaling.gpus_per_worker if scaling.use_gpu is True or (scaling.use_gpu == "auto" and has_gpus) else 0.0
+
+
 def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | None = None, fmt: Format = "root",
                   concurrency: int | None = None, num_gpus: float | None = None, engine: Engine = "torch",
                   batch_size: int = 1024, observers: list[str] | None = None) -> PredictReport:
@@ -202,12 +216,11 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
         writers = [OutputWriter(output, fmt, schema.types) for output in outputs]
         if plan.tasks:
             scaling = job.scaling
-            use_gpu = scaling.use_gpu is True or (scaling.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
             dataset = build_dataset(spec, None, plan, ledger_name, flag_cut=True, file_column=True)
             dataset.context.execution_options.preserve_order = True  # this dataset's own copy of the context
             predicted = predict(dataset, model_path, engine=engine, batch_size=batch_size,
-                                concurrency=concurrency or scaling.num_workers, num_cpus=scaling.cpus_per_worker,
-                                num_gpus=(scaling.gpus_per_worker if use_gpu else 0) if num_gpus is None else num_gpus)
+                                concurrency=concurrency or default_concurrency(job), num_cpus=scaling.cpus_per_worker,
+                                num_gpus=default_gpus(job) if num_gpus is None else num_gpus)
             _write_in_order(predicted, keys, paths, entries, writers, schema)
         for path, writer in zip(paths, writers):
             if writer.written + writer.buffered != entries[path]:

@@ -36,13 +36,15 @@ LOSS_COLUMNS = ["train_loss", "train_eval_loss", "val_loss", "loss_gap"]
 
 
 class ObjectiveReport(TuneReportCallback):
-    """Forwards rank 0's epoch report to Tune with `loss_gap` (val_loss - train_eval_loss) added and
-    every metric also as `best_<key>`: its value at the epoch with the best objective so far. Tune,
-    ASHA and Optuna see `best_<objective>`, so a trial is judged by the model it would keep."""
+    """Forwards rank 0's epoch report to Tune with `loss_gap` (val_loss - train_eval_loss) added, and
+    the objectives, losses and epoch also as `best_<key>`: their values at the epoch with the best
+    first objective so far. Tune, ASHA and Optuna see `best_<objective>`, so a trial is judged by
+    the model it would keep."""
 
-    def __init__(self, metric: str, mode: str):
+    def __init__(self, metrics: list[str], mode: str):
         super().__init__()
-        self.metric, self.mode = metric, mode
+        self.keys = list(dict.fromkeys([*metrics, *LOSS_COLUMNS, "epoch"]))
+        self.metric, self.mode = metrics[0], mode
         self.best: dict[str, float] | None = None
 
     def after_report(self, run_context, metrics, checkpoint):
@@ -51,7 +53,7 @@ class ObjectiveReport(TuneReportCallback):
             current["loss_gap"] = current["val_loss"] - current["train_eval_loss"]
         value = current[self.metric]
         if self.best is None or _better(value, self.best[self.metric], self.mode):
-            self.best = {k: v for k, v in current.items() if isinstance(v, (int, float))}
+            self.best = {key: current[key] for key in self.keys if key in current}
         current.update({f"best_{key}": value for key, value in self.best.items()})
         super().after_report(run_context, [current, *metrics[1:]], checkpoint)
 
@@ -84,7 +86,7 @@ def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> No
     trainer = build_trainer(
         job, data, Path(tune.get_context().get_trial_dir()), "train",
         Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
-        callbacks=[ObjectiveReport(spec.metrics[0], spec.modes[0])],
+        callbacks=[ObjectiveReport(spec.metrics, spec.modes[0])],
     )
     trainer.fit()
 

@@ -83,6 +83,15 @@ class Dimension(Strict):
             return self.choice[0]
         return (self.randint or self.loguniform or self.uniform)[0]
 
+    def can_fix(self, value: Any) -> bool:
+        """Whether Optuna can enqueue this value: a listed choice, or a number (> 0 on a log scale);
+        numbers outside [low, high] are allowed, e.g. a base job's value outside the searched range."""
+        if self.choice is not None:
+            return value in self.choice
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return value > 0 or self.loguniform is None
+
     def applies(self, chosen: dict[str, Any]) -> bool:
         for key, wanted in (self.when or {}).items():
             allowed = wanted if isinstance(wanted, list) else [wanted]
@@ -262,6 +271,15 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> tuple[T
         values = {k: spec.space[k].example() for k in dimension.when or {}}
         _check_job(job_with(base_raw, {**values, key: dimension.example()}), f"{path}: space.{key}")
     _check_job(job_with(base_raw, spec.trial_overrides), f"{path}: trial_overrides")
+    searched = set(spec.trial_overrides) & set(spec.space)
+    if searched:
+        raise SpecError(f"{path}: trial_overrides: {', '.join(sorted(searched))} is also searched")
+    if spec.evaluate_base_first:
+        resolved = base.model_dump(mode="json", by_alias=True)
+        for key, value in spec.base_point(resolved).items():
+            if not spec.space[key].can_fix(spec.space[key].decode(value)):
+                raise SpecError(f"{path}: space.{key}: the base job's value {value!r} cannot be drawn from it, "
+                                "so trial 0 cannot be the base job; add it or set evaluate_base_first: false")
     return spec, base, base_raw
 
 

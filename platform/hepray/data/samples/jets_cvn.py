@@ -32,10 +32,12 @@ nor impossible)
       each at an angle kT / p from the parton with kT ~ Exp(0.4 GeV).
     * Pile-up and underlying event after mitigation (PUPPI-like): Poisson(8) particles of
       pT ~ 0.3 + Exp(0.6) GeV uniform over the cone.
-    * Reconstruction: particles with pT > 0.5 GeV within dR < 0.8 of the initiating
-      direction are the jet's constituents (an anti-kT jet is a cone around its hard core);
-      the jet four-vector is their (massless) sum, so ``jet_mass`` includes the shower,
-      neutrino losses, out-of-cone radiation and pile-up.
+    * Reconstruction: particles with pT > 0.5 GeV within dR < 0.8 of the jet axis are the
+      jet's constituents; the axis is found as a stable cone's (an anti-kT jet is a cone
+      around its hard core): starting from the initiating direction, moved twice to the
+      pT-weighted centre of the particles within 0.8 of it. The jet four-vector is the
+      constituents' (massless) sum, so ``jet_mass`` includes the shower, neutrino losses,
+      out-of-cone radiation and pile-up.
 
 N-subjettiness (Thaler, Van Tilburg), tau_N = sum_k pT_k min_a dR(k, a) / (sum_k pT_k R0),
 R0 = 0.8, dR in the (etarel, phirel) plane. Approximation: instead of exclusive-kT axes
@@ -75,6 +77,7 @@ BRANCHES = ("jet_pt", "jet_eta", "jet_phi", "jet_mass", "tau1", "tau2", "tau21",
 PT_MIN, PT_MAX, PT_SLOPE = 300.0, 1000.0, 250.0  # GeV
 ETA_MAX = 2.0
 JET_R = 0.8
+CONE_ITERATIONS = 2
 CONSTITUENT_PT_MIN = 0.5  # GeV
 HIGGS_MASS = 125.0
 # --- shower ---------------------------------------------------------------------------
@@ -274,8 +277,17 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     phi0 = rng.uniform(-np.pi, np.pi, n)
     shower = _signal(rng, n, pt0) if kind == "hbb" else _qcd(rng, n, pt0)
     parts = _Particles.concat([shower, _pileup(rng, n)])
-    keep = (parts.pt > CONSTITUENT_PT_MIN) & (np.hypot(parts.u, parts.v) < JET_R)
-    parts = parts.take(keep)
+    parts = parts.take(parts.pt > CONSTITUENT_PT_MIN)
+    # cone jet: the axis is moved to the pT-weighted centre of the particles within R of it,
+    # starting from the initiating direction
+    axis_u, axis_v = np.zeros(n), np.zeros(n)
+    for _ in range(CONE_ITERATIONS):
+        near = np.hypot(parts.u - axis_u[parts.evt], parts.v - axis_v[parts.evt]) < JET_R
+        weight = np.bincount(parts.evt, weights=parts.pt * near, minlength=n)
+        weight = np.where(weight > 0, weight, 1.0)
+        axis_u = np.bincount(parts.evt, weights=parts.pt * parts.u * near, minlength=n) / weight
+        axis_v = np.bincount(parts.evt, weights=parts.pt * parts.v * near, minlength=n) / weight
+    parts = parts.take(np.hypot(parts.u - axis_u[parts.evt], parts.v - axis_v[parts.evt]) < JET_R)
     order = np.lexsort((-parts.pt, parts.evt))
     parts = parts.take(order)
     evt = parts.evt

@@ -104,6 +104,10 @@ def test_search_stops_trials_early_writes_outputs_and_resumes(ray_session, tmp_p
     assert best.name == "test_tuned" and best.train.lr == 3.0e-3 and best.model.head == "flatten"
     assert best.train.epochs == 2
     assert list((out / "tensorboard" / "trial_000").iterdir())
+    # The worker placement group of a trial ASHA stopped is removed, so later trials can start.
+    groups = ray_session.util.placement_group_table()
+    recorded = (out / "trials" / "trial_001" / "placement_groups.txt").read_text().split()
+    assert recorded and all(groups[group]["state"] == "REMOVED" for group in recorded)
 
     # An interrupted session leaves a trial RUNNING in the study (its driver was killed mid-trial).
     study = optuna.load_study(study_name=spec.name, storage=storage_url(out))

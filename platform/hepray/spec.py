@@ -326,6 +326,8 @@ class EvaluateSpec(Strict):
     robustness: Robustness | None = None
     energy: str | None = Field(None, description="regression: observer holding the true energy for resolution fits")
     plots: bool = True
+    permutation_importance: bool = Field(
+        False, description="importance_<scalar>: the test metric lost when each scalar input column is shuffled")
 
     @field_validator("samples", mode="before")
     @classmethod
@@ -370,6 +372,8 @@ class JobSpec(Strict):
         robustness = self.evaluate.robustness
         if robustness and robustness.norms and not any(hasattr(i, "norm") for i in self.data.inputs.values()):
             raise ValueError("evaluate.robustness.norms: the job has no image input with a norm")
+        if self.evaluate.permutation_importance and not any(i.kind == "scalars" for i in self.data.inputs.values()):
+            raise ValueError("evaluate.permutation_importance: the job has no scalars input to permute")
         return self
 
     @property

@@ -26,6 +26,9 @@ regression (outputs = one prediction per event): ``test_events``, ``test_mse`` (
     units squared) and the response/resolution numbers of ``resolution.response_summary``
     with prefix ``test_``; with a baseline ``<b>`` the same with prefix ``baseline_<b>_`` and
     ``test_rIQR_vs_<b> = (iqr_rel_baseline - iqr_rel_model) / iqr_rel_baseline`` (> 0: model better).
+    Each estimator also gets the Crystal Ball fit of its response (``resolution.crystal_ball_fit``:
+    ``cb_mu``, ``cb_sigma`` relative, ``cb_sigma_err``, ``cb_beta``, ``cb_m``) and the model
+    ``test_rCB_vs_<b> = 1 - cb_sigma_model / cb_sigma_baseline`` (study 004's 1 - sigma_cnn / sigma_calib).
 
 Binned: every key above gets the suffix ``@<observer>[<lo>,<hi>)`` for events with
 ``lo <= observer < hi`` (edges printed with ``format_edge``: shortest round-trip decimal,
@@ -216,12 +219,15 @@ def regression_metrics(pred: np.ndarray, truth: np.ndarray,
         out[f"{prefix}_mse"] = float(np.mean((est[ok] - y[ok]) ** 2)) if ok.any() else NAN
         for k, v in resolution.response_summary(est, y).items():
             out[f"{prefix}_{k}"] = float(v)
+        out.update({f"{prefix}_{k}": v for k, v in resolution.crystal_ball_fit(resolution.valid_ratio(est, y)).items()})
 
     block("test", pr)
     for name, baseline in (baselines or {}).items():
         block(f"baseline_{name}", np.asarray(baseline, dtype=np.float64).reshape(-1))
         ib, im = out[f"baseline_{name}_iqr_rel"], out["test_iqr_rel"]
         out[f"test_rIQR_vs_{name}"] = float((ib - im) / ib) if np.isfinite(ib) and ib > 0 else NAN
+        cb, cm = out[f"baseline_{name}_cb_sigma"], out["test_cb_sigma"]
+        out[f"test_rCB_vs_{name}"] = float(1 - cm / cb) if np.isfinite(cb) and cb > 0 else NAN
     return out
 
 

@@ -143,9 +143,11 @@ class OutputWriter:
         self.written += self.buffered
         self.buffer, self.buffered = [], 0
 
-    def close(self) -> None:
+    def close(self, entries: int) -> None:
         self.flush()
         self.file.close()
+        if self.written != entries:
+            raise RuntimeError(f"{self.path}: wrote {self.written} rows for {entries} entries")
         self.partial.replace(self.path)
 
     def abandon(self) -> None:
@@ -205,39 +207,35 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
         for entry_range in ranges:
             entries[entry_range.path] = max(entries[entry_range.path], entry_range.stop)
     outputs = output_paths(paths, out_dir, fmt)
-    keys = np.array([file_key(path) for path in paths], dtype=np.int64)
-    if len(set(keys.tolist())) != len(keys):
-        raise DataError("two input paths share a 64-bit file key; predict them in separate runs")
 
     ledger_name = f"hepray-skips-{uuid.uuid4().hex[:12]}" if spec.on_error == "skip" else None
     ledger = SkipLedger.options(name=ledger_name).remote() if ledger_name else None
-    writers: list[OutputWriter] = []
+    ordered = OrderedOutputs(paths, outputs, entries, fmt, schema)
     try:
-        writers = [OutputWriter(output, fmt, schema.types) for output in outputs]
         if plan.tasks:
-            scaling = job.scaling
             dataset = build_dataset(spec, None, plan, ledger_name, flag_cut=True, file_column=True)
             dataset.context.execution_options.preserve_order = True  # this dataset's own copy of the context
             predicted = predict(dataset, model_path, engine=engine, batch_size=batch_size,
-                                concurrency=concurrency or default_concurrency(job), num_cpus=scaling.cpus_per_worker,
+                                concurrency=concurrency or default_concurrency(job), num_cpus=job.scaling.cpus_per_worker,
                                 num_gpus=default_gpus(job) if num_gpus is None else num_gpus)
-            _write_in_order(predicted, keys, paths, entries, writers, schema)
-        for path, writer in zip(paths, writers):
-            if writer.written + writer.buffered != entries[path]:
-                raise RuntimeError(f"{path}: wrote {writer.written + writer.buffered} rows for {entries[path]} entries")
-            writer.close()
+            index_of = FileIndex(paths)
+            for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
+                ordered.write(index_of(batch["file_key"]), schema.rows(batch))
+        ordered.finish()
+        ledger_skips = ray.get(ledger.skipped.remote()) if ledger is not None else []
     except BaseException:
-        for writer in writers:
-            writer.abandon()
+        ordered.abandon()
         raise
+    finally:
+        if ledger is not None:
+            ray.kill(ledger)
 
-    ledger_skips = ray.get(ledger.skipped.remote()) if ledger is not None else []
     reasons = [reason for _, _, reason in plan.skipped] + [reason for *_, reason in ledger_skips]
     report = PredictReport(
         out_dir=str(out_dir),
         outputs=[str(output) for output in outputs],
         events=sum(entries.values()),
-        events_skipped=sum(stop - start for _, start, stop, _ in ledger_skips),
+        events_skipped=ordered.filled,
         files_skipped=len(plan.skipped),
         seconds=time.perf_counter() - started,
         skipped=reasons,
@@ -246,31 +244,62 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
     return report
 
 
-def _write_in_order(predicted: ray.data.Dataset, keys: np.ndarray, paths: list[str], entries: dict[str, int],
-                    writers: list[OutputWriter], schema: OutputSchema) -> None:
-    """Stream the ordered predictions into their files, filling entries no read task delivered."""
-    order = np.argsort(keys)
-    current, next_entry = 0, 0  # the file being written and its next expected entry
+class FileIndex:
+    """file_key column -> position of the file in the input list (vectorized)."""
 
-    def finish_until(file_index: int) -> None:
-        nonlocal current, next_entry
-        while current < file_index:
-            total = entries[paths[current]]
-            if next_entry < total:
-                writers[current].write(schema.missing(next_entry, total))
-            current, next_entry = current + 1, 0
+    def __init__(self, paths: list[str]):
+        self.keys = np.array([file_key(path) for path in paths], dtype=np.int64)
+        if len(np.unique(self.keys)) != len(self.keys):
+            raise DataError("two input paths share a 64-bit file key; predict them in separate runs")
+        self.order = np.argsort(self.keys)
 
-    for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
-        file_index = order[np.searchsorted(keys, batch["file_key"], sorter=order)]
-        rows = schema.rows(batch)
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
+        return self.order[np.searchsorted(self.keys, keys, sorter=self.order)]
+
+
+class OrderedOutputs:
+    """Rows arriving in (file, entry) order, written file after file: one output open at a time
+    however many inputs; entries no read task delivered become `schema.missing` rows."""
+
+    def __init__(self, paths: list[str], outputs: list[Path], entries: dict[str, int], fmt: Format,
+                 schema: OutputSchema):
+        self.paths, self.outputs, self.entries, self.fmt, self.schema = paths, outputs, entries, fmt, schema
+        self.current = -1  # the file being written
+        self.writer: OutputWriter | None = None
+        self.next_entry = 0
+        self.filled = 0  # rows of entries no read task delivered (skipped ranges)
+
+    def write(self, file_index: np.ndarray, rows: dict[str, np.ndarray]) -> None:
         starts = np.flatnonzero(np.r_[True, np.diff(file_index) != 0])
         for begin, end in zip(starts, [*starts[1:], len(file_index)]):
             index, entry = int(file_index[begin]), rows["entry"][begin:end]
-            if index < current or (index == current and entry[0] < next_entry) or np.any(np.diff(entry) <= 0):
-                raise RuntimeError(f"{paths[index]}: predictions arrived out of entry order (entry {entry[0]})")
-            finish_until(index)
-            if next_entry < entry[0]:
-                writers[current].write(schema.missing(next_entry, int(entry[0])))
-            writers[current].write({name: column[begin:end] for name, column in rows.items()})
-            next_entry = int(entry[-1]) + 1
-    finish_until(len(paths))
+            if index < self.current or (index == self.current and entry[0] < self.next_entry) or np.any(np.diff(entry) <= 0):
+                raise RuntimeError(f"{self.paths[index]}: predictions arrived out of entry order (entry {entry[0]})")
+            self._advance_to(index)
+            self._fill_until(int(entry[0]))
+            self.writer.write({name: column[begin:end] for name, column in rows.items()})
+            self.next_entry = int(entry[-1]) + 1
+
+    def finish(self) -> None:
+        self._advance_to(len(self.paths))
+
+    def abandon(self) -> None:
+        if self.writer is not None:
+            self.writer.abandon()
+
+    def _advance_to(self, index: int) -> None:
+        while self.current < index:
+            if self.writer is not None:
+                total = self.entries[self.paths[self.current]]
+                self._fill_until(total)
+                self.writer.close(total)
+                self.writer = None
+            self.current, self.next_entry = self.current + 1, 0
+            if self.current < len(self.paths):
+                self.writer = OutputWriter(self.outputs[self.current], self.fmt, self.schema.types)
+
+    def _fill_until(self, entry: int) -> None:
+        if self.next_entry < entry:
+            self.writer.write(self.schema.missing(self.next_entry, entry))
+            self.filled += entry - self.next_entry
+            self.next_entry = entry

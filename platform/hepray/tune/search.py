@@ -22,6 +22,9 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+from ray.util.placement_group import PlacementGroup
+from ray._raylet import PlacementGroupID
 
 from hepray.data.pipeline import build_job_data, ensure_data
 from hepray.spec import JobSpec, SpecError, validate_job
@@ -83,12 +86,53 @@ def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> No
     number = config[TRIAL_KEY]
     job = trial_job(spec, base_raw, {k: v for k, v in config.items() if k in spec.space}, number)
     data = build_job_data(job)
+    runs = Path(out_dir) / "trials"
     trainer = build_trainer(
-        job, data, Path(tune.get_context().get_trial_dir()), "train",
-        Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
-        callbacks=[ObjectiveReport(spec.metrics, spec.modes[0])],
+        job, data, runs, f"trial_{number:03d}", Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
+        callbacks=[ObjectiveReport(spec.metrics, spec.modes[0]), _RecordPlacementGroup(runs / f"trial_{number:03d}")],
     )
     trainer.fit()
+
+
+PLACEMENT_GROUPS_FILE = "placement_groups.txt"
+
+
+class _RecordPlacementGroup(WorkerGroupCallback):
+    """Notes the id of each placement group the trial's Ray Train run reserves for its workers.
+
+    When ASHA stops a trial, Tune ends the trial's actor and with it the Train controller, which
+    then cannot remove its placement group; Ray Train's own cleaner asks the State API, which needs
+    the dashboard. The group would keep its CPUs and the next trial's data reads would wait forever,
+    so the search removes it (_RemoveStoppedPlacementGroups)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def after_worker_group_start(self, worker_group) -> None:
+        group = worker_group.get_worker_group_state().placement_group_handle.placement_group
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / PLACEMENT_GROUPS_FILE, "a") as handle:
+            handle.write(group.id.hex() + "\n")
+
+
+class _RemoveStoppedPlacementGroups(tune.Callback):
+    def __init__(self, runs: Path):
+        self.runs = runs
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._remove(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._remove(trial)
+
+    def _remove(self, trial) -> None:
+        recorded = self.runs / f"trial_{trial.config[TRIAL_KEY]:03d}" / PLACEMENT_GROUPS_FILE
+        if not recorded.is_file():
+            return
+        table = ray.util.placement_group_table()
+        for group_id in recorded.read_text().split():
+            if table.get(group_id, {}).get("state") not in (None, "REMOVED"):
+                ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
 
 
 def trial_epochs(spec: TuneSpec, base: JobSpec) -> int:
@@ -139,7 +183,7 @@ def run_search(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: str | Pat
     if not resume:
         for name in (STUDY_FILE, TABLE_FILE, BEST_JOB_FILE):
             (out_dir / name).unlink(missing_ok=True)
-        for name in ("ray", "tensorboard"):
+        for name in ("ray", "tensorboard", "trials"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     ensure_ray()
@@ -203,7 +247,8 @@ def _tune_session(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, 
             max_concurrent_trials=spec.max_concurrent_trials,
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=tune.RunConfig(storage_path=str(sessions), name=session, verbose=1),
+        run_config=tune.RunConfig(storage_path=str(sessions), name=session, verbose=1,
+                                  callbacks=[_RemoveStoppedPlacementGroups(out_dir / "trials")]),
     )
     tuner.fit()
 

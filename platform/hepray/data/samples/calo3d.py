@@ -12,12 +12,13 @@ photons' true energies (``photon1_energy``, ``photon2_energy``, summing to ``ene
 Cells are stored sparse, one jagged entry per cell above threshold: ``ecal_x``, ``ecal_y``, ``ecal_z``
 (uint8 cell indices, z = depth layer) and ``ecal_e`` (float32, GeV) sharing the counter ``necal``,
 likewise ``hcal_*``/``nhcal``. A job rasterizes them with the ``voxels`` input (``points`` and
-``range: [[0, 25], [0, 25], [0, 25]]``, or ``[[0, 5], [0, 5], [0, 60]]``). Measured on 2000 events
-(500 per particle, zlib ROOT compression, numbers in tests/test_samples_calo3d.py's sibling notes in
-the module constants ``MEASURED_*``): sparse ~13 KB/event vs ~31 KB/event for flat fixed-size
-``float32[15625]`` + ``float32[1500]`` branches, and uproot reads the sparse branches ~4x faster
-(it decompresses 7 bytes per hit instead of 68 KB of mostly zeros per event); the rasterizer's
-scatter-add costs less than the saved decompression. So sparse it is.
+``range: [[0, 25], [0, 25], [0, 25]]``, or ``[[0, 5], [0, 5], [0, 60]]``). Why sparse, measured on
+400 electrons and 400 pi+- (zlib, as written here): 4.6 / 2.7 KB per event, against 5.4 / 3.3 KB for
+flat fixed-size ``float32[15625]`` + ``float32[1500]`` branches (mostly zeros, which compress well);
+read + rasterize ran at 1-3.5k events/s either way on the 2 (heavily shared) cores, several times
+what the Conv3D trains at, so the smaller files win. Sparse is also how calorimeter hits are kept
+after zero suppression, and it writes through the shared jagged-branch writer in both TTree and
+RNTuple.
 
 Detector (a toy, grounded in the CLIC/ILD-like calorimeter the LCD data came from)
     * ECAL: silicon-tungsten, 25 x 25 cells of 5.1 mm, 25 layers: 20 with 0.8 X0 of tungsten
@@ -28,7 +29,9 @@ Detector (a toy, grounded in the CLIC/ILD-like calorimeter the LCD data came fro
     * Both windows are centred on the nominal particle direction; the particle comes from the
       interaction point 1.5 m in front of the ECAL and hits within +-1 ECAL cell of the centre, so
       its slope is impact / 1.5 m.
-    * Cells are calibrated to the EM scale (an electron's cells sum to its energy up to leakage).
+    * Cells are calibrated to the EM scale (an electron's cells sum to its energy up to leakage),
+      per section with MIPs: the thick ECAL layers read EM showers 10 % low (e/mip falls with
+      absorber thickness), so the summed energy depends on how deep each shower goes.
       Sampling fluctuations: each cell's energy is drawn from a Gamma law with mean mu and
       variance k^2 mu, so the sum has sigma/E = k/sqrt(E): k = 0.16 sqrt(GeV) in the thin ECAL
       layers (twice the variance in the thick ones: 17-18 %/sqrt(E) for electrons, as the study's
@@ -45,8 +48,8 @@ Detector (a toy, grounded in the CLIC/ILD-like calorimeter the LCD data came fro
 Showers (vectorized over all showers of a chunk)
     * EM (e, gamma, pi0 photons, the pi0s of hadron showers, overlay photons): longitudinal Gamma
       profile dE/dt ~ t^(a-1) e^(-b t) in X0 from the shower start, b = 0.5, shower maximum
-      t_max = (a-1)/b = ln(E/E_c) - 0.5 (E_c = 8 MeV, tungsten) with a Gaussian shower-to-shower
-      spread of 0.4 X0. Electrons start at the ECAL face; photons first convert after Exp(9/7 X0),
+      t_max = (a-1)/b = ln(E/E_c) - 0.5 (E_c = 8 MeV, tungsten) with a shower-to-shower spread of
+      10 % (log-normal; ~0.9 X0, as Grindhammer et al. parametrize it). Electrons start at the ECAL face; photons first convert after Exp(9/7 X0),
       which puts their maximum ~1 X0 deeper on average (the PDG's C_gamma - C_e = 1) and spreads
       it more. Lateral: a core and a tail Gaussian around the axis, widths in Moliere radii
       (15 mm in the ECAL, 25 mm in the HCAL), both widening with shower age t/t_max, the core

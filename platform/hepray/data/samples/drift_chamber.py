@@ -114,9 +114,6 @@ CLASSES = ("psip_ee", "psip_mumu", "continuum")
 CHUNK_SIZE = 1000
 TRACKS = 4  # charged tracks per event in every class
 
-HIT_BRANCHES = ("layer", "wire", "XE", "YE", "XW", "YW", "RT", "RC", "TRK")
-TRACK_BRANCHES = ("trk_px", "trk_py", "trk_pz", "trk_pid", "trk_charge")
-EVENT_BRANCHES = ("rc_sum", "rc_mean")
 
 
 # --- kinematics ---------------------------------------------------------------------
@@ -279,10 +276,6 @@ def _moyal(rng, shape):
     return -2.0 * np.log(np.abs(rng.standard_normal(shape)) + 1e-300)
 
 
-def _wrap(phi):
-    return (phi + np.pi) % (2 * np.pi) - np.pi
-
-
 def swim(rng, p4, charge, mass, z0):
     """Hits of flat tracks (arrays over tracks) in the chamber.
 
@@ -314,7 +307,7 @@ def swim(rng, p4, charge, mass, z0):
     # a track whose circle does not close inside the chamber leaves through the outer wall
     stays = (2 * radius < OUTER_WALL)[:, None, None] | (crossing == 0)[None, None, :]
     valid = reaches[:, :, None] & stays & (np.abs(z) < HALF_LENGTH[None, :, None])
-    track, layer, cross = np.nonzero(valid)
+    track, layer, _ = np.nonzero(valid)
     s, z, phi = s[valid], z[valid], phi[valid]
 
     # nearest wire at this z: a stereo wire's azimuth moves linearly from east to west
@@ -332,7 +325,7 @@ def swim(rng, p4, charge, mass, z0):
     # azimuthal sweep of the track across the cell's radial thickness, in cells
     sweep = sin_cross / np.maximum(cos_cross, 0.25) * THICKNESS[layer] / CELL[layer]
     neighbour = np.abs(offset) + 0.5 * sweep > 0.5
-    drift = np.abs(offset) * CELL[layer]
+    drift = np.clip(np.abs(offset) - 0.5 * sweep, 0.0, None) * CELL[layer]  # closest approach in the cell
     neighbour_drift = np.clip(1.0 - np.abs(offset) - 0.5 * sweep, 0.0, None) * CELL[layer]
     neighbour_wire = (wire + np.where(offset >= 0, 1, -1)) % N_WIRES[layer]
 

@@ -53,9 +53,9 @@ def iteration_rate(job, sparse: bool, epochs: int = 3) -> tuple[float, int]:
 def batch_waits(job) -> np.ndarray:
     """Seconds waited for each next batch while a small CNN trains on them (one epoch, all files)."""
     from hepray.models import build_model
-    from hepray.spec import ModelSpec
 
-    model = build_model(ModelSpec(name="seed_cnn", filters=8, blocks=2, dense=32), {"image": (1, 47, 47)}, 1)
+    small = job.model.model_copy(update={"filters": 8, "blocks": 2, "dense": 32})
+    model = build_model(small, {"image": (1, 47, 47)}, 1)
     optimizer = torch.optim.Adam(model.parameters())
     ds, _ = dataset(job, sparse=True)
     waits, iterator = [], iter(batches(ds))

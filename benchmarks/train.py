@@ -23,7 +23,8 @@ from hepray.train.tasks import Task
 
 EPOCHS = 2  # the first warms up (worker start-up, first read tasks); the last is the figure
 SMALL = ["model.filters=16", "model.blocks=2", "model.dense=32", "train.batch_size=128",
-         f"train.epochs={EPOCHS}", "train.early_stopping=null", "scaling.num_workers=1", "scaling.use_gpu=false"]
+         f"train.epochs={EPOCHS}", "train.early_stopping=null", "scaling.num_workers=1", "scaling.use_gpu=false",
+         "scaling.cpus_per_worker=1"]  # Ray then runs the worker's torch on 1 thread (OMP_NUM_THREADS=1)
 
 
 def ray_train_rate(job) -> tuple[float, float]:

@@ -187,8 +187,9 @@ def test_electron_id_job_same_metrics_on_ttree_and_on_rntuple_over_http(ray_sess
     server (globbed through its directory listing). Same events, same seed: same metrics."""
     from hepray.train.trainer import run_job
 
+    # One worker and one read task per split: the same batches in the same order in both runs.
     tiny = ["model.filters=4", "model.blocks=1", "model.dense=8", "train.epochs=1", "train.batch_size=64",
-            "data.events_per_task=100000"]  # one read task per split: the same batch order in both runs
+            "data.events_per_task=100000", "scaling.num_workers=1", "evaluate.robustness=null"]
     metrics = {}
     metrics["ttree"] = run_job(electron_job(electron_id, "ttree", *tiny), tmp_path / "ttree")
     with FileServer(electron_id) as server:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from hepray.cli import app
 from hepray.data.raster import make_input
 from hepray.evaluate.inference import load_model
-from hepray.evaluate.predict import TREE, predict_files
+from hepray.evaluate.predict import TREE, OrderedOutputs, OutputSchema, predict_files
 from hepray.spec import JobSpec
 from hepray.train.trainer import run_job
 from rootfiles import etaphi_job, towers, write_tree
@@ -116,3 +116,32 @@ def test_bad_range_is_skipped_as_nan_rows(run_dir, inputs, tmp_path):
     assert set(scores) == {"entry", "score_wide", "pass_cut"}
     assert np.array_equal(scores["entry"], np.arange(250))  # still a friend of the input tree
     assert np.array_equal(np.isnan(scores["score_wide"]), (scores["entry"] >= start) & (scores["entry"] < stop))
+
+
+def test_ordered_outputs_split_batches_across_files_and_fill_gaps(tmp_path):
+    """The driver-side writer alone: batches spanning two files, a missing range, an empty file."""
+    job = JobSpec.model_validate(etaphi_job({"narrow": "n.root", "wide": "w.root"}, cut=CUT))
+    schema = OutputSchema(job, ["evt"])
+    paths, entries = ["a.root", "empty.root", "b.root"], {"a.root": 5, "empty.root": 0, "b.root": 4}
+    outputs = [tmp_path / name for name in paths]
+    ordered = OrderedOutputs(paths, outputs, entries, "root", schema)
+
+    def batch(file_index, entry):
+        n = len(entry)
+        return np.array(file_index), {"entry": np.array(entry), "score_wide": np.full(n, 0.5, np.float32),
+                                      "pass_cut": np.ones(n, bool), "evt": np.arange(n, dtype=np.float32)}
+
+    ordered.write(*batch([0, 0], [0, 1]))
+    ordered.write(*batch([0, 2, 2], [4, 0, 1]))  # entries 2, 3 of a.root never arrived; spans into b.root
+    with pytest.raises(RuntimeError, match="out of entry order"):
+        ordered.write(*batch([2], [1]))
+    ordered.write(*batch([2], [3]))
+    ordered.finish()
+    a = uproot.open(outputs[0])[TREE].arrays(library="np")
+    assert np.array_equal(a["entry"], np.arange(5))
+    assert np.array_equal(np.isnan(a["score_wide"]), [False, False, True, True, False])
+    assert np.array_equal(a["pass_cut"], [True, True, False, False, True])
+    assert uproot.open(outputs[1])[TREE].num_entries == 0
+    b = uproot.open(outputs[2])[TREE].arrays(library="np")
+    assert np.array_equal(b["entry"], np.arange(4)) and np.isnan(b["score_wide"][2])
+    assert ordered.filled == 3 and not list(tmp_path.glob("*.partial"))

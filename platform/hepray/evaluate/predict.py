@@ -7,8 +7,10 @@ failing the cut are scored and flagged rather than dropped), and the job's obser
 
 Ordering with bounded memory: the read plan is one task per (file, entry range) in file and
 entry order, the dataset runs with `preserve_order`, so the driver receives the events of
-file 1, then file 2, ... and streams each file's rows into its writer, buffering at most
-`FLUSH_EVENTS` small rows. The images never reach the driver (the model actors drop them).
+file 1, then file 2, ... and streams them into one open output at a time, buffering at most
+`FLUSH_EVENTS` small rows. The images never reach the driver (the model actors drop them), so
+the driver handles ~20-40 bytes per event, far below uproot's write rate; writing there needs
+no shared filesystem on a cluster and no merge of per-task partial files.
 Ranges skipped under `on_error: skip` become rows of NaN scores, so the friend tree still
 lines up; files skipped whole (unreadable, missing branches) get no output and are reported.
 """

@@ -53,7 +53,10 @@ class LocalCluster:
         self.token = secrets.token_hex(16)
         self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                        RAY_USAGE_STATS_ENABLED="0", RAY_metrics_report_interval_ms="1000")
+                        RAY_USAGE_STATS_ENABLED="0", RAY_metrics_report_interval_ms="1000",
+                        # Ray's memory monitor counts the whole machine's memory: here that includes the test
+                        # session's own Ray, whose use must not get this cluster's workers killed.
+                        RAY_memory_monitor_refresh_ms="0")
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
 
@@ -277,10 +280,17 @@ def multinode_run(cluster, files, tmp_path_factory):
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ports = {node["nodeId"]: node["metricsExportPort"] for node in cluster.nodes()}
     seen: dict[str, dict[str, float]] = {node: {} for node in ports}
-    while follower.poll() is None:
+
+    def job_ended() -> bool:
         for node, port in ports.items():
             seen[node].update(scrape(port))
-        time.sleep(2)
+        return follower.poll() is not None
+
+    try:
+        wait_for(job_ended, 1800, "the job and `hepray logs --follow` to end")
+    finally:
+        if follower.poll() is None:
+            follower.kill()
     log, errors = follower.communicate()
 
     def every_node_reported_training():  # series stay exported after the workers exit; the last report may lag

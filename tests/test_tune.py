@@ -106,8 +106,9 @@ def test_search_stops_trials_early_writes_outputs_and_resumes(ray_session, tmp_p
     assert list((out / "tensorboard" / "trial_000").iterdir())
     # The worker placement group of a trial ASHA stopped is removed, so later trials can start.
     groups = ray_session.util.placement_group_table()
-    recorded = (out / "trials" / "trial_001" / "placement_groups.txt").read_text().split()
-    assert recorded and all(groups[group]["state"] == "REMOVED" for group in recorded)
+    recorded = [line.split() for line in (out / "trials" / "trial_001_resources.txt").read_text().splitlines()]
+    placement_groups = [value for kind, value in recorded if kind == "placement_group"]
+    assert placement_groups and all(groups[group]["state"] == "REMOVED" for group in placement_groups)
 
     # An interrupted session leaves a trial RUNNING in the study (its driver was killed mid-trial).
     study = optuna.load_study(study_name=spec.name, storage=storage_url(out))

@@ -140,17 +140,29 @@ def logs(job_id: str, address: str | None = None) -> str:
     return _call(address, "get_job_logs", job_id)
 
 
-def follow(job_id: str, write, address: str | None = None) -> str:
+def follow(job_id: str, write, address: str | None = None, poll_seconds: float = 2.0) -> str:
     """Pass the job's log to `write` as it grows until the job ends; returns the final status."""
     jobs = client(address)
 
-    async def tail() -> None:
+    async def stream() -> None:
         async for chunk in jobs.tail_job_logs(job_id):
             write(chunk)
 
+    async def until_the_job_ends() -> None:
+        # Ray's log stream does not always close when a job ends (seen when its driver died), so
+        # the job's status is watched beside it.
+        streaming = asyncio.create_task(stream())
+        while not streaming.done():
+            await asyncio.wait({streaming}, timeout=poll_seconds)
+            if not streaming.done() and str(await asyncio.to_thread(jobs.get_job_status, job_id)) in TERMINAL:
+                await asyncio.wait({streaming}, timeout=5)  # the last lines
+                streaming.cancel()
+        if not streaming.cancelled():
+            streaming.result()  # a broken stream raises here
+
     try:
-        asyncio.run(tail())
-    except RuntimeError as error:
+        asyncio.run(until_the_job_ends())
+    except (RuntimeError, asyncio.CancelledError) as error:
         raise ClusterError(f"{job_id}: {error}") from None
     return wait(job_id, address, timeout=30)
 

@@ -4,6 +4,8 @@ Every kernel works on a whole batch at once, never looping over events or points
 jagged per-point branches become flat numpy values plus points per event, each point gets
 a flat pixel index computed from float64 offsets, points outside the window are sent to a
 dump bin, and the values are summed into a zeroed float32 buffer with `np.add.at`.
+`make_sparse` stops before the sum: the in-window points (pixel, value) per event, which the
+read tasks ship instead of dense images; `densify` turns them into make_input's exact images.
 
 Conventions (the docs repeat them):
 

@@ -16,9 +16,11 @@ the others carry the same information); negative values are noise.
 from __future__ import annotations
 
 import numpy as np
+import ray
 import torch
 from sklearn.metrics import roc_auc_score
 
+from hepray.data.batches import to_tensors
 from hepray.data.expr import Expression
 from hepray.evaluate.metrics import key_name, safe_auc
 from hepray.evaluate.resolution import valid_ratio
@@ -52,6 +54,15 @@ def headline(task: str, outputs: np.ndarray, truth: np.ndarray) -> float:
     return float(roc_auc_score(truth, shifted / shifted.sum(axis=1, keepdims=True), multi_class="ovr"))
 
 
+def collect_inputs(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
+    """A (small) split's columns in the driver, images densified and normalised as for training."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for key, value in to_tensors(table).items():
+            parts.setdefault(key, []).append(value.numpy())
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
 def _outputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
     n = len(next(iter(inputs.values())))
     parts = []
@@ -65,7 +76,7 @@ def _outputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarra
 def permutation_importance(job: JobSpec, model: torch.nn.Module, events: dict[str, np.ndarray],
                            repeats: int = 3, seed: int = 1) -> dict[str, float]:
     """``importance_<name>`` for every scalar column, on ``events`` (the test split's model
-    inputs and truth, as read by the job's pipeline); ``model`` in eval mode on the CPU."""
+    inputs and truth, from ``collect_inputs``); ``model`` in eval mode on the CPU."""
     task = job.task.kind
     truth = events["target" if task == "regression" else "label"]
     inputs = {name: np.ascontiguousarray(events[name]) for name in job.data.inputs}

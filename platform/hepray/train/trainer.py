@@ -96,9 +96,9 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
         metrics.update(evaluate_events(job, prefix, events, fitted, out_dir, state["history"]))
     metrics.update(headline_changes(job, metrics, data.evaluations))
     if job.evaluate.permutation_importance:
-        from hepray.evaluate.importance import permutation_importance
+        from hepray.evaluate.importance import collect_inputs, permutation_importance
 
-        metrics.update(permutation_importance(job, model, collect(data.evaluations["test"])))
+        metrics.update(permutation_importance(job, model, collect_inputs(data.evaluations["test"])))
     final = state["history"][-1] if state["history"] else {}
     last = result.metrics or {}
     metrics.update({key: float(value) for key, value in final.items() if key != "epoch"})  # at the best epoch

@@ -22,7 +22,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 from ray.util.placement_group import PlacementGroup
 from ray._raylet import PlacementGroupID
 
@@ -85,54 +85,70 @@ def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> No
     spec = TuneSpec.model_validate(spec_raw)
     number = config[TRIAL_KEY]
     job = trial_job(spec, base_raw, {k: v for k, v in config.items() if k in spec.space}, number)
-    data = build_job_data(job)
     runs = Path(out_dir) / "trials"
+    # A retried trial (Tune's max_failures) trains from scratch, so its epochs line up with ASHA's rungs.
+    shutil.rmtree(runs / f"trial_{number:03d}", ignore_errors=True)
+    data = build_job_data(job)
     trainer = build_trainer(
         job, data, runs, f"trial_{number:03d}", Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
-        callbacks=[ObjectiveReport(spec.metrics, spec.modes[0]), _RecordPlacementGroup(runs / f"trial_{number:03d}")],
+        callbacks=[ObjectiveReport(spec.metrics, spec.modes[0]), _RecordTrainResources(_resources_file(runs, number))],
     )
     trainer.fit()
 
 
-PLACEMENT_GROUPS_FILE = "placement_groups.txt"
+def _resources_file(runs: Path, number: int) -> Path:
+    return runs / f"trial_{number:03d}_resources.txt"
 
 
-class _RecordPlacementGroup(WorkerGroupCallback):
-    """Notes the id of each placement group the trial's Ray Train run reserves for its workers.
+class _RecordTrainResources(WorkerGroupCallback, ControllerCallback):
+    """Notes what a trial's Ray Train run holds: its run id and its workers' placement groups.
 
     When ASHA stops a trial, Tune ends the trial's actor and with it the Train controller, which
-    then cannot remove its placement group; Ray Train's own cleaner asks the State API, which needs
-    the dashboard. The group would keep its CPUs and the next trial's data reads would wait forever,
-    so the search removes it (_RemoveStoppedPlacementGroups)."""
+    then cannot give its resources back: its placement group stays (Ray Train's own cleaner asks
+    the State API, which needs the dashboard) and so does its resource request to Ray's autoscaling
+    coordinator (for 180 s), which Ray Data's budget subtracts. The next trial's data reads would
+    wait, so the search gives both back (_ReleaseStoppedTrials)."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _note(self, line: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+
+    def after_controller_start(self, train_run_context) -> None:
+        self._note(f"run {train_run_context.run_id}")
 
     def after_worker_group_start(self, worker_group) -> None:
         group = worker_group.get_worker_group_state().placement_group_handle.placement_group
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / PLACEMENT_GROUPS_FILE, "a") as handle:
-            handle.write(group.id.hex() + "\n")
+        self._note(f"placement_group {group.id.hex()}")
 
 
-class _RemoveStoppedPlacementGroups(tune.Callback):
+class _ReleaseStoppedTrials(tune.Callback):
     def __init__(self, runs: Path):
         self.runs = runs
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._remove(trial)
+        self._release(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._remove(trial)
+        self._release(trial)
 
-    def _remove(self, trial) -> None:
-        recorded = self.runs / f"trial_{trial.config[TRIAL_KEY]:03d}" / PLACEMENT_GROUPS_FILE
+    def _release(self, trial) -> None:
+        recorded = _resources_file(self.runs, trial.config[TRIAL_KEY])
         if not recorded.is_file():
             return
         table = ray.util.placement_group_table()
-        for group_id in recorded.read_text().split():
-            if table.get(group_id, {}).get("state") not in (None, "REMOVED"):
-                ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
+        for kind, value in (line.split() for line in recorded.read_text().splitlines()):
+            if kind == "placement_group" and table.get(value, {}).get("state") not in (None, "REMOVED"):
+                ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(value))))
+            elif kind == "run":
+                try:
+                    coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+                except ValueError:  # never created: nothing was requested
+                    continue
+                coordinator.cancel_request.remote(requester_id=f"train-{value}")
 
 
 def trial_epochs(spec: TuneSpec, base: JobSpec) -> int:
@@ -248,7 +264,8 @@ def _tune_session(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, 
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(storage_path=str(sessions), name=session, verbose=1,
-                                  callbacks=[_RemoveStoppedPlacementGroups(out_dir / "trials")]),
+                                  callbacks=[_ReleaseStoppedTrials(out_dir / "trials")],
+                                  failure_config=tune.FailureConfig(max_failures=spec.trial_retries)),
     )
     tuner.fit()
 

@@ -135,6 +135,7 @@ class TuneSpec(Strict):
     seed: int = 1
     startup_trials: int = Field(10, gt=0, description="random trials before TPE models the results")
     evaluate_base_first: bool = Field(True, description="trial 0 uses the base job's values of the searched keys")
+    trial_retries: int = Field(1, ge=0, description="a failed trial (e.g. a worker killed out of memory) is rerun this often")
     scheduler: Scheduler = Scheduler()
     resources: TrialResources = TrialResources()
     trial_overrides: dict[str, Any] = Field(

@@ -52,7 +52,14 @@ def bare_read_rate(job: JobSpec, repeats: int = 3) -> float:
 def start_ray(cores: int, **options) -> None:
     import ray
 
-    ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **options)
+    for attempt in range(3):  # on a loaded machine the raylet can miss Ray's fixed 30 s start-up wait
+        try:
+            ray.init(num_cpus=cores, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **options)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 

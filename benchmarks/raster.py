@@ -84,7 +84,8 @@ def main() -> None:
     emit("raster_kernel_per_core", towers_per_event=round(towers, 1), image="etaphi 1x47x47 max norm",
          sparse_kernel_events_per_s=round(sparse), dense_kernel_events_per_s=round(dense),
          densify_256_batches_events_per_s=round(densified), study_000_loop_events_per_s=round(loop),
-         bare_read_events_per_s=round(read), target=300000, load=load())
+         bare_read_events_per_s=round(read), sparse_kernel_over_bare_read=round(sparse / read, 2),
+         target=300000, load=load())
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+def _counts(metrics: dict, keys: tuple[str, ...]) -> str:
+    return " / ".join(f"{metrics[k]:.0f}" if metrics.get(k) == metrics.get(k) and k in metrics else "–" for k in keys)
+
+
 def _gap(metrics: dict) -> float:
     return metrics["val_loss"] - metrics["train_eval_loss"]
 
@@ -91,11 +95,9 @@ def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path,
             lines.append(f"| `{key}` | {_fmt(baseline[key])} | {_fmt(tuned[key])} |")
     lines += [
         f"| loss gap `val_loss − train_eval_loss` | {_fmt(_gap(baseline))} | {_fmt(_gap(tuned))} |",
-        f"| best epoch / epochs run | {baseline['best_epoch']:.0f} / {baseline['epochs_run']:.0f} | "
-        f"{tuned['best_epoch']:.0f} / {tuned['epochs_run']:.0f} |",
-        f"| test events | {baseline['events_test']:.0f} | {tuned['events_test']:.0f} |",
-        f"| parameters | {baseline['parameters']:.0f} | {tuned['parameters']:.0f} |",
-        f"| train seconds | {baseline['train_seconds']:.0f} | {tuned['train_seconds']:.0f} |",
+        *(f"| {label} | {_counts(baseline, keys)} | {_counts(tuned, keys)} |" for label, keys in (
+            ("best epoch / epochs run", ("best_epoch", "epochs_run")), ("test events", ("test_events",)),
+            ("parameters", ("parameters",)), ("train seconds (loaded machine)", ("train_seconds",)))),
         "",
         "Losses are at the best epoch (the checkpoint kept); `train_eval_loss` re-evaluates training events in eval mode, "
         "so the gap compares like with like (no dropout, no augmentation).",

@@ -346,7 +346,7 @@ def test_multinode_matches_single_node(ray_session, files, multinode_run, tmp_pa
     job = load_job(JOB_FILE, [*file_overrides(files), "scaling.cpus_per_worker=0.5"])  # the same job on one node
     single = run_job(job, tmp_path)
     multi = json.loads((multinode_run["out"] / "metrics.json").read_text())
-    assert multi["events_read"] == single["events_read"] and multi["events_test"] == single["events_test"]
+    assert multi["events_read"] == single["events_read"] and multi["test_events"] == single["test_events"]
     assert single["test_auc"] > 0.8 and multi["test_auc"] > 0.8
     assert multi["test_auc"] == pytest.approx(single["test_auc"], abs=0.05)
     assert multi["val_loss"] == pytest.approx(single["val_loss"], rel=0.25)

@@ -153,8 +153,10 @@ def write_results(results: dict[str, tuple[list[dict], str]], started: float, lo
 
 def main() -> None:
     started, load_before = time.time(), round(os.getloadavg()[0], 2)
-    results = {module: run(module) for module in modules(sys.argv[1:])}
-    write_results(results, started, (load_before, round(os.getloadavg()[0], 2)))
+    results = {}
+    for module in modules(sys.argv[1:]):
+        results[module] = run(module)
+        write_results(results, started, (load_before, round(os.getloadavg()[0], 2)))  # after each: partial runs count
     failed = [module for module, (_, error) in results.items() if error]
     if failed:
         raise SystemExit(f"benchmark modules failed: {', '.join(failed)} (see benchmarks/RESULTS.md)")

@@ -17,11 +17,17 @@ from hepray.tune.search import BEST_JOB_FILE, TABLE_FILE, load_best_job, trial_e
 from hepray.tune.space import TuneSpec
 
 
-def run_once(job: JobSpec, out_dir: Path) -> dict[str, float]:
-    """metrics.json of a run of exactly this job in out_dir, training it only if absent or stale."""
-    metrics, written = out_dir / "metrics.json", out_dir / "job.yaml"
-    if metrics.is_file() and written.is_file():
-        if yaml.safe_load(written.read_text()) == job.model_dump(mode="json", by_alias=True):
+def _settings(job: dict) -> dict:
+    return {key: value for key, value in job.items() if key != "name"}
+
+
+def run_once(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> dict[str, float]:
+    """metrics.json of a finished run of this job (same settings, any name) in out_dir or a reuse
+    directory; trains it into out_dir only if there is none."""
+    wanted = _settings(job.model_dump(mode="json", by_alias=True))
+    for directory in (out_dir, *reuse):
+        metrics, written = directory / "metrics.json", directory / "job.yaml"
+        if metrics.is_file() and written.is_file() and _settings(yaml.safe_load(written.read_text())) == wanted:
             return {k: (float("nan") if v is None else v) for k, v in json.loads(metrics.read_text()).items()}
     return run_job(job, out_dir)
 
@@ -59,7 +65,8 @@ def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path,
     out_dir = Path(out_dir)
     tuned_job = load_best_job(out_dir)
     baseline = run_once(base, out_dir / "baseline")
-    tuned = run_once(tuned_job, out_dir / "best")
+    tuned = run_once(tuned_job, out_dir / "best", reuse=(out_dir / "baseline",))
+    same = _settings(tuned_job.model_dump(mode="json")) == _settings(base.model_dump(mode="json"))
     rows = list(csv.DictReader((out_dir / TABLE_FILE).open()))
     objective = spec.metrics[0]
     test_key = "test_" + objective.removeprefix("val_")
@@ -84,7 +91,9 @@ def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path,
         "## Baseline vs tuned, each trained in full and evaluated on the test split",
         "",
         f"Baseline: `{spec.base_job}` as written. Tuned: the best trial's keys on the same job "
-        f"(`{out_dir / BEST_JOB_FILE}`), same data, epochs and early stopping.",
+        f"(`{out_dir / BEST_JOB_FILE}`), same data, epochs and early stopping."
+        + (" **At this budget the best trial was the baseline setup itself: the search found nothing better, "
+           "and both columns are the same run.**" if same else ""),
         "",
         "| | baseline | tuned |",
         "|---|---|---|",

@@ -61,9 +61,16 @@ def run(
         if cause is None:
             raise
         _fail(cause)
-    summary = {k: v for k, v in metrics.items() if "@" not in k and not k.startswith("test_confusion")}
-    console.print_json(json.dumps(summary, default=str))
-    console.print(f"[green]wrote[/] {out_dir}/metrics.json, plots/, model.onnx")
+    console.print_json(json.dumps(headline_metrics(metrics), default=str))
+    console.print(f"[green]wrote[/] {out_dir}/metrics.json (all {len(metrics)} numbers), plots/, model.onnx")
+
+
+def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """What a physicist checks first: the test split's and the baselines' numbers (per observer
+    bin where the job has bins), the losses and the sizes; the rest stays in metrics.json."""
+    shown = ("test_", "baseline_", "train_loss", "train_eval_loss", "val_loss", "best_epoch", "events_")
+    return {k: v for k, v in metrics.items()
+            if k.startswith(shown) and not k.startswith("test_confusion") and "nonfinite" not in k}
 
 
 @app.command()

@@ -136,7 +136,8 @@ def evaluate_events(job: JobSpec, prefix: str, events: dict[str, np.ndarray], fi
         job.task.kind, events["output"], events[task.truth_column],
         {name: events[f"obs_{name}"] for name in job.data.observers}, job.data.class_names,
         job.evaluate.bins, out_dir if is_test else out_dir / "evaluations" / prefix,
-        baselines=fitted.apply(events), energy=job.evaluate.energy,
+        # A norm changes the model's input only: its baselines would repeat the test split's.
+        baselines={} if prefix.startswith("robust_norm_") else fitted.apply(events), energy=job.evaluate.energy,
         history=history if is_test else None, make_plots=job.evaluate.plots,
     )
     if is_test:

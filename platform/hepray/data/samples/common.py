@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +265,23 @@ def chunk_sizes(events: int, chunk_size: int) -> Iterator[int]:
     yield from [chunk_size] * full
     if rest:
         yield rest
+
+
+def write_classes(out_dir: str | Path, classes: Sequence[str],
+                  generate_chunk: Callable[[np.random.Generator, int, str], Chunk], events: int, seed: int,
+                  fmt: str, *, chunk_size: int, events_per_file: int = DEFAULT_EVENTS_PER_FILE,
+                  tree: str = DEFAULT_TREE) -> list[Path]:
+    """Write ``events`` events of each class into ``<out_dir>/<class>_000.root, ...``, in class order.
+
+    Chunk j of class i comes from ``generate_chunk(rng, n, class)`` with rng seeded by
+    ``SeedSequence(seed, spawn_key=(i, j))``, so the events do not depend on ``events_per_file``.
+    """
+    check_fmt(fmt)
+    if events < 1:
+        raise ValueError(f"events must be >= 1, got {events}")
+    paths: list[Path] = []
+    for index, kind in enumerate(classes):
+        chunks = (generate_chunk(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, j))), n, kind)
+                  for j, n in enumerate(chunk_sizes(events, chunk_size)))
+        paths += write_split(out_dir, kind, chunks, events_per_file=events_per_file, tree=tree, fmt=fmt)
+    return paths

@@ -58,9 +58,7 @@ from scipy.special import ndtr
 from hepray.data.samples.common import (
     DEFAULT_EVENTS_PER_FILE,
     DEFAULT_TREE,
-    check_fmt,
-    chunk_sizes,
-    write_split,
+    write_classes,
 )
 
 # --- detector ------------------------------------------------------------------------
@@ -352,25 +350,11 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     }
 
 
-def iter_chunks(kind: str, events: int, seed: int = 1, chunk_size: int = CHUNK_SIZE):
-    """Chunks of class ``kind``; chunk j is seeded by SeedSequence(seed, spawn_key=(class, j))."""
-    cls = CLASSES.index(kind)
-    for j, n in enumerate(chunk_sizes(events, chunk_size)):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(cls, j)))
-        yield generate_chunk(rng, n, kind)
-
-
 def generate(out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", *,
              events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE) -> list[Path]:
     """Write ``events`` electron and ``events`` fake candidates into ``out_dir``.
 
     Returns the paths: ``electron_000.root, ...`` then ``fake_000.root, ...``.
     """
-    check_fmt(fmt)
-    if events < 1:
-        raise ValueError(f"events must be >= 1, got {events}")
-    paths: list[Path] = []
-    for kind in CLASSES:
-        paths += write_split(out_dir, kind, iter_chunks(kind, events, seed),
-                             events_per_file=events_per_file, tree=tree, fmt=fmt)
-    return paths
+    return write_classes(out_dir, CLASSES, generate_chunk, events, seed, fmt, chunk_size=CHUNK_SIZE,
+                         events_per_file=events_per_file, tree=tree)

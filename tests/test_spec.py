@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,11 +70,11 @@ def test_resolved_job_round_trips(tmp_path):
 def test_cli_fails_before_ray_with_one_clear_error(tmp_path):
     raw = electron_id_raw()
     raw["model"]["filters"] = 0
-    result = CliRunner().invoke(app, ["run", str(write(tmp_path, raw))])
-    assert result.exit_code == 2
-    assert "model.filters: must be > 0" in result.output and "Traceback" not in result.output
-    import ray
-
-    assert not ray.is_initialized()
+    # A process of its own: the test session's Ray must not hide whether the command starts one.
+    result = subprocess.run([sys.executable, "-m", "hepray.cli", "run", str(write(tmp_path, raw))],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "model.filters: must be > 0" in result.stderr and "Traceback" not in result.stderr
+    assert "Ray" not in result.stdout + result.stderr
     missing = CliRunner().invoke(app, ["validate", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "no such job file" in missing.output

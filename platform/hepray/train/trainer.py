@@ -18,7 +18,7 @@ from hepray.data.pipeline import build_job_data, input_shapes
 from hepray.evaluate.baselines import Baselines
 from hepray.evaluate.inference import MODEL_FILE, collect, load_model, predict, save_model
 from hepray.evaluate.report import evaluate_predictions
-from hepray.models.export import export_onnx
+from hepray.models.export import export_onnx, onnx_max_difference
 from hepray.spec import JobSpec, dump_job
 from hepray.train.loop import CHECKPOINT_FILE, train_loop_per_worker
 from hepray.train.tasks import Task
@@ -88,6 +88,9 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     save_model(out_dir / MODEL_FILE, job, state["model"])
     model, _ = load_model(out_dir / MODEL_FILE)
     export_onnx(model, input_shapes(job.data), out_dir / "model.onnx")
+    onnx_difference = onnx_max_difference(model, input_shapes(job.data), out_dir / "model.onnx")
+    if onnx_difference > ONNX_TOLERANCE:
+        raise RuntimeError(f"{out_dir / 'model.onnx'}: ONNX Runtime differs from PyTorch by {onnx_difference:.3g}")
 
     fitted = Baselines(job, collect(data.baseline_train) if data.baseline_train is not None else None)
     metrics: dict[str, float] = {}
@@ -109,6 +112,7 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
         "events_read": float(data.plan.events),
         "train_seconds": train_seconds,
         "parameters": float(sum(p.numel() for p in model.parameters())),
+        "onnx_max_abs_difference": onnx_difference,
         **{k: v for k, v in data.skip_report().items() if k != "skipped"},
     })
     skipped = data.skip_report()["skipped"]
@@ -119,6 +123,7 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     return metrics
 
 
+ONNX_TOLERANCE = 1e-3  # largest output difference accepted between the export and the PyTorch model
 HEADLINE = {"binary": "auc", "multiclass": "auc_macro", "regression": "iqr_rel"}
 
 

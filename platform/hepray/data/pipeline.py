@@ -61,7 +61,7 @@ def build_dataset(spec: DataSpec, split: str | None, plan: ReadPlan, ledger_name
                   extra_columns: dict[str, str] | None = None, with_inputs: bool = True,
                   **reader_options) -> ray.data.Dataset:
     """A streaming dataset of one split (None: all events); nothing holds all events in memory.
-    reader_options: further EventReader fields (flag_cut, file_column for `hepray predict`)."""
+    reader_options: further EventReader fields (sparse; flag_cut, file_column for `hepray predict`)."""
     reader = EventReader(spec, split, ledger_name, extra_columns or {}, shuffle=split == "train", with_inputs=with_inputs,
                          **reader_options)
     return ray.data.read_datasource(RootDatasource(plan, reader), override_num_blocks=len(plan.tasks))
@@ -94,11 +94,12 @@ def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
         ensure_data(sample)
         sample_plan = plan_reads(sample, EventReader(sample, None, extra=extra).branches())
         data.sample_plans.append(sample_plan)
-        data.evaluations[name] = build_dataset(sample, None, sample_plan, ledger_name, extra)
+        data.evaluations[name] = build_dataset(sample, None, sample_plan, ledger_name, extra, sparse=True)
     robustness = job.evaluate.robustness
     if robustness and robustness.split_seed is not None:
         resplit = spec.model_copy(update={"split": spec.split.model_copy(update={"seed": robustness.split_seed})})
-        data.evaluations["robust_split"] = build_dataset(resplit, "test", plan, ledger_name, extra)
+        data.evaluations["robust_split"] = build_dataset(resplit, "test", plan, ledger_name, extra, sparse=True)
     for norm in robustness.norms if robustness else []:
-        data.evaluations[f"robust_norm_{norm}"] = build_dataset(with_norm(spec, norm), "test", plan, ledger_name, extra)
+        data.evaluations[f"robust_norm_{norm}"] = build_dataset(with_norm(spec, norm), "test", plan, ledger_name, extra,
+                                                                sparse=True)
     return data

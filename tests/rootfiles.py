@@ -55,3 +55,12 @@ def etaphi_job(files: dict, **data) -> dict:
         "model": {"name": "seed_cnn", "filters": 4, "blocks": 2, "dense": 8},
         "task": {"kind": "binary"},
     }
+
+
+def read_events(paths, tree: str = "events") -> ak.Array:
+    """Every entry of the tree in the files, concatenated in file order."""
+    arrays = []
+    for path in paths:
+        with uproot.open(path) as file:
+            arrays.append(file[tree].arrays())
+    return ak.concatenate(arrays)

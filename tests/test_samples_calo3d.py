@@ -10,18 +10,11 @@ import pytest
 import uproot
 
 from hepray.data.samples import calo3d, generate, known_kinds
+from rootfiles import read_events
 
 EVENTS = 200
 PER_FILE = 150
 CELLS = {"ecal": (25, 25, 25), "hcal": (5, 5, 60)}
-
-
-def read(paths):
-    arrays = []
-    for path in paths:
-        with uproot.open(path) as f:
-            arrays.append(f["events"].arrays())
-    return ak.concatenate(arrays)
 
 
 def np_(array):
@@ -32,7 +25,7 @@ def np_(array):
 def sample(tmp_path_factory):
     out = tmp_path_factory.mktemp("calo3d")
     paths = generate("calo3d", out, EVENTS, seed=11, events_per_file=PER_FILE)
-    arrays = {kind: read([p for p in paths if p.name.startswith(kind + "_")]) for kind in calo3d.PARTICLES}
+    arrays = {kind: read_events([p for p in paths if p.name.startswith(kind + "_")]) for kind in calo3d.PARTICLES}
     return {"out": out, "paths": paths, **arrays}
 
 
@@ -133,9 +126,9 @@ def test_pi0_photons_add_up_and_open_at_low_energy(sample):
 
 
 def test_same_seed_same_arrays_other_seed_differs(tmp_path):
-    one = read(generate("calo3d", tmp_path / "a", 60, seed=3, particles=("chpi",)))
-    two = read(generate("calo3d", tmp_path / "b", 60, seed=3, particles=("chpi",), events_per_file=25))
-    other = read(generate("calo3d", tmp_path / "c", 60, seed=4, particles=("chpi",)))
+    one = read_events(generate("calo3d", tmp_path / "a", 60, seed=3, particles=("chpi",)))
+    two = read_events(generate("calo3d", tmp_path / "b", 60, seed=3, particles=("chpi",), events_per_file=25))
+    other = read_events(generate("calo3d", tmp_path / "c", 60, seed=4, particles=("chpi",)))
     for name in calo3d.BRANCHES:
         assert ak.all(one[name] == two[name]), name
     assert not np.array_equal(np_(one["energy"]), np_(other["energy"]))
@@ -144,11 +137,11 @@ def test_same_seed_same_arrays_other_seed_differs(tmp_path):
 
 
 def test_rntuple_reads_back_the_same_arrays(tmp_path):
-    tt = read(generate("calo3d", tmp_path / "tt", 40, seed=5, particles=("pi0",)))
+    tt = read_events(generate("calo3d", tmp_path / "tt", 40, seed=5, particles=("pi0",)))
     paths = generate("calo3d", tmp_path / "rn", 40, seed=5, fmt="rntuple", particles=("pi0",))
     with uproot.open(paths[0]) as f:
         assert isinstance(f["events"], uproot.models.RNTuple.Model_ROOT_3a3a_RNTuple)
-    rn = read(paths)
+    rn = read_events(paths)
     for name in tt.fields:
         assert ak.all(rn[name] == tt[name]), name
 

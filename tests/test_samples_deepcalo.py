@@ -16,6 +16,7 @@ from hepray.evaluate.importance import scalar_columns
 from hepray.evaluate.resolution import crystal_ball_fit
 from hepray.spec import load_job
 from hepray.train.trainer import run_job
+from rootfiles import read_events
 
 EVENTS = 1500
 SCALARS = ["e_true", "e_acc", "eta", "abs_eta", "phi", "mu", "npv", "trk_pt", "conv", "particle",
@@ -23,19 +24,11 @@ SCALARS = ["e_true", "e_acc", "eta", "abs_eta", "phi", "mu", "npv", "trk_pt", "c
 CELLS = ["cell_eta", "cell_phi", "cell_e", "cell_layer"]
 
 
-def read(paths):
-    arrays = []
-    for path in paths:
-        with uproot.open(path) as f:
-            arrays.append(f["events"].arrays())
-    return ak.concatenate(arrays)
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     out = tmp_path_factory.mktemp("deepcalo")
     paths = generate("deepcalo", out, EVENTS, seed=3, events_per_file=1000)
-    return {"paths": paths, **{kind: read([p for p in paths if p.name.startswith(kind)]) for kind in dc.CLASSES}}
+    return {"paths": paths, **{kind: read_events([p for p in paths if p.name.startswith(kind)]) for kind in dc.CLASSES}}
 
 
 def np_(array):
@@ -115,9 +108,9 @@ def test_tracks_conversions_and_pileup(sample):
 
 
 def test_same_seed_same_clusters(tmp_path):
-    a = read(generate("deepcalo", tmp_path / "a", 200, seed=5))
-    b = read(generate("deepcalo", tmp_path / "b", 200, seed=5, events_per_file=70))
-    c = read(generate("deepcalo", tmp_path / "c", 200, seed=6))
+    a = read_events(generate("deepcalo", tmp_path / "a", 200, seed=5))
+    b = read_events(generate("deepcalo", tmp_path / "b", 200, seed=5, events_per_file=70))
+    c = read_events(generate("deepcalo", tmp_path / "c", 200, seed=6))
     for name in SCALARS + CELLS:
         assert ak.all(a[name] == b[name]), name
     assert not np.array_equal(np_(a["e_acc"]), np_(c["e_acc"]))

@@ -12,6 +12,7 @@ import uproot
 from hepray.data.samples import drift_chamber as dc
 from hepray.data.samples import drift_chamber_tracks as dct
 from hepray.data.samples import generate, known_kinds
+from rootfiles import read_events
 
 EVENTS = 400
 PER_FILE = 250
@@ -20,19 +21,11 @@ TRACKS = ["trk_px", "trk_py", "trk_pz", "trk_pid", "trk_charge"]
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
 
-def read(paths):
-    arrays = []
-    for path in paths:
-        with uproot.open(path) as f:
-            arrays.append(f["events"].arrays())
-    return ak.concatenate(arrays)
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     out = tmp_path_factory.mktemp("drift_chamber")
     paths = generate("drift_chamber", out, EVENTS, seed=3, events_per_file=PER_FILE)
-    return {"paths": paths, **{kind: read([p for p in paths if p.name.startswith(kind + "_")]) for kind in dc.CLASSES}}
+    return {"paths": paths, **{kind: read_events([p for p in paths if p.name.startswith(kind + "_")]) for kind in dc.CLASSES}}
 
 
 def flat(array):
@@ -195,7 +188,7 @@ def test_energy_deposits_separate_particles_only_statistically(sample):
 
 def test_noise_hits_option(tmp_path):
     paths = generate("drift_chamber", tmp_path, 200, seed=2, noise_hits=8.0, classes=("continuum",))
-    a = read(paths)
+    a = read_events(paths)
     noise = ak.sum(a["TRK"] == 0, axis=1)
     assert 6.5 < ak.mean(noise) < 9.5
     assert np.median(flat(a["RC"][a["TRK"] == 0])) < 0.5 * np.median(flat(a["RC"][a["TRK"] > 0]))
@@ -206,13 +199,13 @@ def test_noise_hits_option(tmp_path):
 # --- reproducibility and formats -------------------------------------------------------------
 
 def test_same_seed_same_arrays_and_rntuple(tmp_path):
-    a = read(generate("drift_chamber", tmp_path / "a", 300, seed=5, classes=("psip_ee",)))
+    a = read_events(generate("drift_chamber", tmp_path / "a", 300, seed=5, classes=("psip_ee",)))
     b_paths = generate("drift_chamber", tmp_path / "b", 300, seed=5, fmt="rntuple", events_per_file=100,
                        classes=("psip_ee",))
     with uproot.open(b_paths[0]) as f:
         assert isinstance(f["events"], uproot.models.RNTuple.Model_ROOT_3a3a_RNTuple)
-    b = read(b_paths)
-    c = read(generate("drift_chamber", tmp_path / "c", 300, seed=6, classes=("psip_ee",)))
+    b = read_events(b_paths)
+    c = read_events(generate("drift_chamber", tmp_path / "c", 300, seed=6, classes=("psip_ee",)))
     for name in HITS + TRACKS:
         assert ak.all(ak.flatten(a[name] == b[name])), name
     assert not np.array_equal(ak.to_numpy(a["trk_px"]), ak.to_numpy(c["trk_px"]))
@@ -241,7 +234,7 @@ def test_tracks_carry_exactly_their_own_hits():
 def test_track_files_one_class_each(tmp_path):
     paths = generate("drift_chamber_tracks", tmp_path, 300, seed=2)
     assert [p.name for p in paths] == ["track_e_000.root", "track_mu_000.root", "track_pi_000.root"]
-    arrays = {p.name.rsplit("_", 1)[0]: read([p]) for p in paths}
+    arrays = {p.name.rsplit("_", 1)[0]: read_events([p]) for p in paths}
     assert set(arrays["track_e"].fields) >= {"layer", "wire", "XE", "YE", "XW", "YW", "RT", "RC", "px", "pt", "p", "pid"}
     for prefix, code in dct.PARTICLES.items():
         assert len(arrays[prefix]) == 300 and set(np.abs(ak.to_numpy(arrays[prefix]["pid"]))) == {code}

@@ -10,19 +10,12 @@ import uproot
 from hepray.data.samples import generate, known_kinds
 from hepray.data.samples import electron_id as eid
 from hepray.data.samples.common import ttree_layout, write_file
+from rootfiles import read_events
 
 EVENTS = 3000
 PER_FILE = 1000
 SCALARS = ["ele_pt", "ele_eta", "ele_phi", "ele_iso", "ele_width", "ele_hoe"]
 TOWERS = ["tower_eta", "tower_phi", "tower_e", "tower_em", "tower_had"]
-
-
-def read(paths):
-    arrays = []
-    for path in paths:
-        with uproot.open(path) as f:
-            arrays.append(f["events"].arrays())
-    return ak.concatenate(arrays)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +25,8 @@ def sample(tmp_path_factory):
     return {
         "out": out,
         "paths": paths,
-        "electron": read([p for p in paths if p.name.startswith("electron_")]),
-        "fake": read([p for p in paths if p.name.startswith("fake_")]),
+        "electron": read_events([p for p in paths if p.name.startswith("electron_")]),
+        "fake": read_events([p for p in paths if p.name.startswith("fake_")]),
     }
 
 
@@ -112,7 +105,7 @@ def test_same_seed_same_arrays_other_seed_differs(tmp_path):
     a = generate("electron_id", tmp_path / "a", 1200, seed=3)
     b = generate("electron_id", tmp_path / "b", 1200, seed=3, events_per_file=500)  # other split
     c = generate("electron_id", tmp_path / "c", 1200, seed=4)
-    ra, rb, rc = read(a), read(b), read(c)
+    ra, rb, rc = read_events(a), read_events(b), read_events(c)
     assert len(b) == 6
     for name in SCALARS + TOWERS:
         assert ak.all(ra[name] == rb[name]), name
@@ -120,11 +113,11 @@ def test_same_seed_same_arrays_other_seed_differs(tmp_path):
 
 
 def test_rntuple_reads_back_the_same_arrays(tmp_path):
-    tt = read(generate("electron_id", tmp_path / "tt", 250, seed=5, events_per_file=200))
+    tt = read_events(generate("electron_id", tmp_path / "tt", 250, seed=5, events_per_file=200))
     paths = generate("electron_id", tmp_path / "rn", 250, seed=5, fmt="rntuple", events_per_file=200)
     with uproot.open(paths[0]) as f:
         assert isinstance(f["events"], uproot.models.RNTuple.Model_ROOT_3a3a_RNTuple)
-    rn = read(paths)
+    rn = read_events(paths)
     assert set(rn.fields) == set(tt.fields)
     for name in tt.fields:
         assert rn[name].type == tt[name].type, name

@@ -13,25 +13,18 @@ from hepray.data.samples import generate, known_kinds
 from hepray.data.samples import jets_cvn as jc
 from hepray.spec import load_job
 from hepray.train.trainer import run_job
+from rootfiles import read_events
 
 EVENTS = 1500
 JET = ["jet_pt", "jet_eta", "jet_phi", "jet_mass", "tau1", "tau2", "tau21"]
 PFCAND = ["pfcand_ptrel", "pfcand_etarel", "pfcand_phirel"]
 
 
-def read(paths):
-    arrays = []
-    for path in paths:
-        with uproot.open(path) as f:
-            arrays.append(f["events"].arrays())
-    return ak.concatenate(arrays)
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     out = tmp_path_factory.mktemp("jets_cvn")
     paths = generate("jets_cvn", out, EVENTS, seed=3, events_per_file=1000)
-    return {"paths": paths, **{kind: read([p for p in paths if p.name.startswith(kind)]) for kind in jc.CLASSES}}
+    return {"paths": paths, **{kind: read_events([p for p in paths if p.name.startswith(kind)]) for kind in jc.CLASSES}}
 
 
 def np_(array):
@@ -112,9 +105,9 @@ def test_nsubjettiness_of_two_and_one_prong_jets():
 
 
 def test_same_seed_same_jets(tmp_path):
-    a = read(generate("jets_cvn", tmp_path / "a", 300, seed=5))
-    b = read(generate("jets_cvn", tmp_path / "b", 300, seed=5, events_per_file=100))
-    c = read(generate("jets_cvn", tmp_path / "c", 300, seed=6))
+    a = read_events(generate("jets_cvn", tmp_path / "a", 300, seed=5))
+    b = read_events(generate("jets_cvn", tmp_path / "b", 300, seed=5, events_per_file=100))
+    c = read_events(generate("jets_cvn", tmp_path / "c", 300, seed=6))
     for name in JET + PFCAND:
         assert ak.all(a[name] == b[name]), name
     assert not np.array_equal(np_(a["jet_mass"]), np_(c["jet_mass"]))

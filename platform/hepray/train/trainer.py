@@ -102,6 +102,7 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
         from hepray.evaluate.importance import collect_inputs, permutation_importance
 
         metrics.update(permutation_importance(job, model, collect_inputs(data.evaluations["test"])))
+    skip_report = data.skip_report()
     final = state["history"][-1] if state["history"] else {}
     last = result.metrics or {}
     metrics.update({key: float(value) for key, value in final.items() if key != "epoch"})  # at the best epoch
@@ -113,9 +114,9 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
         "train_seconds": train_seconds,
         "parameters": float(sum(p.numel() for p in model.parameters())),
         "onnx_max_abs_difference": onnx_difference,
-        **{k: v for k, v in data.skip_report().items() if k != "skipped"},
+        **{k: v for k, v in skip_report.items() if k != "skipped"},
     })
-    skipped = data.skip_report()["skipped"]
+    skipped = skip_report["skipped"]
     (out_dir / "metrics.json").write_text(json.dumps(_finite_or_null(metrics), indent=1, sort_keys=True))
     (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
     if skipped:

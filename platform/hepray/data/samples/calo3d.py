@@ -84,9 +84,7 @@ from scipy.special import gammainc, ndtr
 from hepray.data.samples.common import (
     DEFAULT_EVENTS_PER_FILE,
     DEFAULT_TREE,
-    check_fmt,
-    chunk_sizes,
-    write_split,
+    write_classes,
 )
 
 PARTICLES = ("electron", "photon", "pi0", "chpi")
@@ -369,27 +367,10 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     return chunk
 
 
-def iter_chunks(kind: str, events: int, seed: int = 1, chunk_size: int = CHUNK_SIZE):
-    """Chunks of particle ``kind``; chunk j is seeded by SeedSequence(seed, spawn_key=(particle, j))."""
-    index = PARTICLES.index(kind)
-    for j, n in enumerate(chunk_sizes(events, chunk_size)):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, j)))
-        yield generate_chunk(rng, n, kind)
-
-
 def generate(out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", *,
              events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE,
              particles: tuple[str, ...] = PARTICLES) -> list[Path]:
     """Write ``events`` events of each particle into ``out_dir``: ``electron_000.root, ...``,
     then ``photon_*``, ``pi0_*``, ``chpi_*`` (``particles`` picks a subset). Returns the paths."""
-    check_fmt(fmt)
-    if events < 1:
-        raise ValueError(f"events must be >= 1, got {events}")
-    unknown = sorted(set(particles) - set(PARTICLES))
-    if unknown:
-        raise ValueError(f"unknown particle(s) {unknown}: expected some of {PARTICLES}")
-    paths: list[Path] = []
-    for kind in particles:
-        paths += write_split(out_dir, kind, iter_chunks(kind, events, seed),
-                             events_per_file=events_per_file, tree=tree, fmt=fmt)
-    return paths
+    return write_classes(out_dir, PARTICLES, generate_chunk, events, seed, fmt, chunk_size=CHUNK_SIZE,
+                         events_per_file=events_per_file, tree=tree, only=particles)

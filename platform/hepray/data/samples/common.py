@@ -270,17 +270,24 @@ def chunk_sizes(events: int, chunk_size: int) -> Iterator[int]:
 def write_classes(out_dir: str | Path, classes: Sequence[str],
                   generate_chunk: Callable[[np.random.Generator, int, str], Chunk], events: int, seed: int,
                   fmt: str, *, chunk_size: int, events_per_file: int = DEFAULT_EVENTS_PER_FILE,
-                  tree: str = DEFAULT_TREE) -> list[Path]:
-    """Write ``events`` events of each class into ``<out_dir>/<class>_000.root, ...``, in class order.
+                  tree: str = DEFAULT_TREE, only: Sequence[str] | None = None) -> list[Path]:
+    """Write ``events`` events of each class (or of the subset ``only``) into
+    ``<out_dir>/<class>_000.root, ...``, in class order.
 
-    Chunk j of class i comes from ``generate_chunk(rng, n, class)`` with rng seeded by
-    ``SeedSequence(seed, spawn_key=(i, j))``, so the events do not depend on ``events_per_file``.
+    Chunk j of class i (its index in ``classes``) comes from ``generate_chunk(rng, n, class)`` with
+    rng seeded by ``SeedSequence(seed, spawn_key=(i, j))``, so the events depend neither on
+    ``events_per_file`` nor on which other classes are written.
     """
     check_fmt(fmt)
     if events < 1:
         raise ValueError(f"events must be >= 1, got {events}")
+    unknown = sorted(set(only or ()) - set(classes))
+    if unknown:
+        raise ValueError(f"unknown class(es) {unknown}: expected some of {tuple(classes)}")
     paths: list[Path] = []
     for index, kind in enumerate(classes):
+        if only is not None and kind not in only:
+            continue
         chunks = (generate_chunk(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, j))), n, kind)
                   for j, n in enumerate(chunk_sizes(events, chunk_size)))
         paths += write_split(out_dir, kind, chunks, events_per_file=events_per_file, tree=tree, fmt=fmt)

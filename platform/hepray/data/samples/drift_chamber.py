@@ -57,6 +57,7 @@ seeded from ``numpy.random.SeedSequence(seed, spawn_key=(c, j))``.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import awkward as ak
@@ -65,9 +66,7 @@ import numpy as np
 from hepray.data.samples.common import (
     DEFAULT_EVENTS_PER_FILE,
     DEFAULT_TREE,
-    check_fmt,
-    chunk_sizes,
-    write_split,
+    write_classes,
 )
 
 # --- physics constants (GeV) --------------------------------------------------------
@@ -420,29 +419,12 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str, noise_hits: floa
     }
 
 
-def iter_chunks(kind: str, events: int, seed: int = 1, chunk_size: int = CHUNK_SIZE, noise_hits: float = 0.0):
-    """Chunks of class ``kind``; chunk j is seeded by SeedSequence(seed, spawn_key=(class, j))."""
-    cls = CLASSES.index(kind)
-    for j, n in enumerate(chunk_sizes(events, chunk_size)):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(cls, j)))
-        yield generate_chunk(rng, n, kind, noise_hits)
-
-
 def generate(out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", *,
              events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE,
              noise_hits: float = 0.0, classes: tuple[str, ...] = CLASSES) -> list[Path]:
     """Write ``events`` events of each class into ``out_dir`` (``psip_ee_000.root``, ...,
     ``psip_mumu_*``, ``continuum_*``); ``noise_hits`` is the mean number of noise hits per event."""
-    check_fmt(fmt)
-    if events < 1:
-        raise ValueError(f"events must be >= 1, got {events}")
     if noise_hits < 0:
         raise ValueError(f"noise_hits must be >= 0, got {noise_hits}")
-    unknown = sorted(set(classes) - set(CLASSES))
-    if unknown:
-        raise ValueError(f"unknown classes {unknown}: expected some of {CLASSES}")
-    paths: list[Path] = []
-    for kind in classes:
-        paths += write_split(out_dir, kind, iter_chunks(kind, events, seed, noise_hits=noise_hits),
-                             events_per_file=events_per_file, tree=tree, fmt=fmt)
-    return paths
+    return write_classes(out_dir, CLASSES, partial(generate_chunk, noise_hits=noise_hits), events, seed, fmt,
+                         chunk_size=CHUNK_SIZE, events_per_file=events_per_file, tree=tree, only=classes)

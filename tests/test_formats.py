@@ -183,23 +183,23 @@ def test_rntuple_bad_input_names_file_field_and_range(tmp_path):
 
 
 def test_electron_id_job_on_ttree_and_on_rntuple_over_http(ray_session, electron_id, tmp_path):
-    """One tiny run per format: the TTree files from disk, the RNTuple files from a loopback HTTP
-    server (globbed through its directory listing). The inputs are identical (test above), so every
-    metric of the data and of the cut-based baseline is equal. The network's metrics are only checked
-    to show that both runs learned: two trainings on these bitwise-identical inputs gave different
-    losses here, so the training run itself is not bitwise reproducible."""
+    """One tiny run per format, same seed: the TTree files from disk, the RNTuple files from a
+    loopback HTTP server (globbed through its directory listing). The inputs are identical (test
+    above) and blocks reach the worker in plan order, so the two trainings are the same and every
+    metric agrees: the data's, the baseline's and the network's."""
     from hepray.train.trainer import run_job
 
-    tiny = ["model.filters=4", "model.blocks=1", "model.dense=8", "train.epochs=1", "train.batch_size=64",
-            "scaling.num_workers=1", "evaluate.robustness=null"]
+    tiny = ["model.filters=4", "model.blocks=1", "model.dense=8", "train.epochs=2", "train.batch_size=64",
+            "data.events_per_task=100", "scaling.num_workers=1", "evaluate.robustness=null"]
     run_job(electron_job(electron_id, "ttree", *tiny), tmp_path / "ttree")
     with FileServer(electron_id) as server:
         run_job(electron_job(server.url, "rntuple", *tiny), tmp_path / "rntuple")
         assert server.bytes_sent > 0
     ttree, rntuple = (json.loads((tmp_path / fmt / "metrics.json").read_text()) for fmt in ("ttree", "rntuple"))
     assert sorted(ttree) == sorted(rntuple)
-    data_metrics = [key for key in ttree if key.startswith(("events_", "test_events", "baseline_", "ranges_"))]
-    assert {"events_read", "test_events", "baseline_cuts_rej", "test_events_electron@ele_pt[10,30)"} <= set(data_metrics)
-    assert ttree["events_read"] == 2 * ELECTRON_EVENTS
-    assert {key: ttree[key] for key in data_metrics} == {key: rntuple[key] for key in data_metrics}
-    assert ttree["test_auc"] > 0.6 and rntuple["test_auc"] > 0.6
+    assert {"events_read", "baseline_cuts_rej", "test_auc", "val_loss", "train_loss"} <= set(ttree)
+    assert ttree["events_read"] == 2 * ELECTRON_EVENTS and ttree["test_auc"] > 0.6
+    # Timings, and the ONNX check's rounding error on whichever test batch its actor scored first.
+    unordered = {key for key in ttree if key.endswith(("seconds", "_per_s")) or key.startswith("onnx_")}
+    for key in sorted(set(ttree) - unordered):
+        assert ttree[key] == pytest.approx(rntuple[key], rel=1e-6, abs=1e-9), key

@@ -198,9 +198,11 @@ class EventReader:
                  else np.concatenate([b[key] for b in batches]) for key in batches[0]}
         n = len(batch["entry"])
         if self.shuffle:
-            # Seeded by the task's first range: the same events in the same order every run.
+            # Seeded by the task's first range, by file name as the split is: the same order every
+            # run, whether the file is read from disk or from a URL.
             first = ranges[0]
-            order = np.random.default_rng([zlib.crc32(first.path.encode()), first.start, self.spec.split.seed]).permutation(n)
+            seed = [zlib.crc32(Path(first.path).name.encode()), first.start, self.spec.split.seed]
+            order = np.random.default_rng(seed).permutation(n)
             batch = {key: value.take(order) if key in self.sparse_inputs else value[order] for key, value in batch.items()}
         step = max(1, BLOCK_BYTES * n // max(1, sum(value.nbytes for value in batch.values())))
         norms = {name: self.inputs[name].norm for name in self.sparse_inputs}

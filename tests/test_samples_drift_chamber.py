@@ -249,7 +249,7 @@ def test_jobs_validate_and_encodings_are_overridable():
 
     names = sorted(p.name for p in JOBS.glob("drift_chamber*.yaml"))
     assert names == ["drift_chamber_ee_vs_continuum.yaml", "drift_chamber_ee_vs_mumu.yaml",
-                     "drift_chamber_multiclass.yaml", "drift_chamber_mumu_vs_continuum.yaml",
+                     "drift_chamber_event_momentum.yaml", "drift_chamber_multiclass.yaml", "drift_chamber_mumu_vs_continuum.yaml",
                      "drift_chamber_track_momentum.yaml", "drift_chamber_tracks.yaml"]
     for name in names:
         for encoding in ("binary", "total", "average", "per_hit"):

@@ -119,9 +119,19 @@ class HitsXYImage(Strict):
     extent: float = Field(810.0, gt=0, description="half-width of the square window in the hits' length unit")
     encoding: Literal["binary", "total", "average", "per_hit"] = "per_hit"
     norm: Norm = "none"
+    track_branch: str | None = Field(
+        None, description="per-hit 1-based track index (the study's TRK): channel k holds the hits of track k + 1 "
+                          "alone; hits of no track slot (0: noise) are dropped")
+    tracks: int | None = Field(None, gt=0, description="track slots (channels) with track_branch")
+
+    @model_validator(mode="after")
+    def _track_channels(self) -> "HitsXYImage":
+        if (self.track_branch is None) != (self.tracks is None):
+            raise ValueError("track_branch and tracks go together (one channel per track slot)")
+        return self
 
     def shape(self) -> tuple[int, ...]:
-        return (1, self.size, self.size)
+        return (self.tracks or 1, self.size, self.size)
 
 
 class VoxelPoints(Strict):
@@ -199,6 +209,17 @@ class Split(Strict):
         return self
 
 
+class TrackMomenta(Strict):
+    """A regression target per track slot: each expression gives `tracks` values per event (one
+    per slot, in the order of the branch), the true momentum components in GeV. The model
+    predicts (px, py, pz) for every slot, slot after slot."""
+
+    tracks: int = Field(gt=0)
+    px: str
+    py: str
+    pz: str
+
+
 class DataSpec(Strict):
     files: dict[str, list[str]] | list[str] = Field(
         description="class -> globs, one class per group with labels 0, 1, ... in order (binary: the "
@@ -209,7 +230,8 @@ class DataSpec(Strict):
     classes: list[str] | None = Field(None, description="class names for label_branch values 0..n-1")
     generate: Generate | None = None
     cut: str | None = None
-    target: str | None = Field(None, description="regression target: a branch or expression")
+    target: str | TrackMomenta | None = Field(
+        None, description="regression target: a branch or expression, or {tracks, px, py, pz} for track momenta")
     observers: list[str] = []
     split: Split = Split()
     on_error: Literal["fail", "skip"] = "fail"
@@ -240,6 +262,11 @@ class TaskSpec(Strict):
     kind: Literal["binary", "multiclass", "regression"]
     class_weights: list[float] | None = None
     loss: Literal["mse", "huber", "relative"] = "mse"
+    conservation_weight: float = Field(
+        0.0, ge=0, description="track momenta: lambda of the loss term lambda * |sum of the event's predicted "
+                               "momenta - initial_momentum|^2 (GeV^2); 0 = off")
+    initial_momentum: tuple[float, float, float] = Field(
+        (0.0, 0.0, 0.0), description="track momenta: the initial state's (px, py, pz) in GeV, which the tracks sum to")
 
 
 class EarlyStopping(Strict):
@@ -352,6 +379,8 @@ class JobSpec(Strict):
         if self.task.kind == "regression":
             if self.data.target is None:
                 raise ValueError("data.target: a regression task needs a target branch or expression")
+            if isinstance(self.data.target, TrackMomenta):
+                self._check_track_momenta()
         else:
             if n_classes < 2:
                 raise ValueError("data.files: a classifier needs two or more label groups (or label_branch and classes)")
@@ -361,6 +390,10 @@ class JobSpec(Strict):
                 raise ValueError(f"task.kind: binary needs 2 classes, data has {n_classes}")
             if self.task.class_weights is not None and len(self.task.class_weights) != n_classes:
                 raise ValueError("task.class_weights: one weight per class")
+        if self.task.conservation_weight > 0 and not (self.task.kind == "regression"
+                                                      and isinstance(self.data.target, TrackMomenta)):
+            raise ValueError("task.conservation_weight: needs a regression of track momenta to sum "
+                             "(data.target: {tracks, px, py, pz})")
         for name, baseline in self.evaluate.baselines.items():
             kind = getattr(baseline, "kind", "expression")
             if kind == "cuts" and self.task.kind != "binary":
@@ -376,10 +409,23 @@ class JobSpec(Strict):
             raise ValueError("evaluate.permutation_importance: the job has no scalars input to permute")
         return self
 
+    def _check_track_momenta(self) -> None:
+        """What a per-track momentum vector target cannot go with."""
+        if self.task.loss == "relative":
+            raise ValueError("task.loss: relative divides by the target; momentum components cross zero (use mse or huber)")
+        if self.data.augment:
+            raise ValueError("data.augment: a mirrored image would need mirrored momenta; track momenta take no augmentation")
+        if self.evaluate.baselines:
+            raise ValueError("evaluate.baselines: baselines give one number per event, not track momenta")
+        if self.evaluate.permutation_importance:
+            raise ValueError("evaluate.permutation_importance: not available for track momenta")
+
     @property
     def n_outputs(self) -> int:
         if self.task.kind == "multiclass":
             return len(self.data.class_names)
+        if isinstance(self.data.target, TrackMomenta):
+            return 3 * self.data.target.tracks
         return 1
 
 

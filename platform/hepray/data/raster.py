@@ -25,6 +25,9 @@ Conventions (the docs repeat them):
   (strictly: sum(pT * sign(x)) >= 0), which puts the leading prong of a two-prong jet on +eta.
 - `hits_xy`: image[0, i_y, i_x] (row = y, column = x, as `imshow(origin="lower")` shows the
   detector). `total` and `average` use every hit of the event, inside the window or not.
+  With `track_branch`, image[k] is the image track k + 1 alone would give (`total` and
+  `average` over that track's hits); hits whose track value is not an integer in
+  [1, tracks] (noise: 0) are in no channel.
 - `voxels`: image[0, i_x, i_y, i_z]; flat cells are read in C order (z fastest). Points are
   binned over the half-open range [low, high) per axis.
 - Norms act per event over all channels together. `max` divides by the largest |value|;
@@ -65,6 +68,8 @@ def branches_for(spec: ImageSpec) -> set[str]:
         names = {spec.xe, spec.xw, spec.ye, spec.yw}
         if spec.encoding != "binary":  # binary images ignore the energy
             names.add(spec.energy)
+        if spec.track_branch is not None:
+            names.add(spec.track_branch)
         return names
     if isinstance(spec, VoxelImage):
         if spec.cells is not None:
@@ -475,7 +480,10 @@ def _rotate_principal_axis_to_eta(eta: np.ndarray, phi: np.ndarray, pt: np.ndarr
 
 def _hits_xy(spec: HitsXYImage, arrays: dict[str, ArrayLike]) -> _Scatter | np.ndarray:
     names = [spec.xe, spec.xw, spec.ye, spec.yw] + ([] if spec.encoding == "binary" else [spec.energy])
-    (xe, xw, ye, yw, *energy), counts = _point_set(arrays, names)
+    if spec.track_branch is not None:
+        names.append(spec.track_branch)
+    (xe, xw, ye, yw, *rest), counts = _point_set(arrays, names)
+    energy = rest[:1] if spec.encoding != "binary" else []
     n_events = len(counts)
     x = np.add(xe, xw, dtype=np.float64)
     x *= 0.5
@@ -484,19 +492,42 @@ def _hits_xy(spec: HitsXYImage, arrays: dict[str, ArrayLike]) -> _Scatter | np.n
     cell = 2 * spec.extent / spec.size
     index, inside = _grid_index([_pixel(y, cell, spec.size / 2), _pixel(x, cell, spec.size / 2)],
                                 (spec.size, spec.size))
+    channels = spec.shape()[0]
+    if spec.track_branch is not None:
+        channel, on_track = _track_channel(rest[-1], channels)
+        inside &= on_track
+        index += (channel * (spec.size * spec.size)).astype(np.int32)
     if spec.encoding == "per_hit":
         return _Scatter(n_events, spec.shape(), [index], [inside], energy, [counts])
 
-    hit = np.zeros(n_events * spec.size * spec.size, dtype=bool)
-    hit[(index + _event_offsets(counts, spec.size * spec.size))[inside]] = True
+    image_size = channels * spec.size * spec.size
+    hit = np.zeros(n_events * image_size, dtype=bool)
+    hit[(index + _event_offsets(counts, image_size))[inside]] = True
     images = hit.reshape(n_events, *spec.shape()).astype(np.float32)
     if spec.encoding == "binary":
         return images
-    event_energy = _per_event_sum(np.repeat(np.arange(n_events), counts), energy[0], n_events)
+    # the summed energy per image channel: the event's, or with track channels each track's
+    owner = np.repeat(np.arange(n_events), counts)
+    weights, hits = energy[0], counts.astype(np.float64)
+    if spec.track_branch is not None:
+        owner = (owner * channels + channel)[on_track]
+        weights = weights[on_track]
+        hits = np.bincount(owner, minlength=n_events * channels).astype(np.float64)
+    channel_energy = _per_event_sum(owner, weights, n_events * channels)
     if spec.encoding == "average":
-        event_energy = _safe_divide(event_energy, counts.astype(np.float64))
-    images *= event_energy.astype(np.float32)[:, None, None, None]
+        channel_energy = _safe_divide(channel_energy, hits)
+    images *= channel_energy.astype(np.float32).reshape(n_events, channels)[:, :, None, None]
     return images
+
+
+def _track_channel(track: np.ndarray, tracks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Channel (track - 1) of each hit, and whether it has one: an integer track value in [1, tracks]."""
+    with np.errstate(invalid="ignore"):
+        channel = track.astype(np.int64) - 1
+    on_track = (channel >= 0) & (channel < tracks)
+    if track.dtype.kind == "f":
+        on_track &= channel + 1 == track
+    return np.where(on_track, channel, 0), on_track
 
 
 # ---------------------------------------------------------------- voxels

@@ -32,7 +32,7 @@ from hepray.data.expr import Expression
 from hepray.data.batches import to_block
 from hepray.data.raster import SparseImages, branches_for, make_input, make_sparse, sparse_supported
 from hepray.data.rootio import DataError, describe, entry_ranges, expand_glob, read_arrays
-from hepray.spec import DataSpec
+from hepray.spec import DataSpec, TrackMomenta
 
 SPLITS = ("train", "val", "test")
 BLOCK_BYTES = 32 * 1024 * 1024  # Ray Data wants blocks of >= 1 MB; large ones strain the object store
@@ -153,8 +153,13 @@ class EventReader:
     def __post_init__(self) -> None:
         self.cut = Expression(self.spec.cut) if self.spec.cut else None
         self.columns = {f"obs_{name}": Expression(name) for name in self.spec.observers}
-        if self.spec.target:
-            self.columns["target"] = Expression(self.spec.target)
+        target = self.spec.target
+        # track momenta: one (tracks, 3) target per event, from three per-track expressions
+        self.track_momenta = ([Expression(text) for text in (target.px, target.py, target.pz)]
+                              if isinstance(target, TrackMomenta) else [])
+        self.tracks = target.tracks if isinstance(target, TrackMomenta) else 0
+        if isinstance(target, str):
+            self.columns["target"] = Expression(target)
         self.columns.update({column: Expression(text) for column, text in self.extra.items()})
         self.inputs = self.spec.inputs if self.with_inputs else {}
         self.sparse_inputs = {name for name, spec in self.inputs.items() if self.sparse and sparse_supported(spec)}
@@ -168,7 +173,7 @@ class EventReader:
         for name, spec in self.inputs.items():
             if spec.kind != "scalars":
                 needed |= branches_for(spec)
-        for expr in (self.cut, *self.columns.values(), *self.scalar_exprs.values()):
+        for expr in (self.cut, *self.columns.values(), *self.scalar_exprs.values(), *self.track_momenta):
             if expr is not None:
                 needed |= expr.branches
         if self.spec.label_branch:
@@ -178,7 +183,7 @@ class EventReader:
     def bytes_per_event(self) -> int:
         """A planning estimate: a sparse image counted as 1/8 of its dense pixels (the blocks are cut by their real size)."""
         return sum(4 * int(np.prod(spec.shape())) // (8 if name in self.sparse_inputs else 1)
-                   for name, spec in self.inputs.items()) + 8 * (2 + len(self.columns))
+                   for name, spec in self.inputs.items()) + 8 * (2 + len(self.columns)) + 4 * 3 * self.tracks
 
     def read(self, ranges: list[EntryRange]) -> Iterator:
         batches = []
@@ -234,6 +239,9 @@ class EventReader:
             batch["file_key"] = np.full(int(keep.sum()), file_key(task.path), dtype=np.int64)
         for column, expr in self.columns.items():
             batch[column] = _one_per_event(expr.evaluate(arrays), expr.text, task).astype(np.float32)
+        if self.track_momenta:
+            batch["target"] = np.stack([_per_track(expr.evaluate(arrays), expr.text, self.tracks, task, batch["entry"])
+                                        for expr in self.track_momenta], axis=2)
         if self.spec.label_branch:
             batch["label"] = _one_per_event(arrays[self.spec.label_branch], self.spec.label_branch, task).astype(np.int64)
         elif task.label is not None:
@@ -277,6 +285,20 @@ def _one_per_event(values, text: str, task: EntryRange) -> np.ndarray:
     if isinstance(values, ak.Array) and values.ndim > 1:
         raise DataError(f"{task.where}: '{text}' has a list of values per event; one value per event expected")
     return np.asarray(values)
+
+
+def _per_track(values, text: str, tracks: int, task: EntryRange, entries: np.ndarray) -> np.ndarray:
+    """A per-track expression as float32 (events, tracks): every event must have all its track slots."""
+    values = values if isinstance(values, ak.Array) else ak.Array(np.asarray(values))
+    if values.ndim != 2:
+        raise DataError(f"{task.where}: '{text}' has {'one value' if values.ndim == 1 else 'nested lists'} per event; "
+                        f"track momenta need {tracks} per event (data.target.tracks)")
+    counts = ak.to_numpy(ak.num(values, axis=1))
+    wrong = np.flatnonzero(counts != tracks)
+    if len(wrong):
+        raise DataError(f"{task.where}: '{text}' has {counts[wrong[0]]} values at entry {entries[wrong[0]]}; "
+                        f"track momenta need {tracks} per event (data.target.tracks)")
+    return ak.to_numpy(ak.flatten(values, axis=1)).astype(np.float32).reshape(len(counts), tracks)
 
 
 def _first_bad_entry(array: ak.Array, start: int) -> int:

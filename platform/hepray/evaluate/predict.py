@@ -31,7 +31,7 @@ import ray
 from hepray.data.pipeline import build_dataset
 from hepray.data.root_source import DataError, EventReader, SkipLedger, file_key, labelled_files, plan_reads
 from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, Engine, load_job, predict
-from hepray.spec import DataSpec, JobSpec
+from hepray.spec import DataSpec, JobSpec, TrackMomenta
 from hepray.train.tasks import Task
 from hepray.train.trainer import ensure_ray
 
@@ -58,9 +58,13 @@ def column_name(text: str) -> str:
 
 def score_columns(job: JobSpec) -> list[str]:
     """Binary: the probability of label 1 (the second file group); multiclass: one softmax
-    probability per class; regression: the prediction."""
+    probability per class; regression: the prediction (track momenta: px, py, pz per slot)."""
+    target = job.data.target
+    if isinstance(target, TrackMomenta):
+        return [f"pred_{column_name(text)}_{slot}" for slot in range(target.tracks)
+                for text in (target.px, target.py, target.pz)]
     if job.task.kind == "regression":
-        return [f"pred_{column_name(job.data.target)}"]
+        return [f"pred_{column_name(target)}"]
     names = job.data.class_names
     if job.task.kind == "binary":
         return [f"score_{column_name(names[1])}"]

@@ -1,5 +1,14 @@
 """What differs between binary, multiclass and regression: the truth column, the loss, the
-per-epoch validation metric, and how raw outputs become scores."""
+per-epoch validation metric, and how raw outputs become scores.
+
+Track momenta (a regression whose truth is (events, tracks, 3): px, py, pz per track slot, and
+whose outputs are the same numbers slot after slot) have their own loss per event:
+
+    mean over slots of sum over (px, py, pz) of l(predicted - true)
+    + conservation_weight * |sum over slots of predicted (px, py, pz) - initial_momentum|^2
+
+with l the squared error (mse) or the Huber loss (huber), momenta in GeV.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,8 @@ class Task:
         self.kind = spec.kind
         self.loss_kind = spec.loss
         self.class_weights = torch.tensor(spec.class_weights, dtype=torch.float32) if spec.class_weights else None
+        self.conservation_weight = spec.conservation_weight
+        self.initial_momentum = np.asarray(spec.initial_momentum, dtype=np.float32)
 
     @property
     def truth_column(self) -> str:
@@ -30,6 +41,8 @@ class Task:
             losses = F.binary_cross_entropy_with_logits(outputs[:, 0], truth.float(), reduction="none")
             if self.class_weights is not None:
                 losses = losses * self.class_weights.to(outputs.device)[truth.long()]
+        elif truth.dim() == 3:
+            losses = self.track_momentum_losses(outputs, truth.float())
         else:
             prediction, target = outputs[:, 0], truth.float()
             if self.loss_kind == "huber":
@@ -40,14 +53,28 @@ class Task:
                 losses = (prediction - target) ** 2
         return losses.mean() if reduction == "mean" else losses.sum()
 
+    def track_momentum_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Per event: the per-track loss plus the weighted momentum-conservation term (module doc)."""
+        prediction = outputs.reshape(truth.shape)
+        if self.loss_kind == "huber":
+            per_component = F.huber_loss(prediction, truth, reduction="none")
+        else:
+            per_component = (prediction - truth) ** 2
+        losses = per_component.sum(dim=2).mean(dim=1)
+        if self.conservation_weight > 0:
+            imbalance = prediction.sum(dim=1) - prediction.new_tensor(self.initial_momentum)
+            losses = losses + self.conservation_weight * (imbalance ** 2).sum(dim=1)
+        return losses
+
     def scores(self, outputs: np.ndarray) -> np.ndarray:
-        """Probabilities for classifiers (signal probability for binary), predictions for regression."""
+        """Probabilities for classifiers (signal probability for binary), predictions for regression
+        (one column per output for track momenta)."""
         if self.kind == "binary":
             return 1.0 / (1.0 + np.exp(-outputs[:, 0]))
         if self.kind == "multiclass":
             shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
             return shifted / shifted.sum(axis=1, keepdims=True)
-        return outputs[:, 0]
+        return outputs if outputs.shape[1] > 1 else outputs[:, 0]
 
     def epoch_metrics(self, outputs: np.ndarray, truth: np.ndarray, prefix: str) -> dict[str, float]:
         """The metrics reported each epoch beside the loss, for early stopping and searches."""
@@ -63,6 +90,17 @@ class Task:
             if len(present) == scores.shape[1]:
                 auc = roc_auc_score(truth, scores, multi_class="ovr", average="macro")
             return {f"{prefix}_auc_macro": float(auc), f"{prefix}_accuracy": float(np.mean(scores.argmax(1) == truth))}
-        ratio = scores / np.where(truth == 0, np.nan, truth)
-        q16, q50, q84 = np.nanpercentile(ratio, [16, 50, 84])
-        return {f"{prefix}_response": float(q50), f"{prefix}_resolution": float((q84 - q16) / 2 / q50)}
+        if truth.ndim == 3:  # track momenta: the tracks' pT, and the events' momentum imbalance
+            prediction = scores.reshape(truth.shape)
+            imbalance = np.linalg.norm(prediction.sum(axis=1) - self.initial_momentum, axis=1)
+            return {**_response(np.hypot(prediction[..., 0], prediction[..., 1]).ravel(),
+                                np.hypot(truth[..., 0], truth[..., 1]).ravel(), prefix),
+                    f"{prefix}_imbalance": float(imbalance.mean())}
+        return _response(scores, truth, prefix)
+
+
+def _response(prediction: np.ndarray, truth: np.ndarray, prefix: str) -> dict[str, float]:
+    """Median of prediction / truth, and the half-width of its 16-84 % range over that median."""
+    ratio = prediction / np.where(truth == 0, np.nan, truth)
+    q16, q50, q84 = np.nanpercentile(ratio, [16, 50, 84])
+    return {f"{prefix}_response": float(q50), f"{prefix}_resolution": float((q84 - q16) / 2 / q50)}

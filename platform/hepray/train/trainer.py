@@ -17,9 +17,10 @@ from ray.train.torch import TorchTrainer
 from hepray.data.pipeline import build_job_data, input_shapes
 from hepray.evaluate.baselines import Baselines
 from hepray.evaluate.inference import MODEL_FILE, collect, load_model, predict, save_model
+from hepray.evaluate.momentum import evaluate_track_momenta
 from hepray.evaluate.report import evaluate_predictions
 from hepray.models.export import export_onnx, onnx_max_difference
-from hepray.spec import JobSpec, dump_job
+from hepray.spec import JobSpec, TrackMomenta, dump_job
 from hepray.train.loop import CHECKPOINT_FILE, train_loop_per_worker
 from hepray.train.tasks import Task
 
@@ -148,14 +149,18 @@ def evaluate_events(job: JobSpec, prefix: str, events: dict[str, np.ndarray], fi
         return {f"{prefix}_events": 0.0}
     task = Task(job.task)
     is_test = prefix == "test"
-    result = evaluate_predictions(
-        job.task.kind, events["output"], events[task.truth_column],
-        {name: events[f"obs_{name}"] for name in job.data.observers}, job.data.class_names,
-        job.evaluate.bins, out_dir if is_test else out_dir / "evaluations" / prefix,
-        # A norm changes the model's input only: its baselines would repeat the test split's.
-        baselines={} if prefix.startswith("robust_norm_") else fitted.apply(events), energy=job.evaluate.energy,
-        history=history if is_test else None, make_plots=job.evaluate.plots,
-    )
+    evaluation_dir = out_dir if is_test else out_dir / "evaluations" / prefix
+    if isinstance(job.data.target, TrackMomenta):
+        result = evaluate_track_momenta(job, events, evaluation_dir, history if is_test else None)
+    else:
+        result = evaluate_predictions(
+            job.task.kind, events["output"], events[task.truth_column],
+            {name: events[f"obs_{name}"] for name in job.data.observers}, job.data.class_names,
+            job.evaluate.bins, evaluation_dir,
+            # A norm changes the model's input only: its baselines would repeat the test split's.
+            baselines={} if prefix.startswith("robust_norm_") else fitted.apply(events), energy=job.evaluate.energy,
+            history=history if is_test else None, make_plots=job.evaluate.plots,
+        )
     if is_test:
         return result
     return {f"{prefix}_{key.removeprefix('test_')}": value for key, value in result.items()}

@@ -1,0 +1,65 @@
+"""Evaluation of a track-momentum regression (data.target: {tracks, px, py, pz}).
+
+Per track, over every slot of every event: the predicted transverse momentum pT = hypot(px, py)
+against the true one, scored by `evaluate_predictions` as a regression of one number per track
+(the quantity of the per-track job drift_chamber_track_momentum, so the keys compare:
+`test_iqr_rel`, `test_resolution_iqr`, `test_response_median`, the Crystal Ball fit, ...;
+`test_events` counts tracks there). Its observers are the job's per-event observers, repeated
+per slot, and per track `track_pt`, `track_p` (true pT and p, GeV) and `track_slot` (0, 1, ...),
+which `evaluate.bins` can bin by. Per component: `test_track_rmse_px`, `_py`, `_pz` (GeV).
+
+Per event: `test_imbalance_mean`, the mean over events of |sum over slots of the predicted
+(px, py, pz) - task.initial_momentum| in GeV (the true momenta give 0), and
+`test_imbalance_pt_mean`, the same for its transverse part; `test_event_count` events.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hepray.evaluate.report import _json_safe, evaluate_predictions
+from hepray.spec import JobSpec
+
+COMPONENTS = ("px", "py", "pz")
+
+
+def track_observers(job: JobSpec, events: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, np.ndarray]:
+    """One value per track, events' tracks in slot order: the job's observers and the tracks' truth."""
+    n_events, tracks = truth.shape[:2]
+    observers = {name: np.repeat(events[f"obs_{name}"], tracks) for name in job.data.observers}
+    observers.update(track_pt=np.hypot(truth[..., 0], truth[..., 1]).ravel(),
+                     track_p=np.linalg.norm(truth, axis=2).ravel(),
+                     track_slot=np.tile(np.arange(tracks, dtype=np.float64), n_events))
+    return observers
+
+
+def evaluate_track_momenta(job: JobSpec, events: dict[str, np.ndarray], out_dir: Path,
+                           history: Sequence[dict] | None) -> dict[str, float]:
+    """The module's metrics on one evaluation's events (`output`, `target`, `obs_*` columns);
+    plots and evaluation.json go to out_dir as for any regression."""
+    truth = np.asarray(events["target"], dtype=np.float64)  # (events, tracks, 3)
+    prediction = np.asarray(events["output"], dtype=np.float64).reshape(truth.shape)
+    observers = track_observers(job, events, truth)
+    result = evaluate_predictions(
+        "regression", np.hypot(prediction[..., 0], prediction[..., 1]).reshape(-1, 1), observers["track_pt"],
+        observers, [], job.evaluate.bins, out_dir, energy=job.evaluate.energy, history=history,
+        make_plots=job.evaluate.plots)
+
+    error = prediction - truth
+    imbalance = prediction.sum(axis=1) - np.asarray(job.task.initial_momentum)
+    added = {f"test_track_rmse_{name}": float(np.sqrt(np.mean(error[..., k] ** 2)))
+                 for k, name in enumerate(COMPONENTS)}
+    added.update(test_event_count=float(len(truth)),
+                     test_imbalance_mean=float(np.linalg.norm(imbalance, axis=1).mean()),
+                     test_imbalance_pt_mean=float(np.hypot(imbalance[:, 0], imbalance[:, 1]).mean()))
+    result.update(added)
+    # evaluation.json lists every number of the evaluation, these too
+    summary_path = Path(out_dir) / "evaluation.json"
+    summary = json.loads(summary_path.read_text())
+    summary["metrics"].update(_json_safe(added))
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return result

@@ -1,9 +1,12 @@
-"""`hepray tune` on a real local Ray: Optuna TPE in SQLite, ASHA on per-epoch reports, resume."""
+"""`hepray tune` on a real local Ray: Optuna TPE in SQLite, ASHA on per-epoch reports, resume,
+--retrain-best and --report."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+from functools import reduce
 
 import optuna
 import pytest
@@ -11,32 +14,46 @@ import yaml
 from typer.testing import CliRunner
 
 from hepray.cli import app
-from hepray.spec import SpecError, load_job
+from hepray.spec import SpecError, dump_job, load_job
+from hepray.tune.report import run_once
 from hepray.tune.search import run_search, storage_url
 from hepray.tune.space import load_search
 from rootfiles import etaphi_job, towers, write_tree
 
 
-@pytest.fixture(scope="module")
-def base_job_file(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tune")
-    write_tree(root / "narrow.root", towers(400, 0, seed=1, energy=4.0, spread=0.02))
-    write_tree(root / "wide.root", towers(400, 1000, seed=2, energy=2.0, spread=0.12))
-    raw = etaphi_job({"narrow": str(root / "narrow.root"), "wide": str(root / "wide.root")},
-                     split={"val": 0.25, "test": 0.25, "seed": 1})
+def tiny_job(files: dict, name: str, **train) -> dict:
+    raw = etaphi_job(files, split={"val": 0.25, "test": 0.25, "seed": 1})
+    raw["name"] = name
     raw["data"]["inputs"]["image"]["norm"] = "max"
     raw["model"]["head"] = "flatten"
-    raw["train"] = {"epochs": 2, "batch_size": 32, "lr": 3.0e-3}
+    raw["train"] = {"batch_size": 32, "lr": 3.0e-3, **train}
     raw["evaluate"] = {"plots": False}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def base_job_file(tmp_path_factory):
+    """A three-class job of 3 epochs, so a search can report class pairs, and beside it
+    narrow_vs_wide.yaml, the binary job of two of its classes (1 epoch: only its AUC is compared)."""
+    root = tmp_path_factory.mktemp("tune")
+    write_tree(root / "narrow.root", towers(300, 0, seed=1, energy=4.0, spread=0.02))
+    write_tree(root / "wide.root", towers(300, 1000, seed=2, energy=2.0, spread=0.12))
+    write_tree(root / "mid.root", towers(300, 2000, seed=3, energy=3.0, spread=0.06))
+    files = {name: str(root / f"{name}.root") for name in ("narrow", "wide", "mid")}
+    raw = tiny_job(files, "test", epochs=3)
+    raw["task"] = {"kind": "multiclass"}
     path = root / "job.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    binary = tiny_job({name: files[name] for name in ("narrow", "wide")}, "narrow_vs_wide", epochs=1)
+    (root / "narrow_vs_wide.yaml").write_text(yaml.safe_dump(binary, sort_keys=False))
     return path
 
 
 def write_search(tmp_path, base_job_file, **changes) -> str:
-    # Trial 0 is the base job (lr 3e-3: it learns). Every later trial draws lr from [1e-9, 1e-8], keeps
-    # its initial weights and so its validation loss: with reduction factor 2 ASHA stops such a
+    # Trial 0 is the base job's setup (lr 3e-3: it learns). Every later trial draws lr from [1e-9, 1e-8],
+    # keeps its initial weights and so its validation loss: with reduction factor 2 ASHA stops such a
     # trial at the first rung (epoch 1), whose cutoff is the median of the trials recorded there.
+    # Trials train 2 epochs; the base job, and so the best job, 3.
     search = {
         "base_job": str(base_job_file),
         "metric": "val_loss",
@@ -47,6 +64,8 @@ def write_search(tmp_path, base_job_file, **changes) -> str:
         "startup_trials": 2,
         "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
         "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "driver_cpus": 0.25},
+        "trial_overrides": {"train.epochs": 2},
+        "report": {"binary_jobs": [str(base_job_file.parent / "narrow_vs_wide.yaml")]},
         "space": {
             "train.lr": {"loguniform": [1.0e-9, 1.0e-8]},
             "model.head": {"choice": ["flatten", "maxavg"]},
@@ -64,10 +83,14 @@ def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
     path = write_search(tmp_path, base_job_file, space={"model.filtres": {"choice": [4, 8]}})
     with pytest.raises(SpecError, match=r"search.yaml: space.model.filtres: makes the base job invalid .*unknown key"):
         load_search(path)
-    path = write_search(tmp_path, base_job_file, metric="val_auc_macro")
-    with pytest.raises(SpecError, match=r"search.yaml: metric: 'val_auc_macro' is not reported by a binary job"):
+    path = write_search(tmp_path, base_job_file, metric="val_auc")
+    with pytest.raises(SpecError, match=r"search.yaml: metric: 'val_auc' is not reported by a multiclass job"):
         load_search(path)
     path = write_search(tmp_path, base_job_file)
+    # A class pair of the report needs a binary job of two of the base job's classes: checked before the search.
+    with pytest.raises(SpecError, match=r"report.binary_jobs: .*job.yaml is a multiclass job of classes "
+                                        r"\['narrow', 'wide', 'mid'\]; a pair needs a binary job"):
+        load_search(path, [f"report.binary_jobs=[{base_job_file}]"])
     with pytest.raises(SpecError, match=r"search.yaml: invalid search\n  space.train.lr: give exactly one of"):
         load_search(path, ["space.train.lr={uniform: [0, 1], choice: [1]}"])
     with pytest.raises(SpecError, match=r"space.model.dropout.when: 'train.optimizer' must be a searched key"):
@@ -79,7 +102,19 @@ def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
     assert spec.num_samples == 9 and spec.trial_overrides == {"train.epochs": 1}
 
 
-def test_search_stops_trials_early_writes_outputs_and_resumes(ray_session, tmp_path, base_job_file):
+def test_report_reuses_only_finished_runs(tmp_path, base_job_file):
+    # A run writes job.yaml first and metrics.json last. "interrupted" was started for this job over
+    # an older run of another job, whose metrics.json is still there: those numbers are not this job's.
+    job = load_job(base_job_file)
+    for name, auc in (("interrupted", 0.1), ("finished", 0.9)):
+        (tmp_path / name).mkdir()
+        dump_job(job.model_copy(update={"name": f"any_{name}"}), tmp_path / name / "job.yaml")
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"test_auc_macro": auc}))
+    os.utime(tmp_path / "interrupted" / "metrics.json", (0, 0))
+    assert run_once(job, tmp_path / "interrupted", reuse=(tmp_path / "finished",)) == {"test_auc_macro": 0.9}
+
+
+def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session, tmp_path, base_job_file):
     # Two trials of 0.75 CPUs each would leave no CPU of the session's 2 for Ray Data: refused.
     spec, base, base_raw = load_search(write_search(tmp_path, base_job_file, max_concurrent_trials=2))
     with pytest.raises(SpecError, match="leave less than 1 of the cluster's 2 CPUs for reading data"):
@@ -102,7 +137,7 @@ def test_search_stops_trials_early_writes_outputs_and_resumes(ray_session, tmp_p
 
     best = load_job(out / "best_job.yaml")  # a runnable job: it validates
     assert best.name == "test_tuned" and best.train.lr == 3.0e-3 and best.model.head == "flatten"
-    assert best.train.epochs == 2
+    assert best.train.epochs == 3  # the base job's, not the trials' override
     assert list((out / "tensorboard" / "trial_000").iterdir())
     # The worker placement group of a trial ASHA stopped is removed, so later trials can start.
     groups = ray_session.util.placement_group_table()
@@ -114,8 +149,11 @@ def test_search_stops_trials_early_writes_outputs_and_resumes(ray_session, tmp_p
     study = optuna.load_study(study_name=spec.name, storage=storage_url(out))
     study.ask()
     # Resume with a larger budget: trials 0 and 1 are kept, the interrupted trial 2 is closed as
-    # failed and not counted, and two new trials (3, 4) run in a second Tune session.
-    result = CliRunner().invoke(app, ["tune", path, "--out", str(out), "--resume", "--set", "num_samples=4"])
+    # failed and not counted, and two new trials (3, 4) run in a second Tune session. Then the best
+    # job is trained in full and the report written.
+    report_file = tmp_path / "report" / "tune_search.md"
+    result = CliRunner().invoke(app, ["tune", path, "--out", str(out), "--resume", "--set", "num_samples=4",
+                                      "--retrain-best", "--report", "--report-file", str(report_file)])
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name=spec.name, storage=storage_url(out))
     states = [t.state for t in study.trials]
@@ -127,3 +165,40 @@ def test_search_stops_trials_early_writes_outputs_and_resumes(ray_session, tmp_p
     assert [row["state"] for row in table] == ["COMPLETE", "COMPLETE", "INTERRUPTED", "COMPLETE", "COMPLETE"]
     assert json.loads(table[1]["data.augment"]) in ([], ["hflip"])
     assert study.best_trial.number == 0
+
+    # --retrain-best trained best_job.yaml in full: its name, the base job's 3 epochs (trials ran 2),
+    # and the best trial's searched values as trials.csv lists them (dropout only with head maxavg).
+    retrained = load_job(out / "best" / "job.yaml")
+    metrics = json.loads((out / "best" / "metrics.json").read_text())
+    assert retrained.name == "test_tuned" and metrics["epochs_run"] == 3
+    assert all((out / "best" / name).stat().st_size > 0 for name in ("model.pt", "model.onnx"))
+    best_row = table[0]  # trial 0, the best
+    searched = {key: yaml.safe_load(best_row[key]) for key in spec.space if best_row.get(key)}
+    assert set(searched) == {"train.lr", "model.head", "data.augment"}
+    dumped = retrained.model_dump(mode="json", by_alias=True)
+    assert searched == {key: reduce(lambda node, part: node[part], key.split("."), dumped) for key in searched}
+
+    # --report: the best trial is the base job's setup, so the retrained run is both columns and no
+    # baseline is trained again; every number is that run's metrics.json.
+    report = report_file.read_text()
+    assert "both columns are the same run" in report and not (out / "baseline").exists()
+    assert "5 trials of 2 epochs (trial-only keys: `train.epochs=2`)" in report
+    assert f"stopped {sum(row['stopped_by_asha'] == 'True' for row in table)} early" in report
+    for key in ("test_auc_macro", "val_loss", "train_eval_loss"):
+        assert f"| `{key}` | {metrics[key]:.4f} | {metrics[key]:.4f} |" in report
+    assert f"| best epoch / epochs run | {metrics['best_epoch']:.0f} / 3 | {metrics['best_epoch']:.0f} / 3 |" in report
+    assert "| `train.lr` | 0.0030 | 0.0030 |" in report and "← changed" not in report
+    # The class pair: the multiclass model's narrow-vs-wide AUC against the binary job's, trained once.
+    binary = json.loads((out / "binary_narrow_vs_wide" / "metrics.json").read_text())
+    assert binary["epochs_run"] == 1
+    pair, gap = metrics["test_auc_narrow_vs_wide"], binary["test_auc"] - metrics["test_auc_narrow_vs_wide"]
+    assert (f"| narrow vs wide | `{spec.report.binary_jobs[0]}` | {binary['test_auc']:.4f} | {pair:.4f} | {gap:.4f} | "
+            f"{pair:.4f} | {gap:.4f} | {'yes' if gap <= 0.005 else 'no'} |") in report
+    # The trials table: each trials.csv row, lowest val_loss first, the unfinished trial last.
+    lines = report.split("## Trials (best first)")[1].strip().splitlines()[2:]
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
+    ranked = sorted(table, key=lambda row: float(row["val_loss"] or "inf"))
+    assert [row[:4] for row in cells] == [
+        [row["trial"], row["state"], row["epochs_run"], "yes" if row["stopped_by_asha"] == "True" else ""] for row in ranked]
+    assert [row[5] for row in cells] == [f"{float(row['val_loss']):.4f}" if row["val_loss"] else "–" for row in ranked]
+    assert ranked[-1]["state"] == "INTERRUPTED"

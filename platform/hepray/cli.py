@@ -144,6 +144,7 @@ def tune(
     resume: bool = typer.Option(False, "--resume", help="continue the search in --out; finished trials are kept"),
     retrain_best: bool = typer.Option(False, "--retrain-best", help="then train the best job in full (OUT/best)"),
     report: bool = typer.Option(False, "--report", help="then train baseline and best and write docs/tune_<name>.md"),
+    report_file: Optional[Path] = typer.Option(None, "--report-file", help="write the --report here instead"),
 ) -> None:
     """Search a job's keys with Ray Tune + Optuna (TPE) + ASHA; write trials.csv, best_job.yaml, study.db."""
     from hepray.spec import SpecError
@@ -162,12 +163,13 @@ def tune(
         summary = run_search(spec, base, base_raw, out_dir, resume=resume)
         console.print_json(json.dumps(summary, default=str))
         console.print(f"[green]wrote[/] {out_dir}/trials.csv, best_job.yaml; dashboard: optuna-dashboard {summary['study']}")
-        if retrain_best and not report:
+        # Before the report, which then finds the best job (and a baseline of the same settings) trained.
+        if retrain_best:
             metrics = run_job(load_best_job(out_dir), out_dir / "best")
             console.print(f"[green]retrained[/] best job: {out_dir}/best/metrics.json "
                           f"({', '.join(f'{k}={metrics[k]:.4f}' for k in ('test_auc', 'test_auc_macro') if k in metrics)})")
         if report:
-            console.print(f"[green]wrote[/] {write_report(spec, base, space_file, out_dir)}")
+            console.print(f"[green]wrote[/] {write_report(spec, base, space_file, out_dir, report_file)}")
     except Exception as error:
         cause = data_error_in(error)
         if cause is None:

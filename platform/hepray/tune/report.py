@@ -1,5 +1,6 @@
 """`hepray tune --report`: baseline (the base job) vs the best job, both trained in full, as
-docs/tune_<search>.md; for multiclass searches also each class pair against a dedicated binary job."""
+docs/tune_<search>.md (or --report-file); for multiclass searches also each class pair against a
+dedicated binary job."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from hepray.spec import JobSpec, load_job
-from hepray.train.trainer import run_job
+from hepray.train.trainer import HEADLINE, run_job
 from hepray.tune.search import BEST_JOB_FILE, TABLE_FILE, load_best_job, trial_epochs
 from hepray.tune.space import TuneSpec
 
@@ -27,7 +28,10 @@ def run_once(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> dict[
     wanted = _settings(job.model_dump(mode="json", by_alias=True))
     for directory in (out_dir, *reuse):
         metrics, written = directory / "metrics.json", directory / "job.yaml"
-        if metrics.is_file() and written.is_file() and _settings(yaml.safe_load(written.read_text())) == wanted:
+        # A run writes job.yaml first and metrics.json last: an older metrics.json is another job's,
+        # left by a run of this job that did not finish.
+        finished = metrics.is_file() and written.is_file() and metrics.stat().st_mtime >= written.stat().st_mtime
+        if finished and _settings(yaml.safe_load(written.read_text())) == wanted:
             return {k: (float("nan") if v is None else v) for k, v in json.loads(metrics.read_text()).items()}
     return run_job(job, out_dir)
 
@@ -49,7 +53,8 @@ def _gap(metrics: dict) -> float:
 
 
 def _changed_keys(spec: TuneSpec, base: JobSpec, tuned: JobSpec) -> list[str]:
-    base_dump, tuned_dump = base.model_dump(mode="json"), tuned.model_dump(mode="json")
+    # Searched keys are YAML names, so aliases (e.g. a voxel input's `shape`) are the dump's keys.
+    base_dump, tuned_dump = base.model_dump(mode="json", by_alias=True), tuned.model_dump(mode="json", by_alias=True)
     lines = []
     for key in spec.space:
         before, after = base_dump, tuned_dump
@@ -61,10 +66,13 @@ def _changed_keys(spec: TuneSpec, base: JobSpec, tuned: JobSpec) -> list[str]:
     return lines
 
 
-def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path, docs_dir: Path = Path("docs")) -> Path:
+def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path, path: Path | None = None) -> Path:
+    """Train what is not trained yet (baseline/, best/, binary_<job>/ in out_dir) and write the
+    report to path (default docs/tune_<search>.md). A run of the same settings is trained once:
+    the best job of a search that found nothing better is the baseline."""
     out_dir = Path(out_dir)
     tuned_job = load_best_job(out_dir)
-    baseline = run_once(base, out_dir / "baseline")
+    baseline = run_once(base, out_dir / "baseline", reuse=(out_dir / "best",))
     tuned = run_once(tuned_job, out_dir / "best", reuse=(out_dir / "baseline",))
     same = _settings(tuned_job.model_dump(mode="json")) == _settings(base.model_dump(mode="json"))
     rows = list(csv.DictReader((out_dir / TABLE_FILE).open()))
@@ -98,7 +106,8 @@ def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path,
         "| | baseline | tuned |",
         "|---|---|---|",
     ]
-    keys = [test_key, objective, "train_eval_loss", "val_loss"]
+    # The job's headline test metric too: an objective such as val_loss has no test_ counterpart.
+    keys = [test_key, f"test_{HEADLINE[base.task.kind]}", objective, "train_eval_loss", "val_loss"]
     for key in dict.fromkeys(keys):
         if key in baseline and key in tuned:
             lines.append(f"| `{key}` | {_fmt(baseline[key])} | {_fmt(tuned[key])} |")
@@ -118,8 +127,8 @@ def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path,
     if spec.report.binary_jobs:
         lines += _pairs_section(spec, baseline, tuned, out_dir)
     lines += ["", "## Trials (best first)", "", *_trials_table(spec, rows)]
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    path = docs_dir / f"tune_{spec.name}.md"
+    path = Path(path) if path is not None else Path("docs") / f"tune_{spec.name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
 

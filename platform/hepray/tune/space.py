@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from hepray.spec import (_MESSAGES, JobSpec, SpecError, Strict, _set_path, _yaml_path, read_yaml,
+from hepray.spec import (_MESSAGES, JobSpec, SpecError, Strict, _set_path, _yaml_path, load_job, read_yaml,
                          validate_job)
 
 # What the training loop reports each epoch, per task kind (see train/loop.py and train/tasks.py).
@@ -268,6 +268,7 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> tuple[T
         if metric not in known:
             raise SpecError(f"{path}: metric: '{metric}' is not reported by a {base.task.kind} job "
                             f"(one of {', '.join(known)})")
+    _check_binary_jobs(spec, base, path)
     for key, dimension in spec.space.items():
         values = {k: spec.space[k].example() for k in dimension.when or {}}
         _check_job(job_with(base_raw, {**values, key: dimension.example()}), f"{path}: space.{key}")
@@ -282,6 +283,20 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> tuple[T
                 raise SpecError(f"{path}: space.{key}: the base job's value {value!r} cannot be drawn from it, "
                                 "so trial 0 cannot be the base job; add it or set evaluate_base_first: false")
     return spec, base, base_raw
+
+
+def _check_binary_jobs(spec: TuneSpec, base: JobSpec, path: Path) -> None:
+    """The report compares each binary job with the multiclass model on the same two classes: check
+    the pairs before the search, not after it."""
+    if spec.report.binary_jobs and base.task.kind != "multiclass":
+        raise SpecError(f"{path}: report.binary_jobs: class pairs need a multiclass base job, not {base.task.kind}")
+    classes = base.data.class_names
+    for job_file in spec.report.binary_jobs:
+        job = load_job(job_file)
+        names = job.data.class_names
+        if job.task.kind != "binary" or len(names) != 2 or not set(names) <= set(classes):
+            raise SpecError(f"{path}: report.binary_jobs: {job_file} is a {job.task.kind} job of classes {names}; "
+                            f"a pair needs a binary job of two of {classes}")
 
 
 def _check_job(raw: dict, where: str) -> None:

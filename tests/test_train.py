@@ -80,6 +80,9 @@ def test_multiclass_on_two_workers_with_early_stopping(ray_session, classes, tmp
     raw["scaling"] = {"num_workers": 2, "cpus_per_worker": 0.5}
     metrics = run_job(JobSpec.model_validate(raw), tmp_path)
     assert metrics["stopped_early"] == 1.0 and metrics["epochs_run"] == 2
+    # The model and metrics are the best epoch's (0); history.json still has every epoch trained.
+    assert metrics["best_epoch"] == 0
+    assert [h["epoch"] for h in json.loads((tmp_path / "history.json").read_text())] == [0, 1]
     assert {"test_auc_macro", "test_auc_narrow_vs_wide", "test_confusion_mid_mid", "val_auc_macro"} <= set(metrics)
     assert (tmp_path / "plots" / "confusion.png").exists()
 

@@ -96,6 +96,7 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     with best.as_directory() as directory:
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     best_epoch = next(m for c, m in result.best_checkpoints if c.path == best.path)["epoch"]
+    history = full_history(result.checkpoint, best, state)
     save_model(out_dir / MODEL_FILE, job, state["model"])
     model, _ = load_model(out_dir / MODEL_FILE)
     export_onnx(model, input_shapes(job.data), out_dir / "model.onnx")
@@ -107,7 +108,7 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     metrics: dict[str, float] = {}
     for prefix, dataset in data.evaluations.items():
         events = collect(predict(dataset, out_dir / MODEL_FILE, batch_size=job.train.batch_size))
-        metrics.update(evaluate_events(job, prefix, events, fitted, out_dir, state["history"]))
+        metrics.update(evaluate_events(job, prefix, events, fitted, out_dir, history))
     metrics.update(headline_changes(job, metrics, data.evaluations))
     if job.evaluate.permutation_importance:
         from hepray.evaluate.importance import collect_inputs, permutation_importance
@@ -129,7 +130,7 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     })
     skipped = skip_report["skipped"]
     (out_dir / "metrics.json").write_text(json.dumps(_finite_or_null(metrics), indent=1, sort_keys=True))
-    (out_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
     if skipped:
         (out_dir / "skipped.json").write_text(json.dumps(skipped, indent=1))
     return metrics
@@ -137,6 +138,15 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
 
 ONNX_TOLERANCE = 1e-3  # largest output difference accepted between the export and the PyTorch model
 HEADLINE = {"binary": "auc", "multiclass": "auc_macro", "regression": "iqr_rel"}
+
+
+def full_history(latest, best, best_state: dict) -> list[dict]:
+    """Every epoch's metrics: the best checkpoint's history ends at the best epoch, the latest
+    checkpoint's (Ray keeps it beside the best ones) runs to the last epoch trained."""
+    if latest is None or latest.path == best.path:
+        return best_state["history"]
+    with latest.as_directory() as directory:
+        return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)["history"]
 
 
 def evaluate_events(job: JobSpec, prefix: str, events: dict[str, np.ndarray], fitted: Baselines, out_dir: Path,

@@ -32,8 +32,18 @@ def run_once(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> dict[
         # left by a run of this job that did not finish.
         finished = metrics.is_file() and written.is_file() and metrics.stat().st_mtime >= written.stat().st_mtime
         if finished and _settings(yaml.safe_load(written.read_text())) == wanted:
-            return {k: (float("nan") if v is None else v) for k, v in json.loads(metrics.read_text()).items()}
-    return run_job(job, out_dir)
+            found = {k: (float("nan") if v is None else v) for k, v in json.loads(metrics.read_text()).items()}
+            return _with_last_epoch(found, directory)
+    return _with_last_epoch(run_job(job, out_dir), out_dir)
+
+
+def _with_last_epoch(metrics: dict, directory: Path) -> dict:
+    """Add the last epoch's losses (history.json): overfitting shows as the gap growing after the best epoch."""
+    history = directory / "history.json"
+    if history.is_file():
+        last = json.loads(history.read_text())[-1]
+        metrics = {**metrics, **{f"last_epoch_{k}": last[k] for k in ("train_eval_loss", "val_loss") if k in last}}
+    return metrics
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -48,8 +58,8 @@ def _counts(metrics: dict, keys: tuple[str, ...]) -> str:
     return " / ".join(f"{metrics[k]:.0f}" if metrics.get(k) == metrics.get(k) and k in metrics else "–" for k in keys)
 
 
-def _gap(metrics: dict) -> float:
-    return metrics["val_loss"] - metrics["train_eval_loss"]
+def _gap(metrics: dict, prefix: str = "") -> float:
+    return metrics.get(f"{prefix}val_loss", float("nan")) - metrics.get(f"{prefix}train_eval_loss", float("nan"))
 
 
 def _changed_keys(spec: TuneSpec, base: JobSpec, tuned: JobSpec) -> list[str]:
@@ -113,12 +123,13 @@ def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path,
             lines.append(f"| `{key}` | {_fmt(baseline[key])} | {_fmt(tuned[key])} |")
     lines += [
         f"| loss gap `val_loss − train_eval_loss` | {_fmt(_gap(baseline))} | {_fmt(_gap(tuned))} |",
+        f"| loss gap at the last epoch | {_fmt(_gap(baseline, 'last_epoch_'))} | {_fmt(_gap(tuned, 'last_epoch_'))} |",
         *(f"| {label} | {_counts(baseline, keys)} | {_counts(tuned, keys)} |" for label, keys in (
             ("best epoch / epochs run", ("best_epoch", "epochs_run")), ("test events", ("test_events",)),
-            ("parameters", ("parameters",)), ("train seconds (loaded machine)", ("train_seconds",)))),
+            ("parameters", ("parameters",)), ("train seconds", ("train_seconds",)))),
         "",
-        "Losses are at the best epoch (the checkpoint kept); `train_eval_loss` re-evaluates training events in eval mode, "
-        "so the gap compares like with like (no dropout, no augmentation).",
+        "Losses are at the best epoch (the checkpoint kept), the last row's at the last epoch trained; `train_eval_loss` "
+        "re-evaluates training events in eval mode, so the gap compares like with like (no dropout, no augmentation).",
         "",
         "| searched key | baseline | tuned |",
         "|---|---|---|",

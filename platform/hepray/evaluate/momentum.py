@@ -52,10 +52,10 @@ def evaluate_track_momenta(job: JobSpec, events: dict[str, np.ndarray], out_dir:
     error = prediction - truth
     imbalance = prediction.sum(axis=1) - np.asarray(job.task.initial_momentum)
     added = {f"test_track_rmse_{name}": float(np.sqrt(np.mean(error[..., k] ** 2)))
-                 for k, name in enumerate(COMPONENTS)}
+             for k, name in enumerate(COMPONENTS)}
     added.update(test_event_count=float(len(truth)),
-                     test_imbalance_mean=float(np.linalg.norm(imbalance, axis=1).mean()),
-                     test_imbalance_pt_mean=float(np.hypot(imbalance[:, 0], imbalance[:, 1]).mean()))
+                 test_imbalance_mean=float(np.linalg.norm(imbalance, axis=1).mean()),
+                 test_imbalance_pt_mean=float(np.hypot(imbalance[:, 0], imbalance[:, 1]).mean()))
     result.update(added)
     # evaluation.json lists every number of the evaluation, these too
     summary_path = Path(out_dir) / "evaluation.json"

@@ -128,7 +128,7 @@ def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path,
             ("best epoch / epochs run", ("best_epoch", "epochs_run")), ("test events", ("test_events",)),
             ("parameters", ("parameters",)), ("train seconds", ("train_seconds",)))),
         "",
-        "Losses are at the best epoch (the checkpoint kept), the last row's at the last epoch trained; `train_eval_loss` "
+        "Losses are at the best epoch (the checkpoint kept), those of the 'last epoch' row at the last epoch trained; `train_eval_loss` "
         "re-evaluates training events in eval mode, so the gap compares like with like (no dropout, no augmentation).",
         "",
         "| searched key | baseline | tuned |",

@@ -15,13 +15,12 @@ Per event: `test_imbalance_mean`, the mean over events of |sum over slots of the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from hepray.evaluate.report import _json_safe, evaluate_predictions
+from hepray.evaluate.report import evaluate_predictions
 from hepray.spec import JobSpec
 
 COMPONENTS = ("px", "py", "pz")
@@ -44,11 +43,6 @@ def evaluate_track_momenta(job: JobSpec, events: dict[str, np.ndarray], out_dir:
     truth = np.asarray(events["target"], dtype=np.float64)  # (events, tracks, 3)
     prediction = np.asarray(events["output"], dtype=np.float64).reshape(truth.shape)
     observers = track_observers(job, events, truth)
-    result = evaluate_predictions(
-        "regression", np.hypot(prediction[..., 0], prediction[..., 1]).reshape(-1, 1), observers["track_pt"],
-        observers, [], job.evaluate.bins, out_dir, energy=job.evaluate.energy, history=history,
-        make_plots=job.evaluate.plots)
-
     error = prediction - truth
     imbalance = prediction.sum(axis=1) - np.asarray(job.task.initial_momentum)
     added = {f"test_track_rmse_{name}": float(np.sqrt(np.mean(error[..., k] ** 2)))
@@ -56,10 +50,7 @@ def evaluate_track_momenta(job: JobSpec, events: dict[str, np.ndarray], out_dir:
     added.update(test_event_count=float(len(truth)),
                  test_imbalance_mean=float(np.linalg.norm(imbalance, axis=1).mean()),
                  test_imbalance_pt_mean=float(np.hypot(imbalance[:, 0], imbalance[:, 1]).mean()))
-    result.update(added)
-    # evaluation.json lists every number of the evaluation, these too
-    summary_path = Path(out_dir) / "evaluation.json"
-    summary = json.loads(summary_path.read_text())
-    summary["metrics"].update(_json_safe(added))
-    summary_path.write_text(json.dumps(summary, indent=1))
-    return result
+    return evaluate_predictions(
+        "regression", np.hypot(prediction[..., 0], prediction[..., 1]).reshape(-1, 1), observers["track_pt"],
+        observers, [], job.evaluate.bins, out_dir, energy=job.evaluate.energy, history=history,
+        make_plots=job.evaluate.plots, extra_metrics=added)

@@ -53,6 +53,7 @@ def evaluate_predictions(
     energy: str | None = None,
     history: Sequence[Mapping] | None = None,
     make_plots: bool = True,
+    extra_metrics: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Evaluate test-set predictions; returns a flat ``{key: float}`` dict (NaN where undefined).
 
@@ -63,7 +64,8 @@ def evaluate_predictions(
     by ``bins[energy]`` or, if absent, 8 equal-population bins with 3-significant-digit edges,
     which are then also used for the ``@energy[...)`` keys). Events with a non-finite output or
     truth are dropped and counted in ``test_events_nonfinite``. Shape mismatches raise;
-    degenerate bins and missing observers do not (NaN / warning).
+    degenerate bins and missing observers do not (NaN / warning). ``extra_metrics`` (a caller's
+    own numbers on the same events) join the result and evaluation.json.
     """
     if task not in ("binary", "multiclass", "regression"):
         raise ValueError(f"unknown task {task!r}")
@@ -122,6 +124,7 @@ def evaluate_predictions(
                 result.update({f"{prefix}_{k}": float(v) for k, v in sc.fit.items()})
 
     result.update(metrics.binned_metrics(task, outputs, truth, class_names, obs, used_bins, baselines))
+    result.update(extra_metrics or {})
     result = {k: float(v) for k, v in result.items()}
 
     written: list[str] = []

@@ -59,6 +59,8 @@ ROWS = [
         None, "worse than binary"),
     Row("002 drift chamber, event momenta, no conservation term", "mean |Σ p_pred| [GeV] (px rmse beside it)",
         "drift_chamber_event_momentum_w0", "test_imbalance_mean", "test_track_rmse_px", "proposed, not run"),
+    Row("002 drift chamber, event momenta, conservation weight 0.1", "mean |Σ p_pred| [GeV] (px rmse beside it)",
+        "drift_chamber_event_momentum_w0.1", "test_imbalance_mean", "test_track_rmse_px", "proposed, not run"),
     Row("002 drift chamber, event momenta, conservation weight 1", "mean |Σ p_pred| [GeV] (px rmse beside it)",
         "drift_chamber_event_momentum_w1", "test_imbalance_mean", "test_track_rmse_px", "proposed, not run"),
     Row("001 calo3d, electrons (held out)", "resolution a [%·√GeV] (vs linear calib.)", "calo3d",

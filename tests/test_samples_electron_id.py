@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import awkward as ak
 import numpy as np
 import pytest
@@ -122,6 +124,26 @@ def test_rntuple_reads_back_the_same_arrays(tmp_path):
     for name in tt.fields:
         assert rn[name].type == tt[name].type, name
         assert ak.all(rn[name] == tt[name]), name
+
+
+def test_a_job_generates_its_data_again_when_asked_for_more_events(tmp_path, capsys):
+    from hepray.data.pipeline import ensure_data
+    from hepray.spec import load_job
+
+    def ensure(events):
+        job = load_job(Path(__file__).parents[1] / "jobs" / "electron_id.yaml", [
+            f"data.generate.out={tmp_path}", f"data.generate.events={events}",
+            f"data.files.electron={tmp_path}/electron_*.root", f"data.files.fake={tmp_path}/fake_*.root"])
+        ensure_data(job.data)
+        files = sorted(tmp_path.glob("*.root"))
+        return {cls: sum(uproot.open(f)["events"].num_entries for f in files if f.name.startswith(cls))
+                for cls in ("electron", "fake")}
+
+    assert ensure(20) == {"electron": 20, "fake": 20}
+    assert ensure(50) == {"electron": 50, "fake": 50}
+    assert "holds 20 events of a class, the job asks for 50" in capsys.readouterr().out
+    assert ensure(10) == {"electron": 50, "fake": 50}  # larger data is kept
+    assert "generating" not in capsys.readouterr().out
 
 
 # --- physics sanity ---------------------------------------------------------------------

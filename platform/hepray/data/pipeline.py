@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import ray
+import uproot
 
 from hepray.data.root_source import EventReader, ReadPlan, RootDatasource, SkipLedger, plan_reads, SPLITS
 from hepray.evaluate import baselines
@@ -14,15 +15,32 @@ from hepray.spec import DataSpec, JobSpec
 
 
 def ensure_data(spec: DataSpec) -> None:
-    """Write the job's sample data when any of its local files is missing and it says how."""
+    """Write the job's sample data when it says how and any of its local files is missing, or when
+    a file group (class) holds fewer events than `generate.events` (so `--set data.generate.events=N`
+    makes the data larger); larger existing data is used as it is."""
     if spec.generate is None:
         return
-    patterns = [p for group in (spec.files.values() if isinstance(spec.files, dict) else [spec.files]) for p in group]
-    if all(glob.glob(p) for p in patterns if "://" not in p):
-        return
+    groups = spec.files.values() if isinstance(spec.files, dict) else [spec.files]
+    local = [[p for p in group if "://" not in p] for group in groups]
+    matches = [[path for p in group for path in glob.glob(p)] for group in local if group]
+    if all(matches):
+        smallest = min(_entries(paths, spec.tree) for paths in matches)
+        if smallest >= spec.generate.events:
+            return
+        print(f"hepray: {spec.generate.out} holds {smallest} events of a class, the job asks for "
+              f"{spec.generate.events}: generating it again", flush=True)
     from hepray.data.samples import generate
 
     generate(spec.generate.kind, spec.generate.out, spec.generate.events, spec.generate.seed, spec.generate.format)
+
+
+def _entries(paths: list[str], tree: str) -> int:
+    """Entries of `tree` summed over the files."""
+    total = 0
+    for path in paths:
+        with uproot.open(path) as file:
+            total += int(file[tree].num_entries)
+    return total
 
 
 def input_shapes(spec: DataSpec) -> dict[str, tuple[int, ...]]:

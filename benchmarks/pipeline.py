@@ -53,36 +53,47 @@ def serial_rate(job) -> float:
     return best
 
 
-def batches(ds):
+def training_iterator(ds):
+    """The iterator a Ray Train worker of `hepray run` gets (one worker): the trainer's DataConfig
+    (ordered ingest) splits the dataset, so the streaming executor runs in a split-coordinator actor,
+    not in the process that trains."""
+    from hepray.train.trainer import ordered_ingest
+
+    return ordered_ingest().configure({"train": ds}, world_size=1, worker_handles=None, worker_node_ids=None)[0]["train"]
+
+
+def batches(iterator):
     """Training-ready batches exactly as the training loop gets them (dense, normalised tensors)."""
-    return ds.iterator().iter_torch_batches(batch_size=BATCH, collate_fn=ModelBatch(), prefetch_batches=2,
-                                            local_shuffle_buffer_size=4 * BATCH)
+    return iterator.iter_torch_batches(batch_size=BATCH, collate_fn=ModelBatch(), prefetch_batches=2,
+                                       local_shuffle_buffer_size=4 * BATCH)
 
 
-def iteration_rate(job, sparse: bool, epochs: int = 3) -> tuple[float, int]:
+def iteration_rate(iterator, epochs: int = 3) -> tuple[float, int]:
     """Events/s into training-ready batches over `epochs` passes after one warm-up pass (worker start-up)."""
-    ds, _ = dataset(job, sparse)
-    for _ in batches(ds):
+    for _ in batches(iterator):
         pass
     started, events = time.perf_counter(), 0
     for _ in range(epochs):
-        for batch in batches(ds):
+        for batch in batches(iterator):
             events += len(batch["label"])
     return events / (time.perf_counter() - started), events // epochs
 
 
-def batch_waits(job) -> np.ndarray:
-    """Seconds waited for each next batch while a small CNN trains on them (one epoch, all files)."""
+def batch_waits(iterator) -> np.ndarray:
+    """Seconds waited for each next batch while a small CNN trains on them (one epoch, all files),
+    on one torch thread as a one-CPU Ray Train worker runs (Ray sets its OMP_NUM_THREADS to 1):
+    more threads than cores left to the read tasks stall everything now and then, by up to 0.2 s."""
     from hepray.models import build_model
 
-    small = job.model.model_copy(update={"filters": 8, "blocks": 2, "dense": 32})
+    torch.set_num_threads(1)
+
+    small = electron_id_job().model.model_copy(update={"filters": 8, "blocks": 2, "dense": 32})
     model = build_model(small, {"image": (1, 47, 47)}, 1)
     optimizer = torch.optim.Adam(model.parameters())
-    ds, _ = dataset(job, sparse=True)
-    waits, iterator = [], iter(batches(ds))
+    waits, batch_iterator = [], iter(batches(iterator))
     while True:
         started = time.perf_counter()
-        batch = next(iterator, None)
+        batch = next(batch_iterator, None)
         waits.append(time.perf_counter() - started)
         if batch is None:
             break
@@ -123,17 +134,25 @@ def main() -> None:
     start_ray(n_cores)
     rates = {}
     for sparse in (False, True):
-        rate, events = iteration_rate(job, sparse)
+        ds, _ = dataset(job, sparse)
+        rate, events = iteration_rate(training_iterator(ds))
         rates[sparse] = rate
-        emit("dataset_iteration", transport="sparse" if sparse else "dense", events_per_s=round(rate),
+        emit("dataset_iteration", transport="sparse" if sparse else "dense", ingest="training", events_per_s=round(rate),
              events_per_epoch=events, cores=n_cores, load=load())
+    driver_rate, _ = iteration_rate(dataset(job, sparse=True)[0].iterator())
+    emit("dataset_iteration", transport="sparse", ingest="driver", events_per_s=round(driver_rate),
+         meaning="ds.iterator(): the streaming executor runs in the iterating process", load=load())
     emit("dataset_over_read_x_cores", ratio=round(rates[True] / (read * n_cores), 3), target=0.8,
-         dense_transport_ratio=round(rates[False] / (read * n_cores), 3), cores=n_cores)
+         dense_transport_ratio=round(rates[False] / (read * n_cores), 3),
+         driver_ingest_ratio=round(driver_rate / (read * n_cores), 3), cores=n_cores)
 
-    waits = batch_waits(job)
-    median, p99 = np.percentile(waits, [50, 99])
-    emit("next_batch_wait", batches=len(waits), files=len(labelled_files(job.data)), median_ms=round(1e3 * median, 3), p99_ms=round(1e3 * p99, 3),
-         max_ms=round(1e3 * waits.max(), 3), p99_over_median=round(p99 / median, 2), target=2.0, load=load())
+    for ingest in ("training", "driver"):
+        ds, _ = dataset(job, sparse=True)
+        waits = batch_waits(training_iterator(ds) if ingest == "training" else ds.iterator())
+        median, p99 = np.percentile(waits, [50, 99])
+        emit("next_batch_wait", ingest=ingest, batches=len(waits), files=len(labelled_files(job.data)),
+             median_ms=round(1e3 * median, 3), p99_ms=round(1e3 * p99, 3), max_ms=round(1e3 * waits.max(), 3),
+             p99_over_median=round(p99 / median, 2), target=2.0, load=load())
 
 
 if __name__ == "__main__":

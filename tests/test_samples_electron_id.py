@@ -144,6 +144,13 @@ def test_a_job_generates_its_data_again_when_asked_for_more_events(tmp_path, cap
     assert "holds 20 events of a class, the job asks for 50" in capsys.readouterr().out
     assert ensure(10) == {"electron": 50, "fake": 50}  # larger data is kept
     assert "generating" not in capsys.readouterr().out
+    written = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.root")}
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_elsewhere"  # outside generate.out: not the generator's to write
+    ensure_data(load_job(Path(__file__).parents[1] / "jobs" / "electron_id.yaml", [
+        f"data.generate.out={tmp_path}", "data.generate.events=100", f"data.files.electron={elsewhere}/e_*.root",
+        f"data.files.fake={elsewhere}/f_*.root"]).data)
+    assert not elsewhere.exists()
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.root")} == written
 
 
 # --- physics sanity ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 import uproot
@@ -15,14 +16,18 @@ from hepray.spec import DataSpec, JobSpec
 
 
 def ensure_data(spec: DataSpec) -> None:
-    """Write the job's sample data when it says how and any of its local files is missing, or when
-    a file group (class) holds fewer events than `generate.events` (so `--set data.generate.events=N`
-    makes the data larger); larger existing data is used as it is."""
+    """Write the job's sample data when it says how and any of its files in `generate.out` is
+    missing, or when a file group (class) there holds fewer events than `generate.events` (so
+    `--set data.generate.events=N` makes the data larger); larger existing data is used as it is.
+    Files elsewhere (another directory, a URL) are never generated."""
     if spec.generate is None:
         return
+    out = Path(spec.generate.out).resolve()
     groups = spec.files.values() if isinstance(spec.files, dict) else [spec.files]
-    local = [[p for p in group if "://" not in p] for group in groups]
-    matches = [[path for p in group for path in glob.glob(p)] for group in local if group]
+    generated = [[p for p in group if "://" not in p and out in Path(p).resolve().parents] for group in groups]
+    matches = [[path for p in group for path in glob.glob(p)] for group in generated if group]
+    if not matches:
+        return
     if all(matches):
         smallest = min(_entries(paths, spec.tree) for paths in matches)
         if smallest >= spec.generate.events:

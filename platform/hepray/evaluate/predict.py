@@ -219,7 +219,8 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
     ordered = OrderedOutputs(paths, outputs, entries, fmt, schema)
     try:
         if plan.tasks:
-            dataset = build_dataset(spec, None, plan, ledger_name, flag_cut=True, file_column=True)
+            # sparse images, densified in the model actors (to_tensors): ~8x fewer object-store bytes
+            dataset = build_dataset(spec, None, plan, ledger_name, sparse=True, flag_cut=True, file_column=True)
             dataset.context.execution_options.preserve_order = True  # this dataset's own copy of the context
             predicted = predict(dataset, model_path, engine=engine, batch_size=batch_size,
                                 concurrency=concurrency or default_concurrency(job), num_cpus=job.scaling.cpus_per_worker,

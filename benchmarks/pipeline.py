@@ -79,7 +79,7 @@ def iteration_rate(iterator, epochs: int = 3) -> tuple[float, int]:
     return events / (time.perf_counter() - started), events // epochs
 
 
-def batch_waits(iterator) -> np.ndarray:
+def batch_waits(job, iterator) -> np.ndarray:
     """Seconds waited for each next batch while a small CNN trains on them (one epoch, all files),
     on one torch thread as a one-CPU Ray Train worker runs (Ray sets its OMP_NUM_THREADS to 1):
     more threads than cores left to the read tasks stall everything now and then, by up to 0.2 s."""
@@ -87,7 +87,7 @@ def batch_waits(iterator) -> np.ndarray:
 
     torch.set_num_threads(1)
 
-    small = electron_id_job().model.model_copy(update={"filters": 8, "blocks": 2, "dense": 32})
+    small = job.model.model_copy(update={"filters": 8, "blocks": 2, "dense": 32})
     model = build_model(small, {"image": (1, 47, 47)}, 1)
     optimizer = torch.optim.Adam(model.parameters())
     waits, batch_iterator = [], iter(batches(iterator))
@@ -148,7 +148,7 @@ def main() -> None:
 
     for ingest in ("training", "driver"):
         ds, _ = dataset(job, sparse=True)
-        waits = batch_waits(training_iterator(ds) if ingest == "training" else ds.iterator())
+        waits = batch_waits(job, training_iterator(ds) if ingest == "training" else ds.iterator())
         median, p99 = np.percentile(waits, [50, 99])
         emit("next_batch_wait", ingest=ingest, batches=len(waits), files=len(labelled_files(job.data)),
              median_ms=round(1e3 * median, 3), p99_ms=round(1e3 * p99, 3), max_ms=round(1e3 * waits.max(), 3),

@@ -152,7 +152,7 @@ def test_job_runs_one_epoch_with_baseline_and_samples(sample, tmp_path, ray_sess
 
     out = sample["out"]
     job = load_job("jobs/calo3d.yaml", [
-        f"data.generate.out={out}",
+        f"data.generate.out={out}", f"data.generate.events={EVENTS}",
         f"data.files=[{out}/electron_*.root]",
         *(f"evaluate.samples.{kind}={out}/{kind}_*.root" for kind in ("photon", "pi0", "chpi")),
         "evaluate.bins.energy=[10, 50, 500]",

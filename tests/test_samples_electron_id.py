@@ -141,7 +141,7 @@ def test_a_job_generates_its_data_again_when_asked_for_more_events(tmp_path, cap
 
     assert ensure(20) == {"electron": 20, "fake": 20}
     assert ensure(50) == {"electron": 50, "fake": 50}
-    assert "holds 20 events of a class, the job asks for 50" in capsys.readouterr().out
+    assert "holds 20 events per class, the job asks for 50" in capsys.readouterr().out
     assert ensure(10) == {"electron": 50, "fake": 50}  # larger data is kept
     assert "generating" not in capsys.readouterr().out
     written = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.root")}

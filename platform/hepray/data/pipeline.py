@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
-import uproot
 
 from hepray.data.root_source import EventReader, ReadPlan, RootDatasource, SkipLedger, plan_reads, SPLITS
 from hepray.evaluate import baselines
@@ -17,35 +16,25 @@ from hepray.spec import DataSpec, JobSpec
 
 def ensure_data(spec: DataSpec) -> None:
     """Write the job's sample data when it says how and any of its files in `generate.out` is
-    missing, or when a file group (class) there holds fewer events than `generate.events` (so
+    missing, or when fewer events per class than `generate.events` were generated there (so
     `--set data.generate.events=N` makes the data larger); larger existing data is used as it is.
     Files elsewhere (another directory, a URL) are never generated."""
     if spec.generate is None:
         return
+    from hepray.data.samples import generate, generated_events
+
     out = Path(spec.generate.out).resolve()
     groups = spec.files.values() if isinstance(spec.files, dict) else [spec.files]
-    generated = [[p for p in group if "://" not in p and out in Path(p).resolve().parents] for group in groups]
-    matches = [[path for p in group for path in glob.glob(p)] for group in generated if group]
-    if not matches:
+    patterns = [p for group in groups for p in group if "://" not in p and out in Path(p).resolve().parents]
+    if not patterns:
         return
-    if all(matches):
-        smallest = min(_entries(paths, spec.tree) for paths in matches)
-        if smallest >= spec.generate.events:
+    existing = generated_events(out)
+    if all(glob.glob(p) for p in patterns):
+        if existing is None or existing >= spec.generate.events:
             return
-        print(f"hepray: {spec.generate.out} holds {smallest} events of a class, the job asks for "
+        print(f"hepray: {spec.generate.out} holds {existing} events per class, the job asks for "
               f"{spec.generate.events}: generating it again", flush=True)
-    from hepray.data.samples import generate
-
     generate(spec.generate.kind, spec.generate.out, spec.generate.events, spec.generate.seed, spec.generate.format)
-
-
-def _entries(paths: list[str], tree: str) -> int:
-    """Entries of `tree` summed over the files."""
-    total = 0
-    for path in paths:
-        with uproot.open(path) as file:
-            total += int(file[tree].num_entries)
-    return total
 
 
 def input_shapes(spec: DataSpec) -> dict[str, tuple[int, ...]]:

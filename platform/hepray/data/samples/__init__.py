@@ -8,10 +8,12 @@ module here with a function ``generate(out_dir, events, seed=1, fmt="ttree", **o
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from pathlib import Path
 
 NOT_GENERATORS = {"common"}
+RECORD = ".hepray-generated.json"  # in out_dir: what was generated there last (kind, events, seed, format)
 
 
 def known_kinds() -> list[str]:
@@ -28,4 +30,13 @@ def generate(kind: str, out_dir: str | Path, events: int, seed: int = 1, fmt: st
     if kind not in known_kinds():
         raise ValueError(f"unknown sample kind {kind!r}: known kinds are {', '.join(known_kinds())}")
     module = importlib.import_module(f"{__name__}.{kind}")
-    return module.generate(out_dir, events, seed=seed, fmt=fmt, **options)
+    paths = module.generate(out_dir, events, seed=seed, fmt=fmt, **options)
+    record = {"kind": kind, "events": events, "seed": seed, "format": fmt}
+    (Path(out_dir) / RECORD).write_text(json.dumps(record) + "\n")
+    return paths
+
+
+def generated_events(out_dir: str | Path) -> int | None:
+    """Events per class last generated into ``out_dir``, or None if no generator recorded any."""
+    record = Path(out_dir) / RECORD
+    return json.loads(record.read_text())["events"] if record.exists() else None

@@ -4,6 +4,8 @@ batch over an epoch of many files; object-store bytes per event, dense vs sparse
     python -m benchmarks.pipeline
 
 Targets (issue 8): dataset rate >= 0.8 x bare read rate x cores; p99 wait <= 2 x median wait.
+Both are taken as a Ray Train worker iterates (the trainer's DataConfig splits the dataset), and
+again through the driver's own `ds.iterator()` for comparison.
 
 Beside target 1, `serial_pipeline_over_read` bounds it: the same read tasks and densification run
 back to back in one process, no Ray, no shuffle. That is the work per event any scheduling of this

@@ -67,7 +67,7 @@ def electron_job(root, fmt: str, *overrides: str) -> JobSpec:
 
 def test_generator_writes_ttree_by_default_and_rntuple_on_request(electron_id):
     for fmt, kind in (("ttree", uproot.TTree), ("rntuple", uproot.models.RNTuple.Model_ROOT_3a3a_RNTuple)):
-        names = sorted(p.name for p in (electron_id / fmt).iterdir())
+        names = sorted(p.name for p in (electron_id / fmt).glob("*.root"))
         assert names == ["electron_000.root", "fake_000.root"]
         with uproot.open(electron_id / fmt / "fake_000.root") as file:
             assert isinstance(file["events"], kind) and file["events"].num_entries == ELECTRON_EVENTS

@@ -157,6 +157,19 @@ def test_calo3d_profile_is_the_depth_sum_of_each_image():
     assert model(inputs).shape == (2, 1)
 
 
+def test_calo3d_transverse_is_the_face_on_map_after_the_profile():
+    shapes = {"ecal": (1, 9, 9, 9), "hcal": (1, 5, 5, 60)}
+    model = tiny_model("calo3d", shapes, profile=True, transverse=True)
+    plain = tiny_model("calo3d", shapes)
+    inputs = make_inputs(shapes, 2)
+    hcal = model.branches[1]
+    assert hcal.n_features == plain.branches[1].n_features + 60 + 25
+    features = hcal(inputs["hcal"])
+    torch.testing.assert_close(features[:, -85:-25], inputs["hcal"].sum(dim=(2, 3)).flatten(1))
+    torch.testing.assert_close(features[:, -25:], inputs["hcal"].sum(dim=4).flatten(1))
+    assert model(inputs).shape == (2, 1)
+
+
 def test_film_output_depends_on_scalars():
     shapes = {"cells": (4, 17, 17), "scalars": (6,)}
     model = tiny_model("film", shapes, 3).eval()

@@ -5,7 +5,12 @@ measured one and the baseline's, with the size of the run.
 
 Each row names the run directory (runs/<run>/metrics.json, as written by `hepray run ... --out`),
 the metric of the model and of its baseline; the commands that made the runs are in
-docs/results.md's "How to reproduce" section. A row whose run is absent says so.
+docs/results.md's "How to reproduce" section.
+
+Runs take hours and `runs/` is not committed, so the metrics the table and the checks read are
+kept, per run with the date it was measured, in docs/measured.json: a run absent from `runs/` is
+read from there, and one present replaces its entry. Re-running one study then refreshes its rows
+and leaves the others as measured. A run in neither place shows as "not run".
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -91,9 +96,51 @@ ROWS = [
 ]
 
 
-def _load(runs: Path, run: str) -> dict | None:
-    path = runs / run / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+MEASURED = HERE / "measured.json"
+
+
+class Metrics(dict):
+    """One run's metrics, remembering the keys read (what docs/measured.json keeps) and when measured."""
+
+    def __init__(self, metrics: dict, measured: str):
+        super().__init__(metrics)
+        self.measured = measured
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        self.read.add(key)
+        return value
+
+    def __contains__(self, key) -> bool:
+        present = super().__contains__(key)
+        if present:
+            self.read.add(key)
+        return present
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+def load_runs(runs: Path) -> dict[str, Metrics]:
+    """Every run a row or check names: from runs/<run>/metrics.json, else from docs/measured.json."""
+    measured = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
+    names = {row.run for row in ROWS} | {name for _, run_names, _ in CHECKS for name in run_names}
+    loaded = {}
+    for name in sorted(names):
+        path = runs / name / "metrics.json"
+        if path.exists():
+            day = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).date().isoformat()
+            loaded[name] = Metrics(json.loads(path.read_text()), day)
+        elif name in measured:
+            loaded[name] = Metrics(measured[name]["metrics"], measured[name]["measured"])
+    return loaded
+
+
+def save_measured(loaded: dict[str, Metrics]) -> None:
+    MEASURED.write_text(json.dumps(
+        {name: {"measured": m.measured, "metrics": {key: m[key] for key in sorted(m.read)}}
+         for name, m in sorted(loaded.items())}, indent=1, ensure_ascii=False) + "\n")
 
 
 def _bins(metrics: dict, key: str) -> list[str]:
@@ -135,11 +182,14 @@ CHECKS = [
 ]
 
 
-def checks(runs: Path) -> str:
+def checks(loaded: dict[str, Metrics]) -> str:
     lines = []
     for text, run_names, holds in CHECKS:
-        loaded = [_load(runs, name) for name in run_names]
-        verdict = "not run" if None in loaded else ("holds" if holds(*loaded) else "**does not hold**")
+        metrics = [loaded.get(name) for name in run_names]
+        try:
+            verdict = "not run" if None in metrics else ("holds" if holds(*metrics) else "**does not hold**")
+        except KeyError as missing:
+            verdict = f"n/a (the run has no {missing})"
         lines.append(f"- {text}: {verdict}")
     return "\n".join(lines)
 
@@ -153,15 +203,15 @@ def _format(value, scale: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def table(runs: Path) -> str:
-    lines = ["| study | quantity | study's own | hepray | baseline (or beside it) | size (events read, epochs) |",
+def table(loaded: dict[str, Metrics]) -> str:
+    lines = ["| study | quantity | study's own | hepray | baseline (or beside it) | size (events read, epochs), measured |",
              "|---|---|---|---|---|---|"]
     for row in ROWS:
-        metrics = _load(runs, row.run)
+        metrics = loaded.get(row.run)
         if metrics is None:
             lines.append(f"| {row.study} | {row.what} | {row.study_value} | not run | | |")
             continue
-        size = f"{metrics.get('events_read', 0):.0f}, {metrics.get('epochs_run', 0):.0f}"
+        size = f"{metrics.get('events_read', 0):.0f}, {metrics.get('epochs_run', 0):.0f}, {metrics.measured}"
         baseline = _format(metrics.get(row.baseline), row.scale) if row.baseline else ""
         lines.append(f"| {row.study} | {row.what} | {row.study_value} | {_format(metrics.get(row.model), row.scale)} "
                      f"| {baseline} | {size} |")
@@ -172,11 +222,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=HERE.parent / "runs")
     args = parser.parse_args()
+    loaded = load_runs(args.runs)
     template = (HERE / "results_template.md").read_text()
-    text = (template.replace("{{TABLE}}", table(args.runs)).replace("{{NOTES}}", checks(args.runs))
+    text = (template.replace("{{TABLE}}", table(loaded)).replace("{{NOTES}}", checks(loaded))
             .replace("{{DATE}}", date.today().isoformat()))
     (HERE / "results.md").write_text(text)
-    print(f"wrote {HERE / 'results.md'}")
+    save_measured(loaded)
+    print(f"wrote {HERE / 'results.md'} and {MEASURED}")
 
 
 if __name__ == "__main__":

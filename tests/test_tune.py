@@ -111,6 +111,11 @@ def test_report_reuses_only_finished_runs(tmp_path, base_job_file):
         dump_job(job.model_copy(update={"name": f"any_{name}"}), tmp_path / name / "job.yaml")
         (tmp_path / name / "metrics.json").write_text(json.dumps({"test_auc_macro": auc}))
     os.utime(tmp_path / "interrupted" / "metrics.json", (0, 0))
+    # The finished run was written before train.keep_checkpoints existed: today's default stands in.
+    written = yaml.safe_load((tmp_path / "finished" / "job.yaml").read_text())
+    del written["train"]["keep_checkpoints"]
+    (tmp_path / "finished" / "job.yaml").write_text(yaml.safe_dump(written))
+    os.utime(tmp_path / "finished" / "metrics.json")
     assert run_once(job, tmp_path / "interrupted", reuse=(tmp_path / "finished",)) == {"test_auc_macro": 0.9}
 
 

@@ -10,9 +10,7 @@ import os
 import time
 from pathlib import Path
 
-import yaml
-
-from hepray.spec import JobSpec, load_job
+from hepray.spec import JobSpec, SpecError, load_job
 from hepray.train.trainer import HEADLINE, run_job
 from hepray.tune.search import BEST_JOB_FILE, TABLE_FILE, load_best_job, trial_epochs
 from hepray.tune.space import TuneSpec
@@ -20,6 +18,15 @@ from hepray.tune.space import TuneSpec
 
 def _settings(job: dict) -> dict:
     return {key: value for key, value in job.items() if key != "name"}
+
+
+def _written_settings(path: Path) -> dict | None:
+    """A run's job.yaml as today's schema resolves it, so a key added since it was written counts
+    at its default; None if it no longer validates."""
+    try:
+        return _settings(load_job(path).model_dump(mode="json", by_alias=True))
+    except SpecError:
+        return None
 
 
 def run_once(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> dict[str, float]:
@@ -31,7 +38,7 @@ def run_once(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> dict[
         # A run writes job.yaml first and metrics.json last: an older metrics.json is another job's,
         # left by a run of this job that did not finish.
         finished = metrics.is_file() and written.is_file() and metrics.stat().st_mtime >= written.stat().st_mtime
-        if finished and _settings(yaml.safe_load(written.read_text())) == wanted:
+        if finished and _written_settings(written) == wanted:
             found = {k: (float("nan") if v is None else v) for k, v in json.loads(metrics.read_text()).items()}
             return _with_last_epoch(found, directory)
     return _with_last_epoch(run_job(job, out_dir), out_dir)

@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.common import bare_read_rate, branches, cores, electron_id_job, emit, load, start_ray
 from hepray.data.batches import ModelBatch, to_tensors
+from hepray.data.pipeline import streamed_to_trainers
 from hepray.data.root_source import EventReader, RootDatasource, labelled_files, plan_reads
 
 BATCH = 256
@@ -35,7 +36,8 @@ def dataset(job, sparse: bool, **reader_options):
 
     reader = EventReader(job.data, None, shuffle=True, sparse=sparse, **reader_options)
     plan = plan_reads(job.data, reader.branches())
-    return ray.data.read_datasource(RootDatasource(plan, reader), override_num_blocks=len(plan.tasks)), plan
+    ds = ray.data.read_datasource(RootDatasource(plan, reader), override_num_blocks=len(plan.tasks))
+    return streamed_to_trainers(ds), plan
 
 
 def serial_rate(job) -> float:

@@ -200,3 +200,6 @@ def test_skip_mode_counts_what_it_skips(ray_session, files, tmp_path):
     assert report["events_skipped"] == 100 and report["ranges_skipped"] == 2
     assert any("sig_broken.root" in reason for reason in report["skipped"])
     assert any("sig_nan.root" in reason and "'x'" in reason for reason in report["skipped"])
+    # Only the splits streamed to the trainers drop Ray Data's operator reservation (pipeline.py).
+    assert [data.datasets[s].context.op_resource_reservation_enabled for s in ("train", "val", "test")] == [
+        False, False, True]

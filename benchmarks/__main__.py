@@ -51,10 +51,10 @@ this machine, before the changes:
 - **Read tasks stay entry-range tasks over only the needed branches**; blocks are cut by their
   real size (`BLOCK_BYTES`), no longer by the dense estimate.
 - **The training splits' read tasks now use every CPU Ray Data has.** Timing each read task showed
-  one running at a time on two cores (mean concurrency 0.9-1.0 over three epochs): by default Ray
-  Data holds back half of its CPUs per operator for the operators downstream, and a training split
-  has none that need a CPU. The train and val splits turn that off (`streamed_to_trainers` in
-  `hepray/data/pipeline.py`): concurrency went to 1.4-1.5 and the dataset delivered 25-30% more
+  one running at a time on two cores (mean concurrency 0.9-1.0 over three epochs) under Ray Data's
+  per-operator resource reservation (half of its resources shared out among the operators; the
+  split after the read needs no CPU). The train and val splits turn it off (`streamed_to_trainers`
+  in `hepray/data/pipeline.py`): concurrency went to 1.4-1.5 and the dataset delivered 25-30% more
   events/s, in A/B runs on the same files. Inference keeps the reservation, which keeps its actor
   pool's CPUs. A calo3d training ran at the same speed either way: there the model is the limit.
 

@@ -80,12 +80,11 @@ def build_dataset(spec: DataSpec, split: str | None, plan: ReadPlan, ledger_name
 
 
 def streamed_to_trainers(dataset: ray.data.Dataset) -> ray.data.Dataset:
-    """A training or validation split, which is only read and split among the trainers: lets its
-    read tasks use every CPU Ray Data has. By default Ray Data reserves half its CPUs per operator
-    for operators downstream, which with nothing downstream left one read task running on two cores
-    (benchmarks/pipeline.py: mean concurrency 0.9-1.0; 1.4-1.5 and ~28 % more events/s without).
-    Pipelines with an actor pool after the read (inference) keep the reservation, which stops the
-    read tasks from taking the pool's CPUs."""
+    """A training or validation split, which is only read and split among the trainers: turns off
+    Ray Data's per-operator resource reservation (half of its resources shared out among the
+    operators), under which one read task ran at a time on two cores (benchmarks/RESULTS.md: mean
+    concurrency 0.9-1.0; 1.4-1.5 and 25-30 % more events/s without it). Pipelines with an actor pool
+    after the read (inference) keep it, so the read tasks cannot take the pool's CPUs."""
     dataset.context.op_resource_reservation_enabled = False
     return dataset
 

@@ -6,7 +6,8 @@ information a network can use beyond the summed energy lies.
 Each estimate is E = w . x + c, fitted by least squares on the train files with weights 1/E^2 (the
 relative error, as the job's loss), where x is: the summed energy (the linear calibration); the
 longitudinal profiles (ECAL energy per layer, HCAL per 10 layers); the face-on maps (ECAL and HCAL
-energy per tower, summed over depth); or both. The per-bin widths are the same Gaussian-core
+energy per tower, summed over depth); or both. The cells are rasterized by jobs/calo3d.yaml's own
+`ecal` and `hcal` inputs, unnormalised. The per-bin widths are the same Gaussian-core
 sigma/E as `hepray run` reports, on the test files (another seed). The face-on map is what beats
 the sum at low energy: soft background deposits lie away from the shower, and a weighted sum of
 towers leaves them out.
@@ -17,45 +18,38 @@ from __future__ import annotations
 import argparse
 import glob
 
-import awkward as ak
 import numpy as np
 import uproot
 from sklearn.linear_model import LinearRegression
 
+from hepray.data.raster import branches_for, make_input
 from hepray.evaluate.resolution import response_summary
+from hepray.spec import load_job
 
 BINS = [10, 20, 40, 80, 160, 500]
-CALORIMETERS = {"ecal": (25, 25, 25), "hcal": (5, 5, 60)}
-
-
-def cells(arrays, calo: str) -> np.ndarray:
-    """Dense (events, x, y, depth) energies from the sparse cell branches."""
-    n = len(arrays)
-    x, y, z = (ak.to_numpy(ak.flatten(arrays[f"{calo}_{axis}"])).astype(np.int64) for axis in "xyz")
-    energy = ak.to_numpy(ak.flatten(arrays[f"{calo}_e"])).astype(np.float64)
-    event = np.repeat(np.arange(n), ak.to_numpy(ak.num(arrays[f"{calo}_e"])))
-    nx, ny, nz = CALORIMETERS[calo]
-    flat = ((event * nx + x) * ny + y) * nz + z
-    return np.bincount(flat, weights=energy, minlength=n * nx * ny * nz).reshape(n, nx, ny, nz)
+JOB = "jobs/calo3d.yaml"
 
 
 def features(pattern: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """True energies and each estimate's inputs for every event of the files."""
+    inputs = load_job(JOB).data.inputs
+    ecal, hcal = (inputs[name].model_copy(update={"norm": "none"}) for name in ("ecal", "hcal"))
+    branches = ["energy", *branches_for(ecal), *branches_for(hcal)]
     energies, parts = [], {"summed energy": [], "longitudinal profiles": [], "face-on maps": []}
-    branches = ["energy"] + [f"{calo}_{v}" for calo in CALORIMETERS for v in "xyze"]
     for path in sorted(glob.glob(pattern)):
         arrays = uproot.open(path)["events"].arrays(branches)
-        ecal, hcal = cells(arrays, "ecal"), cells(arrays, "hcal")
+        ecal_cells, hcal_cells = make_input(ecal, arrays)[:, 0], make_input(hcal, arrays)[:, 0]  # (events, x, y, depth)
         n = len(arrays)
         energies.append(arrays["energy"].to_numpy())
-        parts["summed energy"].append((ecal.sum((1, 2, 3)) + hcal.sum((1, 2, 3)))[:, None])
-        parts["longitudinal profiles"].append(np.hstack([ecal.sum((1, 2)), hcal.sum((1, 2)).reshape(n, 6, 10).sum(2)]))
-        parts["face-on maps"].append(np.hstack([ecal.sum(3).reshape(n, -1), hcal.sum(3).reshape(n, -1)]))
+        parts["summed energy"].append((ecal_cells.sum((1, 2, 3)) + hcal_cells.sum((1, 2, 3)))[:, None])
+        parts["longitudinal profiles"].append(
+            np.hstack([ecal_cells.sum((1, 2)), hcal_cells.sum((1, 2)).reshape(n, 6, 10).sum(2)]))
+        parts["face-on maps"].append(np.hstack([ecal_cells.sum(3).reshape(n, -1), hcal_cells.sum(3).reshape(n, -1)]))
     if not energies:
         raise SystemExit(f"no files match {pattern!r}: hepray make-data calo3d --out ... first")
-    x = {name: np.vstack(chunks) for name, chunks in parts.items()}
+    x = {name: np.vstack(chunks).astype(np.float64) for name, chunks in parts.items()}
     x["profiles and maps"] = np.hstack([x["longitudinal profiles"], x["face-on maps"]])
-    return np.concatenate(energies), x
+    return np.concatenate(energies).astype(np.float64), x
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import uproot
 
-from hepray.data.pipeline import ensure_data
+from hepray.app.job_data import ensure_data
 from hepray.data.root_source import EventReader, labelled_files
 from hepray.spec import JobSpec, load_job
 

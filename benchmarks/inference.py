@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import bare_read_rate, cores, electron_id_job, emit, load, start_ray
-from hepray.data.pipeline import input_shapes
 from hepray.data.root_source import labelled_files
 from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, save_model
-from hepray.evaluate.predict import default_concurrency, predict_files
+from hepray.app.predict import default_concurrency, predict_files
 from hepray.models import build_model
 from hepray.models.export import export_onnx
 
@@ -30,16 +29,16 @@ BATCH = 1024
 def make_run_dir(job, directory: Path) -> torch.nn.Module:
     """What `hepray run` leaves for `hepray predict`: model.pt (weights and job) and model.onnx."""
     torch.manual_seed(0)
-    model = build_model(job.model, input_shapes(job.data), job.n_outputs).eval()
+    model = build_model(job.model, job.data.input_shapes(), job.n_outputs).eval()
     save_model(directory / MODEL_FILE, job, model.state_dict())
-    export_onnx(model, input_shapes(job.data), directory / ONNX_FILE)
+    export_onnx(model, job.data.input_shapes(), directory / ONNX_FILE)
     return model
 
 
 def model_only_rate(model: torch.nn.Module, job, batches: int = 4) -> float:
     """Events/s of the model alone on one thread (images already in memory): the ceiling per actor."""
     torch.set_num_threads(1)
-    images = {name: torch.rand(256, *shape) for name, shape in input_shapes(job.data).items()}
+    images = {name: torch.rand(256, *shape) for name, shape in job.data.input_shapes().items()}
     with torch.no_grad():
         model(images)
         started = time.perf_counter()

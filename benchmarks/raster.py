@@ -15,7 +15,7 @@ import awkward as ak
 import numpy as np
 
 from benchmarks.common import bare_read_rate, electron_id_job, emit, load
-from hepray.data.raster import densify, make_input, make_sparse
+from hepray.inputs import densify, make_input, make_sparse
 from hepray.data.root_source import RASTER_EVENTS
 
 TOWERS = 150

@@ -18,7 +18,7 @@ import torch
 from benchmarks.common import cores, electron_id_job, emit, load, start_ray
 from hepray.data.augment import augment
 from hepray.data.batches import ModelBatch
-from hepray.data.pipeline import build_job_data, input_shapes
+from hepray.app.job_data import build_job_data
 from hepray.models import build_model
 from hepray.train.loop import make_optimizer
 from hepray.train.tasks import Task
@@ -62,7 +62,7 @@ def plain_rate(job) -> float:
     data = build_job_data(job, splits=("train",))
     batches = list(data.datasets["train"].iterator().iter_torch_batches(batch_size=job.train.batch_size,
                                                                          collate_fn=ModelBatch()))
-    shapes = input_shapes(job.data)
+    shapes = job.data.input_shapes()
     task = Task(job.task)
     model = build_model(job.model, shapes, job.n_outputs)
     optimizer = make_optimizer(job, model)

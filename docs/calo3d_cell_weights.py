@@ -22,7 +22,7 @@ import numpy as np
 import uproot
 from sklearn.linear_model import LinearRegression
 
-from hepray.data.raster import branches_for, make_input
+from hepray.inputs import branches_for, make_input
 from hepray.evaluate.resolution import response_summary
 from hepray.spec import load_job
 

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
-from hepray.data.samples.drift_chamber import event_tracks
+from hepray.samples.drift_chamber import event_tracks
 
 
 def sorted_momenta(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:

@@ -340,7 +340,7 @@ def test_metrics_exported_and_both_nodes_did_work(cluster, files, multinode_run)
 
 
 def test_multinode_matches_single_node(ray_session, files, multinode_run, tmp_path):
-    from hepray.train.trainer import run_job
+    from hepray.app.run import run_job
 
     job = load_job(JOB_FILE, [*file_overrides(files), "scaling.cpus_per_worker=0.5"])  # the same job on one node
     single = run_job(job, tmp_path)
@@ -388,7 +388,7 @@ READ_DRIVER = """
 import json, os, sys, threading, time
 import ray
 import psutil  # Ray's bundled copy, on sys.path once ray is imported
-from hepray.data.pipeline import build_job_data
+from hepray.app.job_data import build_job_data
 from hepray.spec import JobSpec
 
 job, temp_dir = JobSpec.model_validate_json(sys.argv[1]), os.environ["TEST_RAY_TEMP_DIR"]

@@ -12,9 +12,10 @@ import torch
 import uproot
 
 from hepray.data.batches import to_tensors
-from hepray.data.raster import make_input
+from hepray.inputs import make_input
 from hepray.data.root_source import DataError, EventReader, plan_reads
-from hepray.spec import HitsXYImage, SpecError, TaskSpec, load_job
+from hepray.inputs.hits_xy import HitsXYImage
+from hepray.spec import SpecError, TaskSpec, load_job
 from hepray.train.tasks import Task
 from rootfiles import write_tree
 
@@ -133,8 +134,8 @@ def test_job_rejects_what_track_momenta_cannot_go_with(setting, message):
 # --- one tiny run ---------------------------------------------------------------------------------
 
 def test_event_momentum_job_runs_one_tiny_epoch(ray_session, tmp_path):
-    from hepray.evaluate.predict import predict_files
-    from hepray.train.trainer import run_job
+    from hepray.app.predict import predict_files
+    from hepray.app.run import run_job
 
     data = tmp_path / "data"
     overrides = [f"data.generate.out={data}", "data.generate.events=100",

@@ -14,8 +14,8 @@ from ray.data.block import BlockAccessor
 
 from hepray.data.root_source import DataError, EventReader, plan_reads
 from hepray.data.rootio import Events, entry_ranges
-from hepray.data.samples import generate
-from hepray.data.samples.common import write_file
+from hepray.samples import generate
+from hepray.samples.common import write_file
 from hepray.spec import JobSpec, load_job
 from httpserver import FileServer
 from rootfiles import etaphi_job, towers
@@ -187,7 +187,7 @@ def test_electron_id_job_on_ttree_and_on_rntuple_over_http(ray_session, electron
     loopback HTTP server (globbed through its directory listing). The inputs are identical (test
     above) and blocks reach the worker in plan order, so the two trainings are the same and every
     metric agrees: the data's, the baseline's and the network's."""
-    from hepray.train.trainer import run_job
+    from hepray.app.run import run_job
 
     tiny = ["model.filters=4", "model.blocks=1", "model.dense=8", "train.epochs=2", "train.batch_size=64",
             "data.events_per_task=100", "scaling.num_workers=1", "evaluate.robustness=null"]

@@ -14,11 +14,11 @@ import uproot
 from typer.testing import CliRunner
 
 from hepray.cli import app
-from hepray.data.raster import make_input
+from hepray.inputs import make_input
 from hepray.evaluate.inference import load_model
-from hepray.evaluate.predict import TREE, OrderedOutputs, OutputSchema, predict_files
+from hepray.app.predict import TREE, OrderedOutputs, OutputSchema, predict_files
 from hepray.spec import JobSpec
-from hepray.train.trainer import run_job
+from hepray.app.run import run_job
 from rootfiles import etaphi_job, towers, write_tree
 
 CUT = "x > 0.3"

@@ -12,8 +12,12 @@ import pytest
 import torch
 
 from hepray.data.augment import augment
-from hepray.data.raster import apply_norm, branches_for, make_input
-from hepray.spec import EtaPhiImage, HitsXYImage, JetImage, Scalars, VoxelImage
+from hepray.inputs import apply_norm, branches_for, make_input
+from hepray.inputs.etaphi import EtaPhiImage
+from hepray.inputs.hits_xy import HitsXYImage
+from hepray.inputs.jet import JetImage
+from hepray.inputs.scalars import Scalars
+from hepray.inputs.voxels import VoxelImage
 
 TOWERS = {"eta": "tower_eta", "phi": "tower_phi", "value": "tower_e"}
 
@@ -270,7 +274,7 @@ def test_branches_for_each_kind():
     assert branches_for(HitsXYImage(kind="hits_xy", encoding="binary")) == {"XE", "XW", "YE", "YW"}
     assert branches_for(HitsXYImage(kind="hits_xy", encoding="total")) == {"XE", "XW", "YE", "YW", "RC"}
     assert branches_for(VoxelImage(kind="voxels", shape=(2, 2, 2), cells="ecal")) == {"ecal"}
-    assert branches_for(Scalars(kind="scalars", branches=["pt", "log(e)"])) == {"pt", "log(e)"}
+    assert branches_for(Scalars(kind="scalars", branches=["pt", "log(e)"])) == {"pt", "e"}  # the branches read
 
 
 # ---------------------------------------------------------------- jet
@@ -423,11 +427,13 @@ def test_voxel_points_are_binned_over_half_open_ranges():
 
 def test_scalars_are_stacked_and_checked():
     spec = Scalars(kind="scalars", branches=["ele_pt", "log(ele_e)"])
-    out = make_input(spec, {"ele_pt": np.array([10.0, 20.0]), "log(ele_e)": ak.Array([1.5, 2.5])})
+    out = make_input(spec, {"ele_pt": np.array([10.0, 20.0]), "ele_e": ak.Array([np.e, np.e**2])})
     assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, [[10.0, 1.5], [20.0, 2.5]])
+    np.testing.assert_allclose(out, [[10.0, 1.0], [20.0, 2.0]], rtol=1e-6)
     with pytest.raises(ValueError, match=r"'log\(ele_e\)'"):
-        make_input(spec, {"ele_pt": np.array([10.0, 20.0]), "log(ele_e)": np.array([1.0, np.nan])})
+        make_input(spec, {"ele_pt": np.array([10.0, 20.0]), "ele_e": np.array([1.0, np.nan])})
+    with pytest.raises(ValueError, match=r"'log\(ele_e\)' has a list of values per event"):
+        make_input(spec, {"ele_pt": np.array([10.0, 20.0]), "ele_e": ak.Array([[1.0], [2.0, 3.0]])})
 
 
 def test_norms_per_event_and_all_zero_images_stay_zero():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ray.data.block import BlockAccessor
 
-from hepray.data.pipeline import build_job_data
+from hepray.app.job_data import build_job_data
 from hepray.data.root_source import DataError, EventReader, plan_reads
 from hepray.data.rootio import expand_glob
 from hepray.spec import JobSpec

@@ -191,7 +191,7 @@ def test_skip_mode_counts_what_it_skips(ray_session, files, tmp_path):
     job = JobSpec.model_validate(etaphi_job(
         {"sig": [str(files / "sig_0.root"), str(tmp_path / "sig_*.root")], "bkg": str(files / "bkg_0.root")},
         on_error="skip", events_per_task=200))
-    from hepray.data.pipeline import build_job_data
+    from hepray.app.job_data import build_job_data
 
     data = build_job_data(job, splits=("train", "val", "test"))
     total = sum(data.datasets[s].count() for s in ("train", "val", "test"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import uproot
 
-from hepray.data.samples import calo3d, generate, known_kinds
+from hepray.samples import calo3d, generate, known_kinds
 from rootfiles import read_events
 
 EVENTS = 200
@@ -148,7 +148,7 @@ def test_rntuple_reads_back_the_same_arrays(tmp_path):
 
 def test_job_runs_one_epoch_with_baseline_and_samples(sample, tmp_path, ray_session):
     from hepray.spec import load_job
-    from hepray.train.trainer import run_job
+    from hepray.app.run import run_job
 
     out = sample["out"]
     job = load_job("jobs/calo3d.yaml", [

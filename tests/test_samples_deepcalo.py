@@ -10,12 +10,12 @@ import pytest
 import uproot
 from scipy.stats import crystalball
 
-from hepray.data.samples import generate
-from hepray.data.samples import deepcalo as dc
+from hepray.samples import generate
+from hepray.samples import deepcalo as dc
 from hepray.evaluate.importance import scalar_columns
 from hepray.evaluate.resolution import crystal_ball_fit
 from hepray.spec import load_job
-from hepray.train.trainer import run_job
+from hepray.app.run import run_job
 from rootfiles import read_events
 
 EVENTS = 1500

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import uproot
 
-from hepray.data.samples import drift_chamber as dc
-from hepray.data.samples import drift_chamber_tracks as dct
-from hepray.data.samples import generate, known_kinds
+from hepray.samples import drift_chamber as dc
+from hepray.samples import drift_chamber_tracks as dct
+from hepray.samples import generate, known_kinds
 from rootfiles import read_events
 
 EVENTS = 400
@@ -261,7 +261,7 @@ def test_jobs_validate_and_encodings_are_overridable():
 
 def test_multiclass_job_runs_one_tiny_epoch(ray_session, tmp_path):
     from hepray.spec import load_job
-    from hepray.train.trainer import run_job
+    from hepray.app.run import run_job
 
     data = tmp_path / "data"
     overrides = [f"data.generate.out={data}", "data.generate.events=150",

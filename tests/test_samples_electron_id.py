@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import uproot
 
-from hepray.data.samples import generate, known_kinds
-from hepray.data.samples import electron_id as eid
-from hepray.data.samples.common import ttree_layout, write_file
+from hepray.samples import generate, known_kinds
+from hepray.samples import electron_id as eid
+from hepray.samples.common import ttree_layout, write_file
 from rootfiles import read_events
 
 EVENTS = 3000
@@ -127,7 +127,7 @@ def test_rntuple_reads_back_the_same_arrays(tmp_path):
 
 
 def test_a_job_generates_its_data_again_when_asked_for_more_events(tmp_path, capsys):
-    from hepray.data.pipeline import ensure_data
+    from hepray.app.job_data import ensure_data
     from hepray.spec import load_job
 
     def ensure(events):

@@ -9,10 +9,10 @@ import pytest
 import uproot
 from sklearn.metrics import roc_auc_score
 
-from hepray.data.samples import generate, known_kinds
-from hepray.data.samples import jets_cvn as jc
+from hepray.samples import generate, known_kinds
+from hepray.samples import jets_cvn as jc
 from hepray.spec import load_job
-from hepray.train.trainer import run_job
+from hepray.app.run import run_job
 from rootfiles import read_events
 
 EVENTS = 1500

@@ -11,7 +11,7 @@ import torch
 
 from hepray.evaluate.inference import load_model
 from hepray.spec import JobSpec
-from hepray.train.trainer import run_job
+from hepray.app.run import run_job
 from rootfiles import etaphi_job, towers, write_tree
 
 

@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from hepray.data.batches import ModelBatch, to_tensors
-from hepray.data.raster import SparseImages, densify, make_input, make_sparse, sparse_supported
+from hepray.inputs import SparseImages, densify, make_input, make_sparse, sparse_supported
 from hepray.data.root_source import EventReader, RootDatasource, plan_reads
-from hepray.spec import EtaPhiImage, HitsXYImage, JetImage, JobSpec, VoxelImage
+from hepray.inputs.etaphi import EtaPhiImage
+from hepray.inputs.hits_xy import HitsXYImage
+from hepray.inputs.jet import JetImage
+from hepray.inputs.voxels import VoxelImage
+from hepray.spec import JobSpec
 from rootfiles import etaphi_job, towers, write_tree
 
 

@@ -20,7 +20,7 @@ def _fail(error: BaseException) -> None:
 
 def data_error_in(error: BaseException):
     """The hepray error inside an exception Ray wrapped (task, dataset, training failures)."""
-    from hepray.data.expr import ExpressionError
+    from hepray.expr import ExpressionError
     from hepray.data.root_source import DataError
 
     seen = set()
@@ -51,7 +51,7 @@ def run(
         job = load_job(job_file, set_)
     except SpecError as error:
         _fail(error)
-    from hepray.train.trainer import run_job
+    from hepray.app.run import run_job
 
     out_dir = out or Path("runs") / job.name
     try:
@@ -88,7 +88,7 @@ def predict(
     """Score new ROOT files with a trained model: one friend-tree output per input file."""
     if fmt not in ("root", "parquet") or engine not in ("torch", "onnx"):
         _fail(ValueError(f"--format must be root or parquet, --engine torch or onnx (got {fmt}, {engine})"))
-    from hepray.evaluate.predict import predict_files
+    from hepray.app.predict import predict_files
 
     chosen = None if observers is None else [name for name in observers.split(",") if name.strip()]
     try:
@@ -113,7 +113,7 @@ def make_data(
     fmt: str = typer.Option("ttree", "--format", help="ttree or rntuple"),
 ) -> None:
     """Write sample ROOT files shaped like a study's data."""
-    from hepray.data.samples import generate
+    from hepray.samples import generate
 
     try:
         paths = generate(kind, out, events, seed, fmt)
@@ -156,7 +156,7 @@ def tune(
         _fail(error)
     from hepray.tune.report import write_report
     from hepray.tune.search import load_best_job, run_search
-    from hepray.train.trainer import run_job
+    from hepray.app.run import run_job
 
     out_dir = out or Path("runs") / "tune" / spec.name
     try:

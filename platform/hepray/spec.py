@@ -13,175 +13,13 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from hepray.inputs import InputSpec
+from hepray.inputs.base import Norm, Strict
 from hepray.models import ModelConfig
 
 
 class SpecError(ValueError):
     """A job or search file that does not validate: the message names the file and key path."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# Per event, over all channels; log1p is sign(x) * log1p(|x|) so negative noise stays finite.
-Norm = Literal["none", "l1", "l2", "max", "log1p"]
-
-
-# ---------------------------------------------------------------- model inputs
-
-
-class PointSet(Strict):
-    """Jagged per-event points: branch names of their eta, phi and value (energy, pT)."""
-
-    eta: str
-    phi: str
-    value: str
-
-
-class EtaPhiCenter(Strict):
-    eta: str
-    phi: str
-
-
-class EtaPhiImage(Strict):
-    """Calorimeter towers around a centre on a centred eta-phi grid (study 000).
-
-    Pixel of a point: floor(d / cell + size / 2), d the offset from the centre, phi offsets
-    wrapped into [-pi, pi). One channel per point set, or per value of `channel_branch`.
-    """
-
-    kind: Literal["etaphi"]
-    points: list[PointSet] = Field(min_length=1)
-    center: EtaPhiCenter | Literal["centroid"] = "centroid"
-    size: int = Field(47, gt=0)
-    cell: float = Field(0.0174, gt=0, description="pixel size in eta (and in phi unless cell_phi is given)")
-    cell_phi: float | None = Field(None, gt=0, description="pixel size in phi, e.g. 2*pi/360 for a 360-cell ring")
-    channel_branch: str | None = None
-    n_channels: int | None = Field(None, gt=0, description="number of channel_branch values, 0..n-1")
-    norm: Norm = "none"
-
-    @model_validator(mode="after")
-    def _channels(self) -> "EtaPhiImage":
-        if self.channel_branch is not None:
-            if len(self.points) != 1:
-                raise ValueError("channel_branch needs exactly one point set")
-            if self.n_channels is None:
-                raise ValueError("channel_branch needs n_channels")
-        elif self.n_channels is not None:
-            raise ValueError("n_channels goes with channel_branch (otherwise one channel per point set)")
-        return self
-
-    @property
-    def phi_cell(self) -> float:
-        return self.cell_phi or self.cell
-
-    @property
-    def channels(self) -> int:
-        return self.n_channels if self.channel_branch else len(self.points)
-
-    def shape(self) -> tuple[int, ...]:
-        return (self.channels, self.size, self.size)
-
-
-class JetImage(Strict):
-    """Jet constituents in the jet frame (study 003), with optional standard preprocessing."""
-
-    kind: Literal["jet"]
-    eta: str
-    phi: str
-    value: str
-    size: int = Field(33, gt=0, description="odd, so the jet axis is a pixel centre after translate")
-    extent: float = Field(0.825, gt=0, description="half-width of the image in eta and phi")
-    preprocess: set[Literal["translate", "rotate", "flip"]] = Field(
-        {"translate", "rotate", "flip"}, description="always applied in the order translate, rotate, flip")
-    norm: Norm = "l1"
-
-    def shape(self) -> tuple[int, ...]:
-        return (1, self.size, self.size)
-
-
-class HitsXYImage(Strict):
-    """Drift-chamber hits in the transverse plane (study 002): X=(XE+XW)/2, Y=(YE+YW)/2.
-
-    Encodings as the study defines them: binary (1 per hit pixel), total (every hit pixel
-    carries the event's summed energy), average (summed energy / number of hits), per_hit
-    (each pixel its hits' own energy).
-    """
-
-    kind: Literal["hits_xy"]
-    xe: str = "XE"
-    xw: str = "XW"
-    ye: str = "YE"
-    yw: str = "YW"
-    energy: str = "RC"
-    size: int = Field(64, gt=0)
-    extent: float = Field(810.0, gt=0, description="half-width of the square window in the hits' length unit")
-    encoding: Literal["binary", "total", "average", "per_hit"] = "per_hit"
-    norm: Norm = "none"
-    track_branch: str | None = Field(
-        None, description="per-hit 1-based track index (the study's TRK): channel k holds the hits of track k + 1 "
-                          "alone; hits of no track slot (0: noise) are dropped")
-    tracks: int | None = Field(None, gt=0, description="track slots (channels) with track_branch")
-
-    @model_validator(mode="after")
-    def _track_channels(self) -> "HitsXYImage":
-        if (self.track_branch is None) != (self.tracks is None):
-            raise ValueError("track_branch and tracks go together (one channel per track slot)")
-        return self
-
-    def shape(self) -> tuple[int, ...]:
-        return (self.tracks or 1, self.size, self.size)
-
-
-class VoxelPoints(Strict):
-    x: str
-    y: str
-    z: str
-    value: str
-
-
-class VoxelImage(Strict):
-    """3D grids (study 001): a flat fixed-length cell branch reshaped to `shape`, or points binned."""
-
-    kind: Literal["voxels"]
-    shape_: tuple[int, int, int] = Field(alias="shape")
-    cells: str | None = None
-    points: VoxelPoints | None = None
-    range: list[tuple[float, float]] | None = Field(None, description="(low, high) per axis for points")
-    norm: Norm = "none"
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "VoxelImage":
-        if (self.cells is None) == (self.points is None):
-            raise ValueError("give exactly one of cells or points")
-        if self.points is not None and (self.range is None or len(self.range) != 3):
-            raise ValueError("points need range: [[xlo, xhi], [ylo, yhi], [zlo, zhi]]")
-        if self.range is not None and any(low >= high for low, high in self.range):
-            raise ValueError("range: each (low, high) needs low < high")
-        if any(n <= 0 for n in self.shape_):
-            raise ValueError("shape: every size must be > 0")
-        return self
-
-    def shape(self) -> tuple[int, ...]:
-        return (1, *self.shape_)
-
-
-class Scalars(Strict):
-    """Per-event scalar branches (or expressions of them) passed beside the images."""
-
-    kind: Literal["scalars"]
-    branches: list[str] = Field(min_length=1)
-
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.branches),)
-
-
-InputSpec = Annotated[
-    Union[EtaPhiImage, JetImage, HitsXYImage, VoxelImage, Scalars], Field(discriminator="kind")
-]
 
 
 # ---------------------------------------------------------------- data
@@ -247,6 +85,10 @@ class DataSpec(Strict):
         if isinstance(value, dict):
             return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
         return value
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> the shape of one event's tensor (the model is built from these)."""
+        return {name: tuple(spec.shape()) for name, spec in self.inputs.items()}
 
     @property
     def class_names(self) -> list[str]:
@@ -432,7 +274,7 @@ class JobSpec(Strict):
 # ---------------------------------------------------------------- loading
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
+def set_path(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -449,11 +291,11 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise SpecError(f"--set {item}: expected key=value")
         key, text = item.split("=", 1)
-        _set_path(raw, key.strip(), yaml.safe_load(text))
+        set_path(raw, key.strip(), yaml.safe_load(text))
     return raw
 
 
-_MESSAGES = {
+ERROR_MESSAGES = {
     "greater_than": "must be > {gt}",
     "greater_than_equal": "must be >= {ge}",
     "less_than": "must be < {lt}",
@@ -463,7 +305,7 @@ _MESSAGES = {
 }
 
 
-def _yaml_path(raw: Any, loc: tuple) -> str:
+def yaml_path(raw: Any, loc: tuple) -> str:
     """The key path as the user wrote it: pydantic's union tags (not keys in the YAML) dropped."""
     parts, node = [], raw
     for index, part in enumerate(loc):
@@ -481,9 +323,9 @@ def _yaml_path(raw: Any, loc: tuple) -> str:
 def format_validation_error(source: str, raw: Any, error: ValidationError) -> str:
     lines = [f"{source}: invalid job"]
     for item in error.errors():
-        template = _MESSAGES.get(item["type"])
+        template = ERROR_MESSAGES.get(item["type"])
         message = template.format(**item.get("ctx", {})) if template else item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {_yaml_path(raw, item['loc'])}: {message}")
+        lines.append(f"  {yaml_path(raw, item['loc'])}: {message}")
     return "\n".join(lines)
 
 

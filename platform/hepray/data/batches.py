@@ -2,7 +2,7 @@
 
 Point-sum images (etaphi, jet, voxel points, hits_xy per_hit) travel sparse: two list columns
 `<name>__pixel` (int32, index into the flattened image) and `<name>__value` (float32), whose
-Arrow field metadata carry the image shape and norm. About 100 points of 8 bytes per event
+Arrow field metadata carry the input's kind and spec, so the input's encoder decodes them. About 100 points of 8 bytes per event
 travel instead of 2209 float32 pixels (8.8 KB), so the object store, the network of a cluster
 and the read tasks handle ~10x fewer bytes. `to_tensors` turns any batch (sparse or dense) into
 the model's dense, normalised tensors; the training loop (`ModelBatch`, run in Ray's prefetch
@@ -18,16 +18,15 @@ import torch
 from ray.data.block import BlockAccessor
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from hepray.data.raster import SparseImages, densify
+from hepray.inputs import SparseImages, encoder_from_json
 
 PIXEL, VALUE = "__pixel", "__value"
-SHAPE_KEY, NORM_KEY = b"hepray.shape", b"hepray.norm"
+KIND_KEY, SPEC_KEY = b"hepray.kind", b"hepray.spec"
 
 
-def to_block(batch: dict[str, np.ndarray | SparseImages], begin: int, stop: int,
-             norms: dict[str, str]) -> pa.Table:
-    """Events [begin, stop) of a read task's columns as an Arrow block; `norms` names the sparse
-    images' norms (their shape rides along in the column metadata)."""
+def to_block(batch: dict[str, np.ndarray | SparseImages], begin: int, stop: int, specs: dict) -> pa.Table:
+    """Events [begin, stop) of a read task's columns as an Arrow block; `specs` are the sparse
+    inputs' specs, which ride along in the column metadata."""
     dense = {key: value[begin:stop] for key, value in batch.items() if not isinstance(value, SparseImages)}
     table = BlockAccessor.batch_to_block(dense)
     for name, images in batch.items():
@@ -35,7 +34,7 @@ def to_block(batch: dict[str, np.ndarray | SparseImages], begin: int, stop: int,
             continue
         part = images.slice(begin, stop)
         offsets = pa.array((part.offsets - part.offsets[0]).astype(np.int32))
-        metadata = {SHAPE_KEY: ",".join(map(str, images.shape)).encode(), NORM_KEY: norms[name].encode()}
+        metadata = {KIND_KEY: specs[name].kind.encode(), SPEC_KEY: specs[name].model_dump_json(by_alias=True).encode()}
         for suffix, values in ((PIXEL, part.pixel), (VALUE, part.value)):
             column = pa.ListArray.from_arrays(offsets, pa.array(values))
             table = table.append_column(pa.field(name + suffix, column.type, metadata=metadata), column)
@@ -43,16 +42,17 @@ def to_block(batch: dict[str, np.ndarray | SparseImages], begin: int, stop: int,
 
 
 def to_tensors(batch: pa.Table) -> dict[str, torch.Tensor]:
-    """Every column of a batch as a CPU tensor; sparse images densified and normalised (raster.densify)."""
+    """Every column of a batch as a CPU tensor; sparse images decoded by their input's encoder."""
     sparse = {field.name[:-len(VALUE)]: field.metadata for field in batch.schema
-              if field.name.endswith(VALUE) and field.metadata and SHAPE_KEY in field.metadata}
+              if field.name.endswith(VALUE) and field.metadata and SPEC_KEY in field.metadata}
     carried = [name for name in batch.column_names
                if not any(name in (image + PIXEL, image + VALUE) for image in sparse)]
     columns = BlockAccessor.for_block(batch.select(carried)).to_batch_format("numpy")
     tensors = {name: torch.from_numpy(np.require(array, requirements="W")) for name, array in columns.items()}
     for name, metadata in sparse.items():
-        shape = tuple(int(size) for size in metadata[SHAPE_KEY].split(b","))
-        tensors[name] = torch.from_numpy(densify(_sparse_column(batch, name, shape), metadata[NORM_KEY].decode()))
+        encoder = encoder_from_json(metadata[KIND_KEY].decode(), metadata[SPEC_KEY].decode())
+        images = _sparse_column(batch, name, encoder.spec.shape())
+        tensors[name] = torch.from_numpy(encoder.decode(images))
     return tensors
 
 

@@ -21,7 +21,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from hepray.data.batches import to_tensors
-from hepray.data.expr import Expression
+from hepray.expr import Expression
 from hepray.evaluate.metrics import key_name, safe_auc
 from hepray.evaluate.resolution import valid_ratio
 from hepray.spec import JobSpec

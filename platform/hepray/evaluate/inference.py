@@ -15,7 +15,6 @@ import ray
 import torch
 
 from hepray.data.batches import to_tensors
-from hepray.data.pipeline import input_shapes
 from hepray.models import build_model
 from hepray.spec import JobSpec
 
@@ -30,13 +29,13 @@ def save_model(path: Path, job: JobSpec, state_dict: dict) -> None:
 
 def load_job(path: str | Path) -> JobSpec:
     """The job a model was trained with, without building the model."""
-    return JobSpec.model_validate(torch.load(path, map_location="cpu", weights_only=False)["job"])
+    return JobSpec.model_validate(torch.load(path, map_location="cpu", weights_only=True)["job"])
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, JobSpec]:
-    saved = torch.load(path, map_location=device, weights_only=False)
+    saved = torch.load(path, map_location=device, weights_only=True)
     job = JobSpec.model_validate(saved["job"])
-    model = build_model(job.model, input_shapes(job.data), job.n_outputs)
+    model = build_model(job.model, job.data.input_shapes(), job.n_outputs)
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval(), job
 

@@ -13,10 +13,9 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from hepray.cluster.metrics import TrainMeter
+from hepray.monitoring import TrainMeter
 from hepray.data.augment import augment
 from hepray.data.batches import ModelBatch
-from hepray.data.pipeline import input_shapes
 from hepray.models import build_model
 from hepray.spec import JobSpec
 from hepray.train.tasks import Task
@@ -89,7 +88,7 @@ def train_loop_per_worker(config: dict) -> None:
     np.random.seed(job.train.seed + rank)
 
     task = Task(job.task)
-    shapes = input_shapes(job.data)
+    shapes = job.data.input_shapes()
     image_names = [name for name, shape in shapes.items() if len(shape) == 3]
     device = ray.train.torch.get_device()
     use_cuda = device.type == "cuda"
@@ -104,7 +103,7 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
@@ -169,6 +168,8 @@ def train_loop_per_worker(config: dict) -> None:
             scheduler.step(metrics["val_loss"])
         elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             scheduler.step()
+        # Plain floats: checkpoints are loaded with weights_only=True, which refuses numpy scalars.
+        metrics = {key: value if key == "epoch" else float(value) for key, value in metrics.items()}
         stop = stopper.should_stop(metrics)
         history.append(dict(metrics))
         metrics["stopped_early"] = float(stop)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from hepray.spec import JobSpec, SpecError, load_job
-from hepray.train.trainer import HEADLINE, run_job
+from hepray.app.run import HEADLINE, run_job
 from hepray.tune.search import BEST_JOB_FILE, TABLE_FILE, load_best_job, trial_epochs
 from hepray.tune.space import TuneSpec
 

@@ -22,13 +22,13 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
-from ray.util.placement_group import PlacementGroup
-from ray._raylet import PlacementGroupID
 
-from hepray.data.pipeline import build_job_data, ensure_data
+from hepray.app.job_data import build_job_data, ensure_data
 from hepray.spec import JobSpec, SpecError, validate_job
-from hepray.train.trainer import build_trainer, ensure_ray
+from hepray.app.session import ensure_ray
+from hepray.train.trainer import build_trainer
+from hepray.tune.optuna_internals import mark_interrupted
+from hepray.tune.ray_internals import RecordTrainResources, ReleaseStoppedTrials, resources_file
 from hepray.tune.space import TuneSpec, job_with, trial_values
 
 STUDY_FILE = "study.db"
@@ -91,64 +91,9 @@ def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> No
     data = build_job_data(job)
     trainer = build_trainer(
         job, data, runs, f"trial_{number:03d}", Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
-        callbacks=[ObjectiveReport(spec.metrics, spec.modes[0]), _RecordTrainResources(_resources_file(runs, number))],
+        callbacks=[ObjectiveReport(spec.metrics, spec.modes[0]), RecordTrainResources(resources_file(runs, number))],
     )
     trainer.fit()
-
-
-def _resources_file(runs: Path, number: int) -> Path:
-    return runs / f"trial_{number:03d}_resources.txt"
-
-
-class _RecordTrainResources(WorkerGroupCallback, ControllerCallback):
-    """Notes what a trial's Ray Train run holds: its run id and its workers' placement groups.
-
-    When ASHA stops a trial, Tune ends the trial's actor and with it the Train controller, which
-    then cannot give its resources back: its placement group stays (Ray Train's own cleaner asks
-    the State API, which needs the dashboard) and so does its resource request to Ray's autoscaling
-    coordinator (for 180 s), which Ray Data's budget subtracts. The next trial's data reads would
-    wait, so the search gives both back (_ReleaseStoppedTrials)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def _note(self, line: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.write(line + "\n")
-
-    def after_controller_start(self, train_run_context) -> None:
-        self._note(f"run {train_run_context.run_id}")
-
-    def after_worker_group_start(self, worker_group) -> None:
-        group = worker_group.get_worker_group_state().placement_group_handle.placement_group
-        self._note(f"placement_group {group.id.hex()}")
-
-
-class _ReleaseStoppedTrials(tune.Callback):
-    def __init__(self, runs: Path):
-        self.runs = runs
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._release(trial)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._release(trial)
-
-    def _release(self, trial) -> None:
-        recorded = _resources_file(self.runs, trial.config[TRIAL_KEY])
-        if not recorded.is_file():
-            return
-        table = ray.util.placement_group_table()
-        for kind, value in (line.split() for line in recorded.read_text().splitlines()):
-            if kind == "placement_group" and table.get(value, {}).get("state") not in (None, "REMOVED"):
-                ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(value))))
-            elif kind == "run":
-                try:
-                    coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
-                except ValueError:  # never created: nothing was requested
-                    continue
-                coordinator.cancel_request.remote(requester_id=f"train-{value}")
 
 
 def trial_epochs(spec: TuneSpec, base: JobSpec) -> int:
@@ -174,7 +119,7 @@ def _close_interrupted(study: optuna.Study) -> int:
     """Trials left RUNNING by an interrupted session will never report: mark them failed, not counted."""
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in running:
-        study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        mark_interrupted(study, trial)
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return len(running)
 
@@ -264,7 +209,7 @@ def _tune_session(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, 
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(storage_path=str(sessions), name=session, verbose=1,
-                                  callbacks=[_ReleaseStoppedTrials(out_dir / "trials")],
+                                  callbacks=[ReleaseStoppedTrials(out_dir / "trials", TRIAL_KEY)],
                                   failure_config=tune.FailureConfig(max_failures=spec.trial_retries)),
     )
     tuner.fit()

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from hepray.spec import (_MESSAGES, JobSpec, SpecError, Strict, _set_path, _yaml_path, load_job, read_yaml,
+from hepray.spec import (ERROR_MESSAGES, JobSpec, SpecError, Strict, set_path, yaml_path, load_job, read_yaml,
                          validate_job)
 
 # What the training loop reports each epoch, per task kind (see train/loop.py and train/tasks.py).
@@ -207,9 +207,9 @@ def job_with(base_raw: dict, values: dict[str, Any]) -> dict:
     for key in discriminators:
         parent = key.rsplit(".", 1)[0]
         if _get_path(raw, key) != values[key]:
-            _set_path(raw, parent, {key.rsplit(".", 1)[1]: values[key]})
+            set_path(raw, parent, {key.rsplit(".", 1)[1]: values[key]})
     for key, value in values.items():
-        _set_path(raw, key, value)
+        set_path(raw, key, value)
     return raw
 
 
@@ -221,9 +221,9 @@ def trial_values(spec: TuneSpec, params: dict[str, Any]) -> dict[str, Any]:
 def _problems(raw: Any, error: ValidationError) -> list[str]:
     problems = []
     for item in error.errors():
-        template = _MESSAGES.get(item["type"])
+        template = ERROR_MESSAGES.get(item["type"])
         message = template.format(**item.get("ctx", {})) if template else item["msg"].removeprefix("Value error, ")
-        problems.append(f"{_yaml_path(raw, item['loc'])}: {message}")
+        problems.append(f"{yaml_path(raw, item['loc'])}: {message}")
     return problems
 
 
@@ -244,7 +244,7 @@ def apply_search_overrides(raw: dict, overrides: list[str] | None) -> dict:
         if head in ("space", "trial_overrides") and rest:
             raw.setdefault(head, {})[rest] = value
         else:
-            _set_path(raw, key, value)
+            set_path(raw, key, value)
     return raw
 
 

@@ -33,7 +33,7 @@ from hepray.data.root_source import DataError, EventReader, SkipLedger, file_key
 from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, Engine, load_job, predict
 from hepray.spec import DataSpec, JobSpec, TrackMomenta
 from hepray.train.tasks import Task
-from hepray.train.trainer import ensure_ray
+from hepray.app.session import ensure_ray
 
 TREE = "predictions"
 FLUSH_EVENTS = 100_000  # rows buffered per output before a write: one TBasket / row group each

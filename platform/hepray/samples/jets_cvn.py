@@ -60,7 +60,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
-from hepray.data.samples.common import (
+from hepray.samples.common import (
     DEFAULT_EVENTS_PER_FILE,
     DEFAULT_TREE,
     write_classes,

@@ -25,8 +25,8 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
-from hepray.data.samples import drift_chamber as dc
-from hepray.data.samples.common import DEFAULT_EVENTS_PER_FILE, DEFAULT_TREE, check_fmt, write_split
+from hepray.samples import drift_chamber as dc
+from hepray.samples.common import DEFAULT_EVENTS_PER_FILE, DEFAULT_TREE, check_fmt, write_split
 
 PARTICLES = {"track_e": 11, "track_mu": 13, "track_pi": 211}
 MIN_HITS = 8

@@ -81,7 +81,7 @@ import awkward as ak
 import numpy as np
 from scipy.special import gammainc, ndtr
 
-from hepray.data.samples.common import (
+from hepray.samples.common import (
     DEFAULT_EVENTS_PER_FILE,
     DEFAULT_TREE,
     write_classes,

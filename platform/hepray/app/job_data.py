@@ -1,0 +1,108 @@
+"""A job's datasets: the sample data made if asked for, the files planned once, and one
+streaming dataset per split, per extra sample and per robustness check."""
+
+from __future__ import annotations
+
+import glob
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from hepray.data.pipeline import build_dataset, streamed_to_trainers
+from hepray.data.root_source import SPLITS, EventReader, ReadPlan, SkipLedger, plan_reads
+from hepray.evaluate import baselines
+from hepray.samples import generate, generated_events
+from hepray.spec import DataSpec, JobSpec
+
+
+def ensure_data(spec: DataSpec) -> None:
+    """Write the job's sample data when it says how and any of its files in `generate.out` is
+    missing, or when fewer events per class than `generate.events` were generated there (so
+    `--set data.generate.events=N` makes the data larger); larger existing data is used as it is.
+    Files elsewhere (another directory, a URL) are never generated."""
+    if spec.generate is None:
+        return
+    out = Path(spec.generate.out).resolve()
+    groups = spec.files.values() if isinstance(spec.files, dict) else [spec.files]
+    patterns = [p for group in groups for p in group if "://" not in p and out in Path(p).resolve().parents]
+    if not patterns:
+        return
+    existing = generated_events(out)
+    if all(glob.glob(p) for p in patterns):
+        if existing is None or existing >= spec.generate.events:
+            return
+        print(f"hepray: {spec.generate.out} holds {existing} events per class, the job asks for "
+              f"{spec.generate.events}: generating it again", flush=True)
+    generate(spec.generate.kind, spec.generate.out, spec.generate.events, spec.generate.seed, spec.generate.format)
+
+
+
+@dataclass
+class JobData:
+    """The job's datasets per split, the read plans behind them and the skip ledger they report to.
+
+    `evaluations` are the datasets the trained model is scored on, keyed by the prefix of their
+    metrics: `test`, each extra sample of `evaluate.samples`, and the robustness checks.
+    `baseline_train` is the train split without images, for fitting baselines."""
+
+    datasets: dict[str, ray.data.Dataset]
+    plan: ReadPlan
+    ledger: ray.actor.ActorHandle | None
+    evaluations: dict[str, ray.data.Dataset] = field(default_factory=dict)
+    baseline_train: ray.data.Dataset | None = None
+    sample_plans: list[ReadPlan] = field(default_factory=list)
+
+    def skip_report(self) -> dict[str, float | list]:
+        """events_skipped / files_skipped and the reasons, from planning and from the read tasks."""
+        skipped = [(path, events, reason) for plan in (self.plan, *self.sample_plans)
+                   for path, events, reason in plan.skipped]
+        if self.ledger is not None:
+            skipped += [(path, stop - start, reason) for path, start, stop, reason in ray.get(self.ledger.skipped.remote())]
+        return {
+            "events_skipped": float(sum(events for _, events, _ in skipped)),
+            "ranges_skipped": float(len(skipped)),
+            "skipped": [f"{reason}" for _, _, reason in skipped],
+        }
+
+
+
+def with_norm(spec: DataSpec, norm: str) -> DataSpec:
+    """The data spec with every image input normalised by `norm` instead."""
+    inputs = {name: i.model_copy(update={"norm": norm}) if hasattr(i, "norm") else i for name, i in spec.inputs.items()}
+    return spec.model_copy(update={"inputs": inputs})
+
+
+def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
+    spec = job.data
+    ensure_data(spec)
+    extra = baselines.columns(job)
+    plan = plan_reads(spec, EventReader(spec, None, extra=extra).branches())
+    ledger, ledger_name = None, None
+    if spec.on_error == "skip":
+        ledger_name = f"hepray-skips-{uuid.uuid4().hex[:12]}"
+        ledger = SkipLedger.options(name=ledger_name).remote()
+    # Sparse images: ~8x fewer object-store bytes per event than dense ones (benchmarks/RESULTS.md).
+    datasets = {split: build_dataset(spec, split, plan, ledger_name, extra, sparse=True) for split in splits}
+    for split in {"train", "val"} & datasets.keys():
+        streamed_to_trainers(datasets[split])
+    data = JobData(datasets, plan, ledger)
+    if "test" in datasets:
+        data.evaluations["test"] = datasets["test"]
+    if baselines.needs_fit(job):
+        data.baseline_train = build_dataset(spec, "train", plan, ledger_name, extra, with_inputs=False)
+    for name, globs in job.evaluate.samples.items():
+        sample = spec.model_copy(update={"files": globs})
+        ensure_data(sample)
+        sample_plan = plan_reads(sample, EventReader(sample, None, extra=extra).branches())
+        data.sample_plans.append(sample_plan)
+        data.evaluations[name] = build_dataset(sample, None, sample_plan, ledger_name, extra, sparse=True)
+    robustness = job.evaluate.robustness
+    if robustness and robustness.split_seed is not None:
+        resplit = spec.model_copy(update={"split": spec.split.model_copy(update={"seed": robustness.split_seed})})
+        data.evaluations["robust_split"] = build_dataset(resplit, "test", plan, ledger_name, extra, sparse=True)
+    for norm in robustness.norms if robustness else []:
+        data.evaluations[f"robust_norm_{norm}"] = build_dataset(with_norm(spec, norm), "test", plan, ledger_name, extra,
+                                                                sparse=True)
+    return data

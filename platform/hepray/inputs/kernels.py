@@ -1,0 +1,306 @@
+"""Shared pieces of the input kernels: reading jagged branches as flat arrays, grid indices,
+summing points into images, and per-event norms.
+
+Every kernel works on a whole batch at once, never looping over events or points:
+jagged per-point branches become flat numpy values plus points per event, each point gets
+a flat pixel index computed from float64 offsets, points outside the window are sent to a
+dump bin, and the values are summed into a zeroed float32 buffer with `np.add.at`.
+A sparse input stops before the sum: the in-window points (pixel, value) per event, which
+the read tasks ship instead of dense images; `densify` turns them into the exact dense images.
+
+Conventions shared by the image kinds:
+
+- Centred grids: a coordinate d (offset from the centre) lands in pixel
+  floor(d / cell + size / 2) and is kept only if that lies in [0, size). A point exactly on
+  a pixel edge goes to the upper pixel; points outside the window are dropped, never
+  clipped into the edge row (study 000's int(22 + d / 0.0174) did both wrong).
+- Norms act per event over all channels together. `max` divides by the largest |value|;
+  `log1p` is sign(x) * log1p(|x|), so negative energies (noise) stay finite.
+- Any NaN or inf in a branch an input reads, inside the window or not, raises ValueError
+  naming the branch; the caller adds the file and entry range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import awkward as ak
+import numpy as np
+
+ArrayLike = ak.Array | np.ndarray
+
+TWO_PI = 2.0 * math.pi
+
+
+@dataclass
+class SparseImages:
+    """A batch of images as the points inside them: event i owns pixel[offsets[i]:offsets[i+1]] and
+    the same slice of value. pixel indexes the flattened (C, ...) image; points sharing a pixel sum.
+    The norm is not applied yet: `densify` applies it, so sums over shared pixels come first."""
+
+    offsets: np.ndarray  # int64, n_events + 1, starting at 0
+    pixel: np.ndarray  # int32
+    value: np.ndarray  # float32
+    shape: tuple[int, ...]  # of one event's image
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.offsets.nbytes + self.pixel.nbytes + self.value.nbytes
+
+    def slice(self, begin: int, stop: int) -> SparseImages:
+        offsets = self.offsets[begin:stop + 1]
+        return SparseImages(offsets - offsets[0], self.pixel[offsets[0]:offsets[-1]], self.value[offsets[0]:offsets[-1]],
+                            self.shape)
+
+    def take(self, events: np.ndarray) -> SparseImages:
+        """The images of `events` (an index array), in that order."""
+        counts = np.diff(self.offsets)[events]
+        offsets = np.zeros(len(events) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        # int32 gather indices: half the memory traffic of int64 (a block holds < 2**31 points).
+        source = np.repeat((self.offsets[:-1][events] - offsets[:-1]).astype(np.int32), counts)
+        source += np.arange(offsets[-1], dtype=np.int32)
+        return SparseImages(offsets, self.pixel[source], self.value[source], self.shape)
+
+    @staticmethod
+    def from_scatter(scatter: Scatter) -> SparseImages:
+        """The in-window points of a kernel's scatter, ordered by event (densify sums them)."""
+        n_events, shape, pixels, inside, weights, counts = scatter
+        kept = []  # per point set: points inside the image per event
+        for ok, set_counts in zip(inside, counts):
+            inside_before = np.zeros(len(ok) + 1, dtype=np.int64)  # inside points before each point
+            np.cumsum(ok, out=inside_before[1:])
+            kept.append(np.diff(inside_before[np.concatenate([[0], np.cumsum(set_counts)])]))
+        pixel = np.concatenate([i[ok] for i, ok in zip(pixels, inside)]).astype(np.int32, copy=False)
+        value = np.concatenate([w[ok] for w, ok in zip(weights, inside)]).astype(np.float32, copy=False)
+        if len(pixels) > 1:  # several point sets: bring each event's points together
+            event = np.concatenate([np.repeat(np.arange(n_events), k) for k in kept])
+            order = np.argsort(event, kind="stable")
+            pixel, value = pixel[order], value[order]
+        offsets = np.zeros(n_events + 1, dtype=np.int64)
+        np.cumsum(sum(kept), out=offsets[1:])
+        return SparseImages(offsets, pixel, value, shape)
+
+    @staticmethod
+    def empty(shape: tuple[int, ...]) -> SparseImages:
+        return SparseImages(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32), shape)
+
+    @staticmethod
+    def concat(parts: list[SparseImages]) -> SparseImages:
+        shift = np.cumsum([0] + [part.offsets[-1] for part in parts[:-1]])
+        offsets = np.concatenate([parts[0].offsets[:1]] + [part.offsets[1:] + s for part, s in zip(parts, shift)])
+        return SparseImages(offsets, np.concatenate([part.pixel for part in parts]),
+                            np.concatenate([part.value for part in parts]), parts[0].shape)
+
+
+def densify(images: SparseImages, norm: str) -> np.ndarray:
+    """Dense float32 (N, *shape) images with the norm applied: equal to make_input's for the same events."""
+    dense = accumulate(len(images), images.shape, [images.pixel], [np.ones(len(images.pixel), dtype=bool)],
+                       [images.value], [np.diff(images.offsets)])
+    return normalize_in_place(dense, norm)
+
+
+def apply_norm(images: np.ndarray, norm: str) -> np.ndarray:
+    """Normalize each event's image (first axis = events); a new array, all-zero images stay zero."""
+    copy = images.astype(np.result_type(images.dtype, np.float32), copy=True)
+    return normalize_in_place(copy, norm)
+
+
+# ---------------------------------------------------------------- reading branches
+
+
+def get_branch(arrays: dict[str, ArrayLike], name: str) -> ArrayLike:
+    try:
+        return arrays[name]
+    except KeyError:
+        raise KeyError(f"branch {name!r} is needed but was not read") from None
+
+
+def check_finite(values: np.ndarray, name: str, counts: np.ndarray | None = None) -> None:
+    """Raise naming the branch (and the first bad event) if any value is NaN or inf."""
+    if values.dtype.kind != "f":
+        return
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite)
+    first = int(bad[0]) if counts is None else int(np.searchsorted(np.cumsum(counts), bad[0], side="right"))
+    raise ValueError(f"branch {name!r}: {len(bad)} NaN/inf value(s), first in event {first} of this batch")
+
+
+def jagged(arrays: dict[str, ArrayLike], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A per-point branch as (flat values, points per event), checked finite."""
+    values = get_branch(arrays, name)
+    try:
+        flat, counts = flatten(values if isinstance(values, ak.Array) else ak.Array(values))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"branch {name!r}: {error}") from None
+    check_finite(flat, name, counts)
+    return flat, counts
+
+
+def flatten(values: ak.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Flat values and points per event of a list-of-numbers array.
+
+    Fast paths for what uproot returns (offsets into a flat buffer: a slice, no copy) and for
+    that after an event mask (ordered starts/stops into the same buffer: a run-length mask).
+    The generic ak.num / ak.flatten cost ~0.5 ms per branch per 1000 events, mostly overhead.
+    """
+    layout = ak.to_layout(values)
+    content = getattr(layout, "content", None)
+    if not layout.parameters and isinstance(content, ak.contents.NumpyArray) and content.data.ndim == 1:
+        buffer = np.asarray(content.data)
+        if isinstance(layout, ak.contents.ListOffsetArray):
+            offsets = np.asarray(layout.offsets.data)
+            return buffer[offsets[0]:offsets[-1]], np.diff(offsets).astype(np.int64, copy=False)
+        if isinstance(layout, ak.contents.ListArray) and len(layout) > 0:
+            starts = np.asarray(layout.starts.data).astype(np.int64, copy=False)
+            stops = np.asarray(layout.stops.data).astype(np.int64, copy=False)
+            counts = stops - starts
+            skipped = starts.copy()  # buffer entries skipped before each event's points
+            skipped[1:] -= stops[:-1]
+            if (skipped >= 0).all() and (counts >= 0).all():
+                runs = np.empty(2 * len(starts), dtype=np.int64)
+                runs[0::2], runs[1::2] = skipped, counts
+                keep = np.repeat(np.tile([False, True], len(starts)), runs)
+                return buffer[:len(keep)][keep], counts
+    if values.ndim != 2:
+        raise ValueError(f"expected a list of numbers per event, got type {values.type}")
+    counts = ak.to_numpy(ak.num(values, axis=1)).astype(np.int64, copy=False)
+    return ak.to_numpy(ak.flatten(values, axis=1), allow_missing=False), counts
+
+
+def point_set(arrays: dict[str, ArrayLike], names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Several per-point branches of the same points: flat values and their shared counts."""
+    columns, counts = [], None
+    for name in names:
+        flat, these_counts = jagged(arrays, name)
+        if counts is not None and not np.array_equal(counts, these_counts):
+            raise ValueError(f"branches {names[0]!r} and {name!r} have different numbers of points per event")
+        columns.append(flat)
+        counts = these_counts
+    return columns, counts
+
+
+def per_event(arrays: dict[str, ArrayLike], name: str, n_events: int) -> np.ndarray:
+    """A branch with one number per event as a 1-D numpy array, checked finite."""
+    values = get_branch(arrays, name)
+    try:
+        values = np.asarray(ak.to_numpy(values) if isinstance(values, ak.Array) else values)
+    except ValueError as error:
+        raise ValueError(f"branch {name!r}: expected one number per event: {error}") from None
+    if values.shape != (n_events,):
+        raise ValueError(f"branch {name!r}: expected one number per event ({n_events}), got shape {values.shape}")
+    check_finite(values, name)
+    return values.astype(np.float64, copy=False)
+
+
+# ---------------------------------------------------------------- shared kernel pieces
+
+
+def pixel_coordinate(offset: np.ndarray, cell: float, shift: float) -> np.ndarray:
+    """Continuous pixel coordinate offset / cell + shift (its floor is the pixel), in place on float64 offsets."""
+    offset /= cell
+    offset += shift
+    return offset
+
+
+def grid_index(coordinates: list[np.ndarray], sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major cell index (int32: casts from float64 to int32 run ~5x faster than to int64) of
+    continuous pixel coordinates, and which points fall inside the grid."""
+    index = np.zeros(len(coordinates[0]), dtype=np.int32)
+    inside = np.ones(len(coordinates[0]), dtype=bool)
+    for coordinate, size in zip(coordinates, sizes):
+        inside &= coordinate >= 0
+        inside &= coordinate < size
+        # Truncation equals floor wherever the point is inside; casts of far-away points may
+        # overflow, but those points go to the dump bin.
+        with np.errstate(invalid="ignore"):
+            cell = coordinate.astype(np.int32)
+        index *= size
+        index += cell
+    return index, inside
+
+
+def event_offsets(counts: np.ndarray, image_size: int) -> np.ndarray:
+    """Per point, the flat offset of its event's image in the batch buffer."""
+    return np.repeat(np.arange(len(counts), dtype=np.int64) * image_size, counts)
+
+
+class Scatter(NamedTuple):
+    """What a point kernel computes: per point set, each point's flat index within its event's
+    image, whether it is inside the image, its value, and the points per event. `accumulate`
+    sums it into dense images, `make_sparse` keeps the points."""
+
+    n_events: int
+    shape: tuple[int, ...]
+    pixels: list[np.ndarray]
+    inside: list[np.ndarray]
+    weights: list[np.ndarray]
+    counts: list[np.ndarray]
+
+
+def accumulate(n_events: int, shape: tuple[int, ...], pixels: list[np.ndarray], inside: list[np.ndarray],
+                weights: list[np.ndarray], counts: list[np.ndarray]) -> np.ndarray:
+    """Sum weights into a zeroed (n_events, *shape) float32 buffer; points outside go to a dump bin.
+
+    np.add.at into float32 measured ~2.5x faster than np.bincount (float64 output, then a cast).
+    """
+    dump = n_events * math.prod(shape)
+    buffer = np.zeros(dump + 1, dtype=np.float32)
+    for pixel, ok, values, set_counts in zip(pixels, inside, weights, counts):
+        index = event_offsets(set_counts, math.prod(shape))
+        index += pixel
+        np.add.at(buffer, np.where(ok, index, dump), values.astype(np.float32, copy=False))
+    return buffer[:dump].reshape(n_events, *shape)
+
+
+def per_event_sum(event: np.ndarray, weights: np.ndarray, n_events: int) -> np.ndarray:
+    return np.bincount(event, weights=weights, minlength=n_events)
+
+
+def safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (events with no weight)."""
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
+
+
+def wrap_phi(delta: np.ndarray) -> np.ndarray:
+    """Wrap angle differences into [-pi, pi), in place (floor form: np.mod is several times slower)."""
+    shifted = delta + math.pi
+    shifted *= 1 / TWO_PI
+    np.floor(shifted, out=shifted)
+    shifted *= TWO_PI
+    delta -= shifted
+    return delta
+
+
+# ---------------------------------------------------------------- norms
+
+
+def normalize_in_place(images: np.ndarray, norm: str) -> np.ndarray:
+    if norm == "none":
+        return images
+    flat = images.reshape(len(images), math.prod(images.shape[1:]))
+    if norm == "log1p":
+        if flat.min(initial=0) >= 0:  # the common case: half the cost of the signed form
+            np.log1p(flat, out=flat)
+        else:
+            np.copysign(np.log1p(np.abs(flat)), flat, out=flat)
+        return flat.reshape(images.shape)
+    if norm == "l1":
+        scale = np.abs(flat).sum(axis=1)
+    elif norm == "l2":
+        scale = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+    elif norm == "max":
+        scale = np.maximum(flat.max(axis=1, initial=0), -flat.min(axis=1, initial=0))
+    else:
+        raise ValueError(f"unknown norm {norm!r}: expected none, l1, l2, max or log1p")
+    scale = scale.astype(flat.dtype)
+    scale[scale == 0] = 1  # all-zero images stay zero
+    flat /= scale[:, None]
+    return flat.reshape(images.shape)

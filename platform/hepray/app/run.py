@@ -22,7 +22,7 @@ from hepray.models.export import export_onnx, onnx_max_difference
 from hepray.spec import JobSpec, TrackMomenta, dump_job
 from hepray.train.loop import CHECKPOINT_FILE
 from hepray.train.tasks import Task
-from hepray.train.trainer import build_trainer, selection_metric
+from hepray.train.trainer import build_trainer, check_scaling, selection_metric
 
 ONNX_TOLERANCE = 1e-3  # largest output difference accepted between the export and the PyTorch model
 HEADLINE = {"binary": "auc", "multiclass": "auc_macro", "regression": "iqr_rel"}
@@ -46,6 +46,7 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     if not resume:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     ensure_ray()
+    check_scaling(job.scaling)
     data = build_job_data(job)
     fit = train(job, data, out_dir)
     save_model(out_dir / MODEL_FILE, job, fit.state["model"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -19,6 +20,7 @@ from hepray.data.batches import ModelBatch
 from hepray.models import build_model
 from hepray.spec import JobSpec
 from hepray.train.tasks import Task
+from hepray.train.watchdog import TrainingStopped, watched
 
 CHECKPOINT_FILE = "state.pt"
 TRAIN_EVAL_EVENTS = 4096  # training events re-evaluated in eval mode each epoch (study 001's confusion)
@@ -81,112 +83,144 @@ class EarlyStopper:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    job = JobSpec.model_validate(config["job"])
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    torch.manual_seed(job.train.seed + rank)
-    np.random.seed(job.train.seed + rank)
-
-    task = Task(job.task)
-    shapes = job.data.input_shapes()
-    image_names = [name for name, shape in shapes.items() if len(shape) == 3]
-    device = ray.train.torch.get_device()
-    use_cuda = device.type == "cuda"
-    model = ray.train.torch.prepare_model(build_model(job.model, shapes, job.n_outputs))
-    optimizer = make_optimizer(job, model)
-    steps_per_epoch = max(1, config["train_events"] // (job.train.batch_size * context.get_world_size()) + 1)
-    scheduler = make_scheduler(job, optimizer, steps_per_epoch)
-    stopper = EarlyStopper(job)
-    history: list[dict] = []
-    start_epoch = 0
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        stopper.load(state["early_stopping"])
-        history, start_epoch = state["history"], state["epoch"] + 1
-        if rank == 0:
-            print(f"hepray: resumed from the checkpoint of epoch {state['epoch']}", flush=True)
-
+    run = WorkerRun(JobSpec.model_validate(config["job"]), config["train_events"])
+    start_epoch = run.restore(ray.train.get_checkpoint())
     writer = None
-    if rank == 0 and config.get("tensorboard_dir"):
+    if run.rank == 0 and config.get("tensorboard_dir"):
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(config["tensorboard_dir"])
-
-    generator = torch.Generator().manual_seed(job.train.seed + rank)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    # ModelBatch densifies sparse images in Ray's prefetch threads, overlapping the training step.
-    batch_kwargs = dict(batch_size=job.train.batch_size, device=device, prefetch_batches=2, pin_memory=use_cuda,
-                        collate_fn=ModelBatch())
-    # bf16 autocast only on CUDA: CPU autocast slows small convolutions and changes numerics in tests.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
-
-    meter = TrainMeter(job.name, rank, device)  # Prometheus metrics, published every few seconds
-    for epoch in range(start_epoch, job.train.epochs):
-        model.train()
-        meter.start_epoch(epoch)
-        loss_sum, seen, kept = 0.0, 0, []
-        epoch_started = time.perf_counter()
-        for batch in train_shard.iter_torch_batches(**batch_kwargs, local_shuffle_buffer_size=4 * job.train.batch_size,
-                                                    local_shuffle_seed=job.train.seed + epoch):
-            meter.waited()
-            inputs = augment({name: batch[name] for name in shapes}, image_names, job.data.augment, generator)
-            truth = batch[task.truth_column]
-            with autocast:
-                loss = task.loss(model(inputs), truth)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if job.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), job.train.grad_clip)
-            optimizer.step()
-            if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.last_epoch < scheduler.total_steps - 1:
-                scheduler.step()
-            step_loss = loss.item()
-            loss_sum += step_loss * len(truth)
-            meter.stepped(len(truth), step_loss)
-            seen += len(truth)
-            if sum(len(k[task.truth_column]) for k in kept) < TRAIN_EVAL_EVENTS:
-                kept.append({name: batch[name].detach() for name in (*shapes, task.truth_column)})
-
-        meter.flush()
-        train_seconds = time.perf_counter() - epoch_started
-        metrics = {"epoch": epoch, "train_loss": _global_mean(loss_sum, seen)}
-        # Events trained on per second (all workers), data waits included: benchmarks/train.py compares it.
-        metrics["train_events_per_s"] = _global_mean(seen, 1) * context.get_world_size() / train_seconds
-        metrics.update(evaluate_batches(model, task, shapes, kept, "train_eval", autocast))
-        val_batches = val_shard.iter_torch_batches(**batch_kwargs)
-        metrics.update(evaluate_batches(model, task, shapes, val_batches, "val", autocast))
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(metrics["val_loss"])
-        elif isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            scheduler.step()
-        # Plain floats: checkpoints are loaded with weights_only=True, which refuses numpy scalars.
-        metrics = {key: value if key == "epoch" else float(value) for key, value in metrics.items()}
-        stop = stopper.should_stop(metrics)
-        history.append(dict(metrics))
+    for epoch in range(start_epoch, run.job.train.epochs):
+        metrics = run.train_epoch(epoch)
+        metrics.update(run.validate(epoch))
+        stop = run.stopper.should_stop(metrics)
+        run.history.append(dict(metrics))
         metrics["stopped_early"] = float(stop)
         if writer is not None:
             for key, value in metrics.items():
                 writer.add_scalar(key, value, epoch)
             writer.flush()
-            print(progress_line(metrics, job.train.epochs), flush=True)  # Ray forwards it to the driver
-        _report(metrics, rank, {
-            "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "early_stopping": stopper.state(), "history": history, "epoch": epoch,
-        })
+            print(progress_line(metrics, run.job.train.epochs), flush=True)  # Ray forwards it to the driver
+        _report(metrics, run.rank, run.state(epoch))
         if stop:
             break
     if writer is not None:
         writer.close()
+
+
+class WorkerRun:
+    """One Ray Train worker's model, optimizer, schedule and data shards, epoch by epoch."""
+
+    def __init__(self, job: JobSpec, train_events: int):
+        self.job = job
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        torch.manual_seed(job.train.seed + self.rank)
+        np.random.seed(job.train.seed + self.rank)
+        self.task = Task(job.task)
+        self.shapes = job.data.input_shapes()
+        self.image_names = [name for name, shape in self.shapes.items() if len(shape) == 3]
+        self.device = ray.train.torch.get_device()
+        use_cuda = self.device.type == "cuda"
+        self.model = ray.train.torch.prepare_model(build_model(job.model, self.shapes, job.n_outputs))
+        self.optimizer = make_optimizer(job, self.model)
+        steps_per_epoch = max(1, train_events // (job.train.batch_size * self.world_size) + 1)
+        self.scheduler = make_scheduler(job, self.optimizer, steps_per_epoch)
+        self.stopper = EarlyStopper(job)
+        self.history: list[dict] = []
+        self.kept: list[dict] = []  # the epoch's first training batches, re-evaluated in eval mode
+        self.generator = torch.Generator().manual_seed(job.train.seed + self.rank)
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.val_shard = ray.train.get_dataset_shard("val")
+        # ModelBatch densifies sparse images in Ray's prefetch threads, overlapping the training step.
+        self.batch_kwargs = dict(batch_size=job.train.batch_size, device=self.device, prefetch_batches=2,
+                                 pin_memory=use_cuda, collate_fn=ModelBatch())
+        # bf16 autocast only on CUDA: CPU autocast slows small convolutions and changes numerics in tests.
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda
+                         else torch.autocast("cpu", enabled=False))
+        self.meter = TrainMeter(job.name, self.rank, self.device)  # Prometheus metrics, every few seconds
+
+    def restore(self, checkpoint) -> int:
+        """Load a checkpoint's state (resume); the epoch to start from."""
+        if not checkpoint:
+            return 0
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=self.device, weights_only=True)
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.stopper.load(state["early_stopping"])
+        self.history = state["history"]
+        if self.rank == 0:
+            print(f"hepray: resumed from the checkpoint of epoch {state['epoch']}", flush=True)
+        return state["epoch"] + 1
+
+    def state(self, epoch: int) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "early_stopping": self.stopper.state(), "history": self.history, "epoch": epoch,
+        }
+
+    def batches(self, shard, what: str, **options):
+        return watched(shard.iter_torch_batches(**self.batch_kwargs, **options), self.job.train.stall_seconds, what)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the train shard; the epoch's training loss and speed."""
+        self.model.train()
+        self.meter.start_epoch(epoch)
+        loss_sum, seen, self.kept = 0.0, 0, []
+        started = time.perf_counter()
+        batches = self.batches(self.train_shard, "training", local_shuffle_buffer_size=4 * self.job.train.batch_size,
+                               local_shuffle_seed=self.job.train.seed + epoch)
+        for number, batch in enumerate(batches):
+            self.meter.waited()
+            step_loss, events = self.step(batch, epoch, number)
+            loss_sum += step_loss * events
+            self.meter.stepped(events, step_loss)
+            seen += events
+            if sum(len(k[self.task.truth_column]) for k in self.kept) < TRAIN_EVAL_EVENTS:
+                self.kept.append({name: batch[name].detach() for name in (*self.shapes, self.task.truth_column)})
+        self.meter.flush()
+        seconds = time.perf_counter() - started
+        # Events trained on per second (all workers), data waits included: benchmarks/train.py compares it.
+        return {"epoch": epoch, "train_loss": _global_mean(loss_sum, seen),
+                "train_events_per_s": _global_mean(seen, 1) * self.world_size / seconds}
+
+    def step(self, batch: dict, epoch: int, number: int) -> tuple[float, int]:
+        """One optimizer step; the batch's loss and size. A non-finite loss stops the run."""
+        inputs = augment({name: batch[name] for name in self.shapes}, self.image_names, self.job.data.augment,
+                         self.generator)
+        truth = batch[self.task.truth_column]
+        with self.autocast:
+            loss = self.task.loss(self.model(inputs), truth)
+        step_loss = loss.item()
+        if not math.isfinite(step_loss):
+            raise TrainingStopped(f"training loss is {step_loss} at epoch {epoch + 1}, batch {number + 1} (worker "
+                                  f"{self.rank}): check the inputs' scale and norm, or lower train.lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.job.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.job.train.grad_clip)
+        self.optimizer.step()
+        scheduler = self.scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.last_epoch < scheduler.total_steps - 1:
+            scheduler.step()
+        return step_loss, len(truth)
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Eval-mode metrics on the kept training events and the val shard; steps epoch-wise schedules."""
+        metrics = evaluate_batches(self.model, self.task, self.shapes, self.kept, "train_eval", self.autocast)
+        val_batches = self.batches(self.val_shard, "validation")
+        metrics.update(evaluate_batches(self.model, self.task, self.shapes, val_batches, "val", self.autocast))
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(metrics["val_loss"])
+        elif isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self.scheduler.step()
+        # Plain floats: checkpoints are loaded with weights_only=True, which refuses numpy scalars.
+        return {key: float(value) for key, value in metrics.items()}
 
 
 def evaluate_batches(model, task: Task, shapes, batches, prefix: str, autocast) -> dict[str, float]:

@@ -2,20 +2,68 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import ray
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from hepray.spec import JobSpec
+from hepray.spec import JobSpec, ScalingSpec, SpecError
 from hepray.train.loop import train_loop_per_worker
+
+
+READ_CPUS = 1.0  # a Ray Data read task's CPU: training must leave at least this much free
+
+
+class ResourceError(SpecError):
+    """The job's scaling cannot run on this cluster: the message names the numbers and what to set."""
+
+
+def _cluster_cpus() -> tuple[float, int]:
+    """The cluster's CPUs and its nodes that have CPUs."""
+    nodes = [node for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
+    return ray.cluster_resources().get("CPU", 0.0), max(1, len(nodes))
+
+
+def _floor_twentieth(value: float) -> float:
+    return math.floor(value * 20 + 1e-9) / 20
+
+
+def worker_cpus(scaling: ScalingSpec, trials: int = 1, reserved: float = 0.0) -> float:
+    """CPUs per Ray Train worker: `auto` gives each of `trials` runs' workers up to one CPU, leaving
+    one CPU per node for reading (and `reserved` CPUs, e.g. Tune's trial drivers); may be <= 0."""
+    if scaling.cpus_per_worker != "auto":
+        return scaling.cpus_per_worker
+    cpus, nodes = _cluster_cpus()
+    return min(1.0, _floor_twentieth((cpus - READ_CPUS * nodes - reserved) / (trials * scaling.num_workers)))
+
+
+def check_scaling(scaling: ScalingSpec, trials: int = 1, reserved: float = 0.0) -> float:
+    """The CPUs per worker, or a ResourceError when the workers would leave no CPU for reading
+    (Ray Data's read tasks would wait forever) or ask for GPUs the cluster does not have."""
+    cpus, _ = _cluster_cpus()
+    per_worker = worker_cpus(scaling, trials, reserved)
+    workers = trials * scaling.num_workers
+    if per_worker <= 0 or workers * per_worker + reserved > cpus - READ_CPUS:
+        largest = _floor_twentieth((cpus - READ_CPUS - reserved) / workers)
+        fewer = int((cpus - READ_CPUS - reserved) // min(per_worker, 1.0)) if per_worker > 0 else 0
+        advice = (f"set scaling.cpus_per_worker <= {largest:g}" if largest > 0 else "add CPUs to the cluster")
+        if per_worker > 0 and fewer >= 1:
+            advice += f" or scaling.num_workers <= {fewer // trials or 1}"
+        raise ResourceError(
+            f"scaling: {workers} workers x {per_worker:g} CPU leave no CPU for reading on a {cpus:g}-CPU cluster; {advice}")
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if scaling.use_gpu is True and workers * scaling.gpus_per_worker > gpus:
+        raise ResourceError(f"scaling: {workers} workers x {scaling.gpus_per_worker:g} GPU ask for more than the "
+                            f"cluster's {gpus:g} GPUs; set scaling.use_gpu: auto or fewer workers")
+    return per_worker
 
 
 def scaling_config(job: JobSpec) -> ScalingConfig:
     s = job.scaling
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if s.use_gpu == "auto" else s.use_gpu
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if use_gpu else {})}
+    resources = {"CPU": worker_cpus(s), **({"GPU": s.gpus_per_worker} if use_gpu else {})}
     return ScalingConfig(num_workers=s.num_workers, use_gpu=use_gpu, resources_per_worker=resources)
 
 

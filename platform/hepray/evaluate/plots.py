@@ -21,6 +21,7 @@ from scipy.special import expit, softmax  # noqa: E402
 from . import metrics, resolution  # noqa: E402
 
 EFF_GRID = np.linspace(0.005, 1.0, 400)
+DPI = 100  # tests/test_plots.py lowers it to keep its reference images small
 
 
 @contextmanager
@@ -29,7 +30,8 @@ def _figure(path: Path, figsize=(8, 6), **kw):
         fig, ax = plt.subplots(figsize=figsize, **kw)
         try:
             yield fig, ax
-            fig.savefig(path, dpi=100, bbox_inches="tight")
+            # no "Software" tag: the same figure gives the same bytes whatever matplotlib wrote it
+            fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
         finally:
             plt.close(fig)
 

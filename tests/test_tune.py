@@ -122,7 +122,8 @@ def test_report_reuses_only_finished_runs(tmp_path, base_job_file):
 def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session, tmp_path, base_job_file):
     # Two trials of 0.75 CPUs each would leave no CPU of the session's 2 for Ray Data: refused.
     spec, base, base_raw = load_search(write_search(tmp_path, base_job_file, max_concurrent_trials=2))
-    with pytest.raises(SpecError, match="leave less than 1 of the cluster's 2 CPUs for reading data"):
+    with pytest.raises(SpecError, match=r"2 concurrent trials with 0.25 driver CPUs each: scaling: 2 workers x 0.5 CPU "
+                                        r"leave no CPU for reading on a 2-CPU cluster; set scaling.cpus_per_worker <= 0.25"):
         run_search(spec, base, base_raw, tmp_path / "refused")
 
     path = write_search(tmp_path, base_job_file)

@@ -29,10 +29,11 @@ import numpy as np
 import ray
 
 from hepray.data.pipeline import build_dataset
-from hepray.data.root_source import DataError, EventReader, SkipLedger, file_key, labelled_files, plan_reads
+from hepray.data.root_source import DataError, EventReader, ReadPlan, SkipLedger, file_key, labelled_files, plan_reads
 from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, Engine, load_job, predict
 from hepray.spec import DataSpec, JobSpec, TrackMomenta
 from hepray.train.tasks import Task
+from hepray.train.trainer import READ_CPUS, worker_cpus
 from hepray.app.session import ensure_ray
 
 TREE = "predictions"
@@ -176,8 +177,13 @@ def output_paths(paths: list[str], out_dir: Path, fmt: Format) -> list[Path]:
 def default_concurrency(job: JobSpec) -> int:
     """The job's worker count as model actors, leaving at least one CPU for the read tasks
     (actors holding every CPU would starve the reads that feed them)."""
-    spare = int((ray.cluster_resources().get("CPU", 1) - 1) // job.scaling.cpus_per_worker)
+    spare = int((ray.cluster_resources().get("CPU", 1) - READ_CPUS) // actor_cpus(job))
     return max(1, min(job.scaling.num_workers, spare))
+
+
+def actor_cpus(job: JobSpec) -> float:
+    """CPUs per model actor: the job's CPUs per worker, `auto` resolved on this cluster."""
+    return max(0.05, worker_cpus(job.scaling))
 
 
 def default_gpus(job: JobSpec) -> float:
@@ -187,16 +193,35 @@ def default_gpus(job: JobSpec) -> float:
     return scaling.gpus_per_worker if scaling.use_gpu is True or (scaling.use_gpu == "auto" and has_gpus) else 0.0
 
 
+def checked_model_path(run_dir: Path, engine: Engine) -> Path:
+    """RUN_DIR's model file, checked (with the ONNX export for engine onnx) before Ray starts, so a
+    wrong directory fails at once with a hint."""
+    model_path = run_dir / MODEL_FILE
+    for needed in (model_path, *([run_dir / ONNX_FILE] if engine == "onnx" else [])):
+        if not needed.is_file():
+            raise DataError(f"{needed}: no such file (is {run_dir} the output directory of `hepray run`?)")
+    return model_path
+
+
+def planned_entries(spec: DataSpec, plan: ReadPlan) -> tuple[list[str], dict[str, int]]:
+    """The inputs that get an output (those not skipped whole) and their entry counts, taken from the
+    plan's ranges, which cover every entry: no file is opened again to count them."""
+    skipped_files = {path for path, _, _ in plan.skipped}
+    paths = [path for path, _ in labelled_files(spec) if path not in skipped_files]
+    entries = dict.fromkeys(paths, 0)
+    for ranges in plan.tasks:
+        for entry_range in ranges:
+            entries[entry_range.path] = max(entries[entry_range.path], entry_range.stop)
+    return paths, entries
+
+
 def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | None = None, fmt: Format = "root",
                   concurrency: int | None = None, num_gpus: float | None = None, engine: Engine = "torch",
                   batch_size: int = 1024, observers: list[str] | None = None) -> PredictReport:
     """Score every entry of `files` with RUN_DIR's model and write one output per file."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    model_path = run_dir / MODEL_FILE
-    for needed in (model_path, *([run_dir / ONNX_FILE] if engine == "onnx" else [])):
-        if not needed.is_file():
-            raise DataError(f"{needed}: no such file (is {run_dir} the output directory of `hepray run`?)")
+    model_path = checked_model_path(run_dir, engine)
     job = load_job(model_path)
     ensure_ray()
     observers = job.data.observers if observers is None else observers
@@ -206,12 +231,7 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
     out_dir.mkdir(parents=True, exist_ok=True)
 
     plan = plan_reads(spec, EventReader(spec, None).branches(), allow_empty=True)
-    skipped_files = {path for path, _, _ in plan.skipped}
-    paths = [path for path, _ in labelled_files(spec) if path not in skipped_files]
-    entries = dict.fromkeys(paths, 0)
-    for ranges in plan.tasks:
-        for entry_range in ranges:
-            entries[entry_range.path] = max(entries[entry_range.path], entry_range.stop)
+    paths, entries = planned_entries(spec, plan)
     outputs = output_paths(paths, out_dir, fmt)
 
     ledger_name = f"hepray-skips-{uuid.uuid4().hex[:12]}" if spec.on_error == "skip" else None
@@ -223,7 +243,7 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
             dataset = build_dataset(spec, None, plan, ledger_name, sparse=True, flag_cut=True, file_column=True)
             dataset.context.execution_options.preserve_order = True  # this dataset's own copy of the context
             predicted = predict(dataset, model_path, engine=engine, batch_size=batch_size,
-                                concurrency=concurrency or default_concurrency(job), num_cpus=job.scaling.cpus_per_worker,
+                                concurrency=concurrency or default_concurrency(job), num_cpus=actor_cpus(job),
                                 num_gpus=default_gpus(job) if num_gpus is None else num_gpus)
             index_of = FileIndex(paths)
             for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):

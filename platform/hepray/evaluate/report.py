@@ -41,6 +41,68 @@ def _scan_table(sc: resolution.EnergyScan) -> dict:
             "resolution_rms": sc.rms_rel, "fit": sc.fit}
 
 
+def _checked_inputs(task, outputs, truth, observers, baselines):
+    """outputs [N, K] float64, truth [N], baselines and observers as arrays, each checked against N:
+    a shape mismatch is a caller's bug, so it raises rather than evaluating misaligned events."""
+    truth = np.asarray(truth).reshape(-1)
+    n = truth.size
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 1:
+        outputs = outputs[:, None]
+    if outputs.shape[0] != n:
+        raise ValueError(f"outputs have {outputs.shape[0]} rows for {n} truth values")
+    if task != "multiclass" and outputs.shape[1] != 1:
+        raise ValueError(f"{task} outputs must be [N, 1], got {outputs.shape}")
+    checked = {}
+    for name, baseline in (baselines or {}).items():
+        baseline = np.asarray(baseline)
+        if baseline.shape[0] != n:
+            raise ValueError(f"baseline {name!r} has {baseline.shape[0]} rows for {n} events")
+        checked[name] = baseline if task == "multiclass" else baseline.reshape(n, -1)[:, 0]
+    obs = {}
+    for k, v in observers.items():
+        v = np.asarray(v).reshape(-1)
+        if v.size != n:
+            raise ValueError(f"observer {k!r} has {v.size} values for {n} events")
+        obs[k] = v
+    return outputs, truth, checked, obs
+
+
+def _finite_events(outputs, truth, baselines, obs):
+    """Drop events with a non-finite output or truth, so one bad event does not turn every metric
+    into NaN; returns the arrays and how many events were dropped."""
+    n = truth.size
+    ok = np.isfinite(outputs).all(axis=1) & np.isfinite(truth.astype(np.float64))
+    n_bad = int(n - ok.sum())
+    if n_bad:
+        log.warning("evaluate: %d of %d events have non-finite outputs or truth and are dropped", n_bad, n)
+        outputs, truth = outputs[ok], truth[ok]
+        baselines = {name: baseline[ok] for name, baseline in baselines.items()}
+        obs = {k: v[ok] for k, v in obs.items()}
+    return outputs, truth, baselines, obs, n_bad
+
+
+def _energy_scans(pred, truth, obs, energy, used_bins, baselines):
+    """Regression: resolution and response vs the true energy, for the model and each baseline,
+    and their a/sqrt(E) (+) b (+) c/E fits as metrics. Bins are ``used_bins[energy]`` or, if
+    absent, equal-population bins, recorded in ``used_bins`` so the ``@energy[...)`` keys use them too."""
+    scans: dict[str, resolution.EnergyScan] = {}
+    fits: dict[str, float] = {}
+    if energy not in obs:
+        log.warning("evaluate: energy observer %r not available, no resolution-vs-energy fit", energy)
+        return scans, fits
+    e = obs[energy].astype(np.float64)
+    edges = used_bins.get(energy) or resolution.quantile_edges(e, DEFAULT_ENERGY_BINS)
+    used_bins[energy] = edges
+    estimators = {"test": ("model", pred)}
+    estimators.update({f"baseline_{name}": (name, b) for name, b in baselines.items()})
+    for prefix, (label, est) in estimators.items():
+        sc = resolution.energy_scan(est, truth, e, edges)
+        scans[label] = sc
+        fits.update({f"{prefix}_{k}": float(v) for k, v in sc.fit.items()})
+    return scans, fits
+
+
 def evaluate_predictions(
     task: str,
     outputs: np.ndarray,
@@ -70,36 +132,8 @@ def evaluate_predictions(
     if task not in ("binary", "multiclass", "regression"):
         raise ValueError(f"unknown task {task!r}")
     out_dir = Path(out_dir)
-    truth = np.asarray(truth).reshape(-1)
-    n = truth.size
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if outputs.ndim == 1:
-        outputs = outputs[:, None]
-    if outputs.shape[0] != n:
-        raise ValueError(f"outputs have {outputs.shape[0]} rows for {n} truth values")
-    if task != "multiclass" and outputs.shape[1] != 1:
-        raise ValueError(f"{task} outputs must be [N, 1], got {outputs.shape}")
-    checked = {}
-    for name, baseline in (baselines or {}).items():
-        baseline = np.asarray(baseline)
-        if baseline.shape[0] != n:
-            raise ValueError(f"baseline {name!r} has {baseline.shape[0]} rows for {n} events")
-        checked[name] = baseline if task == "multiclass" else baseline.reshape(n, -1)[:, 0]
-    baselines = checked
-    obs = {}
-    for k, v in observers.items():
-        v = np.asarray(v).reshape(-1)
-        if v.size != n:
-            raise ValueError(f"observer {k!r} has {v.size} values for {n} events")
-        obs[k] = v
-
-    ok = np.isfinite(outputs).all(axis=1) & np.isfinite(truth.astype(np.float64))
-    n_bad = int(n - ok.sum())
-    if n_bad:
-        log.warning("evaluate: %d of %d events have non-finite outputs or truth and are dropped", n_bad, n)
-        outputs, truth = outputs[ok], truth[ok]
-        baselines = {name: baseline[ok] for name, baseline in baselines.items()}
-        obs = {k: v[ok] for k, v in obs.items()}
+    outputs, truth, baselines, obs = _checked_inputs(task, outputs, truth, observers, baselines)
+    outputs, truth, baselines, obs, n_bad = _finite_events(outputs, truth, baselines, obs)
     if task != "regression":
         truth = truth.astype(np.int64)
 
@@ -109,19 +143,8 @@ def evaluate_predictions(
     used_bins = {k: metrics.clean_edges(v) for k, v in bins.items()}
     scans: dict[str, resolution.EnergyScan] = {}
     if task == "regression" and energy:
-        if energy not in obs:
-            log.warning("evaluate: energy observer %r not available, no resolution-vs-energy fit", energy)
-        else:
-            e = obs[energy].astype(np.float64)
-            edges = used_bins.get(energy) or resolution.quantile_edges(e, DEFAULT_ENERGY_BINS)
-            used_bins[energy] = edges
-            pred = outputs[:, 0]
-            estimators = {"test": ("model", pred)}
-            estimators.update({f"baseline_{name}": (name, b) for name, b in baselines.items()})
-            for prefix, (label, est) in estimators.items():
-                sc = resolution.energy_scan(est, truth, e, edges)
-                scans[label] = sc
-                result.update({f"{prefix}_{k}": float(v) for k, v in sc.fit.items()})
+        scans, fits = _energy_scans(outputs[:, 0], truth, obs, energy, used_bins, baselines)
+        result.update(fits)
 
     result.update(metrics.binned_metrics(task, outputs, truth, class_names, obs, used_bins, baselines))
     result.update(extra_metrics or {})

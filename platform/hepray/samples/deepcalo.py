@@ -264,87 +264,89 @@ def _native_cells(grid, seed_i, seed_j, g_eta, g_phi):
     return gid_eta, gid_phi, sums
 
 
-def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
-    """One chunk of ``n`` clusters of ``kind`` ("electron" or "photon") as arrays."""
-    if kind not in CLASSES:
-        raise ValueError(f"unknown class {kind!r}: expected one of {CLASSES}")
-    # eta uniform over barrel + endcap (no crack), both signs
+def _kinematics(rng, n):
+    """True |eta|, eta, phi and E_T of ``n`` clusters: eta uniform over barrel + endcap (no crack),
+    both signs; E_T log-uniform."""
     span_b, span_e = BARREL_MAX, ENDCAP_MAX - ENDCAP_MIN
     x = rng.random(n) * (span_b + span_e)
     abs_eta = np.where(x < span_b, x, ENDCAP_MIN + (x - span_b))
     eta_true = abs_eta * rng.choice([-1.0, 1.0], n)
     phi_true = rng.uniform(-np.pi, np.pi, n)
     et = ET_RANGE[0] * (ET_RANGE[1] / ET_RANGE[0]) ** rng.random(n)
-    e_true = et * np.cosh(eta_true)
-    barrel = abs_eta < BARREL_MAX
+    return abs_eta, eta_true, phi_true, et
 
-    # impact point in middle-layer cell units; the seed is its cell
-    seed_i = np.floor(eta_true / CELL_ETA).astype(np.int64)
-    seed_j = np.floor(phi_true / CELL_PHI).astype(np.int64)
-    u = eta_true / CELL_ETA - seed_i
-    v = phi_true / CELL_PHI - seed_j
 
-    tracker = TRACKER_SHARE * front_material(abs_eta)
-    make = _electron if kind == "electron" else _photon
-    showers, trk_pt, conv = make(rng, n, e_true, et, u, v, tracker, abs_eta)
-
-    # pile-up: actual interactions around <mu>, vertices found among them
+def _pileup(rng, n):
+    """<mu>, the actual interactions around it and the vertices found among them."""
     mu = rng.uniform(*MU_RANGE, n)
     actual = rng.poisson(mu)
     npv = rng.binomial(actual, VERTEX_EFFICIENCY)
-    cosh = np.cosh(eta_true)
-    pileup_shift = cosh * (IN_TIME_ET * (actual - mu) + OUT_OF_TIME_ET * (mu - 30.0))  # per middle cell
+    return mu, actual, npv
 
-    bounds = layer_bounds(abs_eta)
-    deposits = _layer_energies(rng, showers, bounds)
-    # sampling fluctuations of the accordion, one factor per event (the layers share the shower)
+
+def _accordion_smear(rng, n, showers: _Showers, deposits, barrel):
+    """Sampling fluctuations of the accordion: one factor per event, as the layers share the shower."""
     accordion = sum(np.bincount(showers.evt, weights=deposits[layer], minlength=n) for layer in ("l1", "l2", "l3"))
     stochastic = np.where(barrel, SAMPLING["barrel"], SAMPLING["endcap"])
     relative = np.hypot(stochastic / np.sqrt(np.maximum(accordion, 1e-3)), CONSTANT_TERM)
-    smear = 1.0 + relative * rng.standard_normal(n)
+    return 1.0 + relative * rng.standard_normal(n)
 
-    lo, hi = PAD, PAD + WINDOW
+
+def _cluster_cells(barrel):
+    """Which image cells are in the cluster: (n, WINDOW, WINDOW), 3 x 7 (barrel) or 5 x 5 (endcap)
+    around the seed cell."""
     half_eta = np.where(barrel, CLUSTER["barrel"][0] // 2, CLUSTER["endcap"][0] // 2)
     half_phi = np.where(barrel, CLUSTER["barrel"][1] // 2, CLUSTER["endcap"][1] // 2)
     offsets = np.arange(WINDOW) - WINDOW // 2
-    in_cluster = ((np.abs(offsets)[None, :, None] <= half_eta[:, None, None])
-                  & (np.abs(offsets)[None, None, :] <= half_phi[:, None, None]))
-    has_ps = abs_eta < PRESAMPLER_MAX
+    return ((np.abs(offsets)[None, :, None] <= half_eta[:, None, None])
+            & (np.abs(offsets)[None, None, :] <= half_phi[:, None, None]))
 
-    images, noise_maps, layer_sums = [], [], {}
-    for layer in LAYERS:
-        core = 1.0 - TAIL_FRACTION[layer]
-        components = [(CORE_SIGMA[layer], deposits[layer] * core)]
-        if TAIL_FRACTION[layer] > 0:
-            components.append((TAIL_SIGMA, deposits[layer] * TAIL_FRACTION[layer]))
-        grid = _deposit(n, showers, components)
-        if layer != "ps":
-            grid *= smear[:, None, None]
-        g_eta, g_phi = NATIVE[layer]
-        gid_eta, gid_phi, native = _native_cells(grid, seed_i, seed_j, g_eta, g_phi)
-        cells_per_native = g_eta * g_phi
-        sigma = np.hypot(ELECTRONIC_NOISE[layer], PILEUP_NOISE[layer] * cosh * np.sqrt(actual) * np.sqrt(cells_per_native))
-        native += pileup_shift[:, None, None] * cells_per_native
-        native += sigma[:, None, None] * rng.standard_normal(native.shape)
-        if layer == "ps":
-            native *= has_ps[:, None, None]
-            sigma = np.where(has_ps, sigma, 0.0)
-        evt = np.arange(n)[:, None, None]
-        spread = native[evt, gid_eta[:, :, None], gid_phi[:, None, :]] / cells_per_native
-        image = spread[:, lo:hi, lo:hi]
-        images.append(image)
-        noise_maps.append(np.broadcast_to((sigma / cells_per_native)[:, None, None], image.shape))
-        layer_sums[layer] = np.sum(image * in_cluster, axis=(1, 2))
 
-    e_acc = layer_sums["l1"] + layer_sums["l2"] + layer_sums["l3"]
-    # cluster position: energy-weighted middle-layer barycentre in eta inside the cluster
-    l2 = np.clip(images[2], 0.0, None) * in_cluster
+def _shower_grid(n, layer, showers: _Showers, deposit, smear):
+    """One layer's shower energy on the padded middle-cell grid: core (+ tail) profiles, the
+    accordion layers with the event's sampling fluctuation."""
+    core = 1.0 - TAIL_FRACTION[layer]
+    components = [(CORE_SIGMA[layer], deposit * core)]
+    if TAIL_FRACTION[layer] > 0:
+        components.append((TAIL_SIGMA, deposit * TAIL_FRACTION[layer]))
+    grid = _deposit(n, showers, components)
+    if layer != "ps":
+        grid *= smear[:, None, None]
+    return grid
+
+
+def _read_out(rng, layer, grid, seed_i, seed_j, cosh, actual, pileup_shift, has_ps):
+    """A layer's image and noise per middle cell: pile-up and noise are added per native cell (what
+    the detector reads out), which is then spread uniformly over the middle cells it covers."""
+    n = len(seed_i)
+    g_eta, g_phi = NATIVE[layer]
+    gid_eta, gid_phi, native = _native_cells(grid, seed_i, seed_j, g_eta, g_phi)
+    cells_per_native = g_eta * g_phi
+    sigma = np.hypot(ELECTRONIC_NOISE[layer], PILEUP_NOISE[layer] * cosh * np.sqrt(actual) * np.sqrt(cells_per_native))
+    native += pileup_shift[:, None, None] * cells_per_native
+    native += sigma[:, None, None] * rng.standard_normal(native.shape)
+    if layer == "ps":
+        native *= has_ps[:, None, None]
+        sigma = np.where(has_ps, sigma, 0.0)
+    evt = np.arange(n)[:, None, None]
+    spread = native[evt, gid_eta[:, :, None], gid_phi[:, None, :]] / cells_per_native
+    image = spread[:, PAD:PAD + WINDOW, PAD:PAD + WINDOW]
+    return image, np.broadcast_to((sigma / cells_per_native)[:, None, None], image.shape)
+
+
+def _cluster_position(middle, in_cluster, seed_i, seed_j):
+    """Cluster eta, phi: the energy-weighted barycentre of the middle layer inside the cluster."""
+    offsets = np.arange(WINDOW) - WINDOW // 2
+    l2 = np.clip(middle, 0.0, None) * in_cluster
     weight = np.maximum(l2.sum(axis=(1, 2)), 1e-9)
     eta = (seed_i + 0.5 + (l2.sum(axis=2) * offsets).sum(axis=1) / weight) * CELL_ETA
     phi = (seed_j + 0.5 + (l2.sum(axis=1) * offsets).sum(axis=1) / weight) * CELL_PHI
-    phi = (phi + np.pi) % (2 * np.pi) - np.pi
+    return eta, (phi + np.pi) % (2 * np.pi) - np.pi
 
-    # image cells above zero suppression, in (event, layer, eta, phi) order
+
+def _image_cells(images, noise_maps, seed_i, seed_j) -> dict:
+    """The image's cells above zero suppression, in (event, layer, eta, phi) order, as jagged branches."""
+    n = len(seed_i)
     stack = np.stack(images, axis=1)  # (n, 4, W, W)
     noise = np.stack(noise_maps, axis=1)
     keep = np.abs(stack) > ZERO_SUPPRESSION * noise
@@ -361,6 +363,47 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     def jag(values):
         return ak.unflatten(np.asarray(values, dtype=np.float32), counts)
 
+    return {"cell_eta": jag(cell_eta), "cell_phi": jag(cell_phi), "cell_e": jag(stack.reshape(-1)[flat]),
+            "cell_layer": jag(layer)}
+
+
+def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
+    """One chunk of ``n`` clusters of ``kind`` ("electron" or "photon") as arrays."""
+    if kind not in CLASSES:
+        raise ValueError(f"unknown class {kind!r}: expected one of {CLASSES}")
+    abs_eta, eta_true, phi_true, et = _kinematics(rng, n)
+    e_true = et * np.cosh(eta_true)
+    barrel = abs_eta < BARREL_MAX
+
+    # impact point in middle-layer cell units; the seed is its cell
+    seed_i = np.floor(eta_true / CELL_ETA).astype(np.int64)
+    seed_j = np.floor(phi_true / CELL_PHI).astype(np.int64)
+    u = eta_true / CELL_ETA - seed_i
+    v = phi_true / CELL_PHI - seed_j
+
+    tracker = TRACKER_SHARE * front_material(abs_eta)
+    make = _electron if kind == "electron" else _photon
+    showers, trk_pt, conv = make(rng, n, e_true, et, u, v, tracker, abs_eta)
+
+    mu, actual, npv = _pileup(rng, n)
+    cosh = np.cosh(eta_true)
+    pileup_shift = cosh * (IN_TIME_ET * (actual - mu) + OUT_OF_TIME_ET * (mu - 30.0))  # per middle cell
+
+    deposits = _layer_energies(rng, showers, layer_bounds(abs_eta))
+    smear = _accordion_smear(rng, n, showers, deposits, barrel)
+    in_cluster = _cluster_cells(barrel)
+    has_ps = abs_eta < PRESAMPLER_MAX
+
+    images, noise_maps, layer_sums = [], [], {}
+    for layer in LAYERS:
+        grid = _shower_grid(n, layer, showers, deposits[layer], smear)
+        image, noise_map = _read_out(rng, layer, grid, seed_i, seed_j, cosh, actual, pileup_shift, has_ps)
+        images.append(image)
+        noise_maps.append(noise_map)
+        layer_sums[layer] = np.sum(image * in_cluster, axis=(1, 2))
+
+    e_acc = layer_sums["l1"] + layer_sums["l2"] + layer_sums["l3"]
+    eta, phi = _cluster_position(images[2], in_cluster, seed_i, seed_j)
     f32 = np.float32
     return {
         "e_true": e_true.astype(f32),
@@ -379,10 +422,7 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
         "e_l3": layer_sums["l3"].astype(f32),
         "seed_eta": ((seed_i + 0.5) * CELL_ETA).astype(f32),
         "seed_phi": (((seed_j + N_PHI // 2) % N_PHI - N_PHI // 2 + 0.5) * CELL_PHI).astype(f32),
-        "cell_eta": jag(cell_eta),
-        "cell_phi": jag(cell_phi),
-        "cell_e": jag(stack.reshape(-1)[flat]),
-        "cell_layer": jag(layer),
+        **_image_cells(images, noise_maps, seed_i, seed_j),
     }
 
 

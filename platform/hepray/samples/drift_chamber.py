@@ -275,6 +275,31 @@ def _moyal(rng, shape):
     return -2.0 * np.log(np.abs(rng.standard_normal(shape)) + 1e-300)
 
 
+def _layer_crossings(radius, turn, phi0, dz_ds, z0):
+    """Where helices (arrays over tracks) cross the layers within their length: every track x
+    layer x crossing (out, in per turn) is one candidate, so all tracks are swum at once.
+    Returns flat arrays over the crossings: track index, layer, arc length, z and azimuth."""
+    crossing = np.arange(2 * MAX_TURNS)
+    ratio = RADIUS[None, :] / (2 * radius[:, None])  # (T, L)
+    reaches = ratio < 1.0
+    half_angle = np.arcsin(np.minimum(ratio, 1.0))  # s_out / (2R)
+    outgoing = (crossing % 2 == 0)[None, None, :]
+    whole_turns = (crossing // 2)[None, None, :]
+    # arc length / (2R): outgoing a + pi k; incoming pi (k + 1) - a
+    u = np.where(outgoing, half_angle[:, :, None] + np.pi * whole_turns,
+                 np.pi * (whole_turns + 1) - half_angle[:, :, None])
+    s = 2 * radius[:, None, None] * u
+    z = z0[:, None, None] + s * dz_ds[:, None, None]
+    # the hit's azimuth is the chord's direction, phi0 + turn * s / 2R; every turn passes the
+    # same transverse points, so the whole turns drop out of it (only z advances)
+    phi = phi0[:, None, None] + turn[:, None, None] * (u - np.pi * whole_turns)
+    # a track whose circle does not close inside the chamber leaves through the outer wall
+    stays = (2 * radius < OUTER_WALL)[:, None, None] | (crossing == 0)[None, None, :]
+    valid = reaches[:, :, None] & stays & (np.abs(z) < HALF_LENGTH[None, :, None])
+    track, layer, _ = np.nonzero(valid)
+    return track, layer, s[valid], z[valid], phi[valid]
+
+
 def swim(rng, p4, charge, mass, z0):
     """Hits of flat tracks (arrays over tracks) in the chamber.
 
@@ -286,28 +311,7 @@ def swim(rng, p4, charge, mass, z0):
     p = np.sqrt(pt**2 + pz**2)
     radius = pt * MM_PER_GEV
     turn = -charge.astype(np.float64)  # +1: counter-clockwise seen from +z
-    phi0 = np.arctan2(py, px)
-
-    # candidates: track x layer x crossing (out, in per turn)
-    crossing = np.arange(2 * MAX_TURNS)
-    ratio = RADIUS[None, :] / (2 * radius[:, None])  # (T, L)
-    reaches = ratio < 1.0
-    half_angle = np.arcsin(np.minimum(ratio, 1.0))  # s_out / (2R)
-    outgoing = (crossing % 2 == 0)[None, None, :]
-    whole_turns = (crossing // 2)[None, None, :]
-    # arc length / (2R): outgoing a + pi k; incoming pi (k + 1) - a
-    u = np.where(outgoing, half_angle[:, :, None] + np.pi * whole_turns,
-                 np.pi * (whole_turns + 1) - half_angle[:, :, None])
-    s = 2 * radius[:, None, None] * u
-    z = z0[:, None, None] + s * (pz / pt)[:, None, None]
-    # the hit's azimuth is the chord's direction, phi0 + turn * s / 2R; every turn passes the
-    # same transverse points, so the whole turns drop out of it (only z advances)
-    phi = phi0[:, None, None] + turn[:, None, None] * (u - np.pi * whole_turns)
-    # a track whose circle does not close inside the chamber leaves through the outer wall
-    stays = (2 * radius < OUTER_WALL)[:, None, None] | (crossing == 0)[None, None, :]
-    valid = reaches[:, :, None] & stays & (np.abs(z) < HALF_LENGTH[None, :, None])
-    track, layer, _ = np.nonzero(valid)
-    s, z, phi = s[valid], z[valid], phi[valid]
+    track, layer, s, z, phi = _layer_crossings(radius, turn, np.arctan2(py, px), pz / pt, z0)
 
     # nearest wire at this z: a stereo wire's azimuth moves linearly from east to west
     half = HALF_LENGTH[layer]
@@ -317,7 +321,7 @@ def swim(rng, p4, charge, mass, z0):
     offset = position - nearest  # in cells, [-0.5, 0.5]
     wire = nearest.astype(np.int64) % N_WIRES[layer]
 
-    sin_cross = ratio[track, layer]  # sine of the angle between track and radial direction
+    sin_cross = RADIUS[layer] / (2 * radius[track])  # sine of the angle between track and radial direction
     cos_cross = np.sqrt(np.clip(1.0 - sin_cross**2, 0.0, None))
     sin_theta = (pt / p)[track]
     path = THICKNESS[layer] / (np.maximum(cos_cross, 0.25) * sin_theta)
@@ -342,7 +346,8 @@ def swim(rng, p4, charge, mass, z0):
 
 
 def _noise(rng, n, mean):
-    """Noise hits: Poisson(mean) per event, uniform over the cells."""
+    """Noise hits: Poisson(mean) per event, uniform over the cells. Returned like the tracks' hits
+    (event, TRK, layer, wire, arc length, drift, charge) with TRK 0 and no arc length (inf)."""
     count = rng.poisson(mean, n)
     event = np.repeat(np.arange(n), count)
     m = len(event)
@@ -352,7 +357,16 @@ def _noise(rng, n, mean):
     wire = cell - np.concatenate([[0], cells[:-1]])[layer]
     drift = rng.uniform(0, 0.5, m) * CELL[layer]
     charge_adc = rng.exponential(NOISE_RC_MEAN, m)
-    return event, layer, wire, drift, charge_adc
+    return event, np.zeros(m, dtype=np.int64), layer, wire, np.full(m, np.inf), drift, charge_adc
+
+
+def _first_in_cell(rng, event, layer, wire, arc):
+    """Indices of the hits that fire a cell: a cell fires once per event, the earliest crossing
+    (smallest arc length) wins; 2 % of the cells are dead."""
+    key = (event * N_LAYERS + layer) * int(N_WIRES.max()) + wire
+    order = np.lexsort((arc, key))
+    first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+    return first[rng.random(len(first)) < CELL_EFFICIENCY]
 
 
 def generate_chunk(rng: np.random.Generator, n: int, kind: str, noise_hits: float = 0.0) -> dict:
@@ -366,20 +380,11 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str, noise_hits: floa
     event, trk = np.divmod(track, TRACKS)
     trk = trk + 1
 
-    # one hit per fired cell: the earliest crossing (smallest arc length) wins; 2 % cells dead
-    key = (event * N_LAYERS + layer) * int(N_WIRES.max()) + wire
-    order = np.lexsort((arc, key))
-    first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
-    first = first[rng.random(len(first)) < CELL_EFFICIENCY]
-    event, trk, layer, wire, arc, drift, deposit = (a[first] for a in (event, trk, layer, wire, arc, drift, deposit))
-
+    first = _first_in_cell(rng, event, layer, wire, arc)
+    hits = tuple(a[first] for a in (event, trk, layer, wire, arc, drift, deposit))
     if noise_hits > 0:
-        n_event, n_layer, n_wire, n_drift, n_deposit = _noise(rng, n, noise_hits)
-        event = np.concatenate([event, n_event])
-        trk = np.concatenate([trk, np.zeros(len(n_event), dtype=trk.dtype)])
-        layer, wire = np.concatenate([layer, n_layer]), np.concatenate([wire, n_wire])
-        arc = np.concatenate([arc, np.full(len(n_event), np.inf)])
-        drift, deposit = np.concatenate([drift, n_drift]), np.concatenate([deposit, n_deposit])
+        hits = tuple(np.concatenate(pair) for pair in zip(hits, _noise(rng, n, noise_hits)))
+    event, trk, layer, wire, arc, drift, deposit = hits
 
     # hits in readout order per event: track by track along the flight, noise last
     order = np.lexsort((arc, np.where(trk == 0, TRACKS + 1, trk), event))

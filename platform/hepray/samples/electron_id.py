@@ -272,6 +272,45 @@ def _fakes(dep: _Deposits, rng, n, fu, fv, eta, pt_true):
     return (e_em + e_had) / cosh
 
 
+def _noisy_channels(rng, dep: _Deposits):
+    """The EM and hadronic grids of the window with each cell's noise added (EM drawn first)."""
+    em = dep.grid("em")
+    em += NOISE_EM * rng.standard_normal(em.shape, dtype=np.float32)
+    had = dep.grid("had")
+    had += NOISE_HAD * rng.standard_normal(had.shape, dtype=np.float32)
+    return em, had
+
+
+def _towers(em, had, tower):
+    """Towers as flat arrays in (event, eta, phi) order: event, window indices (eta, phi) and
+    the EM and hadronic energies, each channel zero-suppressed on its own."""
+    flat = np.flatnonzero(tower)
+    tevt, rest = np.divmod(flat, WIN * WIN)
+    iu, iv = np.divmod(rest, WIN)
+    t_em = em.reshape(-1)[flat]
+    t_em[t_em <= THRESHOLD] = 0.0
+    t_had = had.reshape(-1)[flat]
+    t_had[t_had <= THRESHOLD] = 0.0
+    return tevt, iu, iv, t_em, t_had
+
+
+def _baseline_variables(n, tevt, t_deta, t_dphi, t_eta, t_em, t_had, ele_pt):
+    """ele_iso, ele_width, ele_hoe of a cut-based selection, from the towers (float64)."""
+    t_e = t_em + t_had
+    core = t_deta**2 + t_dphi**2 < INNER**2
+
+    def per_event(weights):
+        return np.bincount(tevt, weights=weights, minlength=n)
+
+    iso = per_event(np.where(core, 0.0, t_e / np.cosh(t_eta))) / ele_pt
+    w = np.where(core, t_e, 0.0)
+    wsum = np.maximum(per_event(w), 1e-9)
+    mean = per_event(w * t_deta) / wsum
+    width = np.sqrt(per_event(w * (t_deta - mean[tevt]) ** 2) / wsum)
+    hoe = per_event(np.where(core, t_had, 0.0)) / np.maximum(per_event(np.where(core, t_em, 0.0)), 0.01)
+    return iso, width, hoe
+
+
 def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     """One chunk of ``n`` events of class ``kind`` ("electron" or "fake") as arrays."""
     if kind not in CLASSES:
@@ -293,44 +332,17 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     _pileup(dep, rng, n, fu, fv, eta)
 
     # noise, zero suppression per channel, cone (dense over the window)
-    em = dep.grid("em")
-    em += NOISE_EM * rng.standard_normal(em.shape, dtype=np.float32)
-    had = dep.grid("had")
-    had += NOISE_HAD * rng.standard_normal(had.shape, dtype=np.float32)
+    em, had = _noisy_channels(rng, dep)
     k = np.arange(-HALF, HALF + 1)
     deta = (k + 0.5 - fu[:, None]) * CELL_ETA  # (n, WIN): cell centre - candidate
     dphi = (k + 0.5 - fv[:, None]) * CELL_PHI
     cone = (deta[:, :, None] ** 2 + dphi[:, None, :] ** 2) < CONE**2
-    tower = cone & ((em > THRESHOLD) | (had > THRESHOLD))
-
-    # towers as flat arrays in (event, eta, phi) order; from here on all is per tower
-    flat = np.flatnonzero(tower)
-    tevt, rest = np.divmod(flat, WIN * WIN)
-    iu, iv = np.divmod(rest, WIN)
+    tevt, iu, iv, t_em, t_had = _towers(em, had, cone & ((em > THRESHOLD) | (had > THRESHOLD)))
     counts = np.bincount(tevt, minlength=n)
-    t_em = em.reshape(-1)[flat]
-    t_em[t_em <= THRESHOLD] = 0.0
-    t_had = had.reshape(-1)[flat]
-    t_had[t_had <= THRESHOLD] = 0.0
-    t_e = t_em + t_had
     t_eta = (ie0[tevt] + iu - HALF + 0.5) * CELL_ETA
     ip = (ip0[tevt] + iv - HALF + N_PHI // 2) % N_PHI - N_PHI // 2  # wrapped into [-180, 180)
     t_phi = (ip + 0.5) * CELL_PHI
-
-    # baseline variables, from the towers (float64)
-    t_deta = deta[tevt, iu]
-    t_dr2 = t_deta**2 + dphi[tevt, iv] ** 2
-    core = t_dr2 < INNER**2
-
-    def per_event(weights):
-        return np.bincount(tevt, weights=weights, minlength=n)
-
-    iso = per_event(np.where(core, 0.0, t_e / np.cosh(t_eta))) / ele_pt
-    w = np.where(core, t_e, 0.0)
-    wsum = np.maximum(per_event(w), 1e-9)
-    mean = per_event(w * t_deta) / wsum
-    width = np.sqrt(per_event(w * (t_deta - mean[tevt]) ** 2) / wsum)
-    hoe = per_event(np.where(core, t_had, 0.0)) / np.maximum(per_event(np.where(core, t_em, 0.0)), 0.01)
+    iso, width, hoe = _baseline_variables(n, tevt, deta[tevt, iu], dphi[tevt, iv], t_eta, t_em, t_had, ele_pt)
 
     def jag(values):
         return ak.unflatten(np.asarray(values, dtype=np.float32), counts)
@@ -344,7 +356,7 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
         "ele_hoe": hoe.astype(np.float32),
         "tower_eta": jag(t_eta),
         "tower_phi": jag(t_phi),
-        "tower_e": jag(t_e),
+        "tower_e": jag(t_em + t_had),
         "tower_em": jag(t_em),
         "tower_had": jag(t_had),
     }

@@ -49,8 +49,9 @@ def check_scaling(scaling: ScalingSpec, trials: int = 1, reserved: float = 0.0) 
         largest = _floor_twentieth((cpus - READ_CPUS - reserved) / workers)
         fewer = int((cpus - READ_CPUS - reserved) // min(per_worker, 1.0)) if per_worker > 0 else 0
         advice = (f"set scaling.cpus_per_worker <= {largest:g}" if largest > 0 else "add CPUs to the cluster")
-        if per_worker > 0 and fewer >= 1:
-            advice += f" or scaling.num_workers <= {fewer // trials or 1}"
+        per_run = fewer // trials
+        if 1 <= per_run < scaling.num_workers:
+            advice += f" or scaling.num_workers <= {per_run}"
         raise ResourceError(
             f"scaling: {workers} workers x {per_worker:g} CPU leave no CPU for reading on a {cpus:g}-CPU cluster; {advice}")
     gpus = ray.cluster_resources().get("GPU", 0.0)

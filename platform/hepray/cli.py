@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,27 +17,91 @@ console = Console(stderr=True)
 
 
 def _fail(error: BaseException) -> None:
-    console.print(f"[bold red]error:[/] {error}", highlight=False)
+    """`error: <message>` on stderr and exit code 2. Printed as it is: not wrapped at the terminal's
+    width, and brackets in paths or branch names are not taken for rich markup."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
-def data_error_in(error: BaseException):
-    """The hepray error inside an exception Ray wrapped (task, dataset, training failures)."""
-    from hepray.expr import ExpressionError
-    from hepray.data.root_source import DataError
+# Ray Data appends this to the message of an exception raised in a read or map task.
+RAY_RETRY_ADVICE = re.compile(r"\n\s*Failed to [^\n]* after \d+/\d+ attempts \(total backoff[^\n]*[\s\S]*$")
+ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*m")
 
-    seen = set()
-    stack = [error]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
+
+def user_error_kinds() -> tuple[type[Exception], ...]:
+    """hepray's errors about what the user gave it: data, expressions, model files."""
+    from hepray.data.rootio import DataError
+    from hepray.evaluate.inference import ModelFileError
+    from hepray.expr import ExpressionError
+
+    return DataError, ExpressionError, ModelFileError
+
+
+def data_error_in(error: BaseException) -> Exception | None:
+    """The hepray error (bad data, a bad expression, an unusable model file) inside an exception
+    Ray wrapped, wherever it was raised: read task, split coordinator, training worker (Ray Train's
+    WorkerGroupError keeps them in `worker_failures`), evaluation or predict actor. Returned anew,
+    as hepray's class with hepray's message (Ray's retry advice cut off); found among the wrapped
+    exception objects or, where Ray kept only their traceback text, in that text. None if none."""
+    kinds = user_error_kinds()
+    wrapped = list(_exceptions_within(error))
+    for current in wrapped:
+        kind = next((kind for kind in kinds if isinstance(current, kind)), None)
+        # RayTaskError(DataError) is a DataError too, but its message is the remote traceback.
+        if kind is not None and not type(current).__module__.startswith("ray."):
+            return kind(_hepray_message(str(current)))
+    for current in wrapped:
+        text = ANSI_COLOR.sub("", str(current))
+        for kind in kinds:
+            found = re.search(rf"^[ \t]*{re.escape(kind.__module__ + '.' + kind.__qualname__)}: (.+)$", text, re.M)
+            if found:
+                return kind(_hepray_message(found.group(1)))
+    return None
+
+
+def _exceptions_within(error: BaseException, limit: int = 1000):
+    """The exception and, breadth first, those it links to: causes, contexts, arguments and
+    attributes (RayTaskError.cause, WorkerGroupError.worker_failures, ControllerError ...)."""
+    seen: set[int] = set()
+    queue = [error]
+    while queue and len(seen) < limit:
+        current = queue.pop(0)
+        if not isinstance(current, BaseException) or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (DataError, ExpressionError)):
-            return current
-        stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
-        stack += [arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)]
-    return None
+        yield current
+        for item in [current.__cause__, current.__context__, *current.args, *getattr(current, "__dict__", {}).values()]:
+            items = item.values() if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else [item]
+            queue += [inner for inner in items if isinstance(inner, BaseException)]
+
+
+def _hepray_message(text: str) -> str:
+    return RAY_RETRY_ADVICE.sub("", ANSI_COLOR.sub("", text)).strip()
+
+
+class _UserErrorReports(logging.Filter):
+    """Keeps Ray Data's console reports of a failure caused by a hepray user error off the
+    terminal (a read task's DataError comes as two tracebacks and 'please open an issue on the Ray
+    project'): the command prints it as one `error:` line. Ray Data's log file still has them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        # The report without exc_info is logged while Ray handles the exception: sys.exc_info has it.
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return error is None or data_error_in(error) is None
+
+
+def quiet_ray_about_user_errors() -> None:
+    """Attach _UserErrorReports to Ray Data's console handlers in this process (idempotent)."""
+    import ray.data  # noqa: F401  (configures Ray Data's loggers)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        is_file = isinstance(handler, logging.FileHandler) or type(handler).__name__ == "SessionFileHandler"
+        if not is_file and not any(isinstance(f, _UserErrorReports) for f in handler.filters):
+            handler.addFilter(_UserErrorReports())
 
 
 @app.command()
@@ -51,6 +118,7 @@ def run(
         job = load_job(job_file, set_)
     except SpecError as error:
         _fail(error)
+    _preflight(job)
     from hepray.app.run import run_job
 
     out_dir = out or Path("runs") / job.name
@@ -91,6 +159,7 @@ def predict(
     from hepray.app.predict import predict_files
 
     chosen = None if observers is None else [name for name in observers.split(",") if name.strip()]
+    quiet_ray_about_user_errors()
     try:
         report = predict_files(run_dir, files, out, fmt, concurrency, num_gpus, engine, batch_size, chosen)
     except Exception as error:
@@ -124,7 +193,8 @@ def make_data(
 
 @app.command()
 def validate(job_file: Path, set_: list[str] = typer.Option([], "--set")) -> None:
-    """Check a job file without running it; print the resolved job."""
+    """Check a job file and the files it reads (metadata only) without running it; print the
+    plan (files, entries per class, read tasks, split sizes) as YAML comments, then the resolved job."""
     import yaml
 
     from hepray.spec import SpecError, load_job
@@ -133,7 +203,29 @@ def validate(job_file: Path, set_: list[str] = typer.Option([], "--set")) -> Non
         job = load_job(job_file, set_)
     except SpecError as error:
         _fail(error)
+    report = _preflight(job)
+    typer.echo("\n".join(f"# {line}" for line in report.plan()))
     typer.echo(yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False))
+
+
+def _preflight(job, absent_ok: bool = False):
+    """Before Ray starts: every file the job reads holds every branch it names (app.preflight,
+    metadata only). Fails with one `error:` line; warnings (data.on_error: skip) go to stderr."""
+    from rich.markup import escape
+
+    from hepray.app.preflight import check_job
+    from hepray.data.rootio import DataError
+
+    try:
+        report = check_job(job, absent_ok)
+    except DataError as error:
+        _fail(error)
+    for line in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    for group in report.groups + report.samples:
+        for pattern in group.absent:
+            console.print(f"note: {group.key}: {escape(pattern)} not found here, not checked", highlight=False, soft_wrap=True)
+    return report
 
 
 @app.command()
@@ -154,6 +246,7 @@ def tune(
         spec, base, base_raw = load_search(space_file, set_)
     except SpecError as error:
         _fail(error)
+    _preflight(base)
     from hepray.tune.report import write_report
     from hepray.tune.search import load_best_job, run_search
     from hepray.app.run import run_job
@@ -191,8 +284,13 @@ def submit(
 ) -> None:
     """Submit a job to a Ray cluster through its Jobs API; prints the job id."""
     from hepray.cluster import jobs
-    from hepray.spec import SpecError
+    from hepray.spec import SpecError, load_job
 
+    try:
+        job = load_job(job_file, set_)
+    except SpecError as error:
+        _fail(error)
+    _preflight(job, absent_ok=True)  # files not on this machine may be on the cluster's
     try:
         job_id = jobs.submit(job_file, address, set_, out, pip)
     except (SpecError, jobs.ClusterError) as error:

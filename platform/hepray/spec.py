@@ -7,19 +7,28 @@ A job says which ROOT files to read, how to turn each event into named model inp
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from hepray.expr import Expression, ExpressionError
 from hepray.inputs import InputSpec
 from hepray.inputs.base import Norm, Strict
 from hepray.models import ModelConfig
+from hepray.samples import known_kinds
 
 
 class SpecError(ValueError):
     """A job or search file that does not validate: the message names the file and key path."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """'; did you mean 'x'?' for the closest of `choices` to a misspelt name, or ''."""
+    close = difflib.get_close_matches(name, sorted(set(choices)), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 # ---------------------------------------------------------------- data
@@ -33,6 +42,13 @@ class Generate(Strict):
     events: int = Field(4000, gt=0, description="events per class or sample")
     seed: int = 1
     format: Literal["ttree", "rntuple"] = Field("ttree", description="write TTrees or RNTuples")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in known_kinds():
+            raise ValueError(f"unknown sample kind '{kind}' (known: {', '.join(known_kinds())}){did_you_mean(kind, known_kinds())}")
+        return kind
 
 
 class Split(Strict):
@@ -96,6 +112,22 @@ class DataSpec(Strict):
             return list(self.files)
         return list(self.classes or [])
 
+    def expressions(self) -> list[tuple[str, str]]:
+        """(key path, expression) for every expression of branches the data names."""
+        found = [("data.cut", self.cut)] if self.cut else []
+        if isinstance(self.target, TrackMomenta):
+            found += [(f"data.target.{axis}", getattr(self.target, axis)) for axis in ("px", "py", "pz")]
+        elif self.target is not None:
+            found.append(("data.target", self.target))
+        found += [("data.observers", text) for text in self.observers]
+        weight = getattr(self, "weight", None)
+        if isinstance(weight, str):
+            found.append(("data.weight", weight))
+        for name, spec in self.inputs.items():
+            if spec.kind == "scalars":
+                found += [(f"data.inputs.{name}.branches", text) for text in spec.branches]
+        return found
+
 
 # ---------------------------------------------------------------- task, training, scaling
 
@@ -129,12 +161,15 @@ class TrainSpec(Strict):
     early_stopping: EarlyStopping | None = None
     keep_checkpoints: int = Field(2, gt=0)
     seed: int = 1
+    stall_seconds: float = Field(
+        300.0, gt=0, description="stop when no batch arrives for this long while no CPU is free for the read tasks")
 
 
 class ScalingSpec(Strict):
     num_workers: int = Field(1, gt=0)
     use_gpu: bool | Literal["auto"] = "auto"
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="auto: up to 1 CPU per worker, leaving one CPU per node for Ray Data's read tasks")
     gpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(1, ge=-1)
 
@@ -206,6 +241,15 @@ class EvaluateSpec(Strict):
         return value
 
 
+# What the training loop reports each epoch (train/loop.py): the losses, and Task.epoch_metrics
+# (train/tasks.py) of the train_eval and val events; tests/test_preflight.py checks they agree.
+EPOCH_LOSSES = ("train_loss", "train_eval_loss", "val_loss")
+EPOCH_TASK_METRICS = {"binary": ("auc", "accuracy"), "multiclass": ("auc_macro", "accuracy"),
+                      "regression": ("response", "resolution"), "track_momenta": ("response", "resolution", "imbalance")}
+# Per-track observers a track-momentum evaluation adds (evaluate/momentum.py track_observers).
+TRACK_OBSERVERS = ("track_pt", "track_p", "track_slot")
+
+
 class JobSpec(Strict):
     name: str
     data: DataSpec
@@ -214,6 +258,40 @@ class JobSpec(Strict):
     train: TrainSpec = TrainSpec()
     scaling: ScalingSpec = ScalingSpec()
     evaluate: EvaluateSpec = EvaluateSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str) -> str:
+        # The name is a directory (runs/<name>) and part of cluster job ids.
+        if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError(f"'{name}' is not a safe directory name: one path component, no '/', not '..', not empty")
+        return name
+
+    def expressions(self) -> list[tuple[str, str]]:
+        """(key path, expression) for every expression of branches the job names: the data's and
+        the baselines' (an expression, cut variables, a linear calibration's, GBDT features)."""
+        found = self.data.expressions()
+        for name, baseline in self.evaluate.baselines.items():
+            key = f"evaluate.baselines.{name}"
+            if isinstance(baseline, str):
+                found.append((key, baseline))
+            elif isinstance(baseline, CutsBaseline):
+                found += [(f"{key}.vars", text) for text in baseline.vars]
+            elif isinstance(baseline, LinearBaseline):
+                found.append((f"{key}.expr", baseline.expr))
+            else:
+                found += [(f"{key}.features", text) for text in baseline.features]
+        return found
+
+    def epoch_metrics(self) -> list[str]:
+        """The metrics the training loop reports each epoch for this task (train/loop.py, Task.epoch_metrics)."""
+        kind = "track_momenta" if isinstance(self.data.target, TrackMomenta) else self.task.kind
+        return [*EPOCH_LOSSES, *(f"{split}_{metric}" for split in ("train_eval", "val") for metric in EPOCH_TASK_METRICS[kind])]
+
+    def observer_names(self) -> list[str]:
+        """What evaluate.bins and evaluate.energy can name: the observers, and for track momenta
+        the per-track truth evaluate/momentum.py adds."""
+        return [*self.data.observers, *(TRACK_OBSERVERS if isinstance(self.data.target, TrackMomenta) else ())]
 
     @model_validator(mode="after")
     def _task_matches_data(self) -> "JobSpec":
@@ -261,6 +339,34 @@ class JobSpec(Strict):
             raise ValueError("evaluate.baselines: baselines give one number per event, not track momenta")
         if self.evaluate.permutation_importance:
             raise ValueError("evaluate.permutation_importance: not available for track momenta")
+
+    @model_validator(mode="after")
+    def _expressions_parse(self) -> "JobSpec":
+        errors = []
+        for key, text in self.expressions():
+            try:
+                Expression(text)
+            except ExpressionError as error:
+                errors.append(f"{key}: {error}")
+        if errors:
+            raise ValueError("\n  ".join(errors))
+        return self
+
+    @model_validator(mode="after")
+    def _named_things_exist(self) -> "JobSpec":
+        """The early-stopping metric is reported each epoch; bins and energy are observers."""
+        rule, metrics = self.train.early_stopping, self.epoch_metrics()
+        if rule is not None and rule.metric not in metrics:
+            raise ValueError(f"train.early_stopping.metric: '{rule.metric}' is not reported each epoch by this "
+                             f"{self.task.kind} job (one of: {', '.join(metrics)}){did_you_mean(rule.metric, metrics)}")
+        observers = self.observer_names()
+        known = f"data.observers: {', '.join(self.data.observers) or 'none'}"
+        if isinstance(self.data.target, TrackMomenta):
+            known += f"; per track: {', '.join(TRACK_OBSERVERS)}"
+        for key, name in [*((f"evaluate.bins.{k}", k) for k in self.evaluate.bins), ("evaluate.energy", self.evaluate.energy)]:
+            if name is not None and name not in observers:
+                raise ValueError(f"{key}: '{name}' is not an observer ({known}){did_you_mean(name, observers)}")
+        return self
 
     @property
     def n_outputs(self) -> int:
@@ -325,7 +431,9 @@ def format_validation_error(source: str, raw: Any, error: ValidationError) -> st
     for item in error.errors():
         template = ERROR_MESSAGES.get(item["type"])
         message = template.format(**item.get("ctx", {})) if template else item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {yaml_path(raw, item['loc'])}: {message}")
+        path = yaml_path(raw, item["loc"])
+        # A whole-job check's message starts with the key path it is about.
+        lines.append(f"  {message}" if path == "(top)" else f"  {path}: {message}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,273 @@
+"""Preflight: everything a job names checked before Ray starts, from file metadata only.
+
+`hepray validate`, `run`, `submit` and `tune` call `check_job` on a job that validated: spec.py
+has checked what the YAML alone decides (expressions parse, sample kinds, the early-stopping
+metric, bins and energy are observers, a safe name). Here every file the job reads (data.files
+and evaluate.samples) is opened for its metadata only (keys, entries, basket or cluster
+boundaries; no event is read) and its tree must hold every branch the job names, with a
+"did you mean" from the tree's own names. Files that data.generate will write (local patterns
+under generate.out that match nothing yet) are skipped. With data.on_error: skip a bad file is
+a warning (it is skipped when the job plans its reads), not an error.
+
+`Preflight.plan()` is what `hepray validate` prints: files and entries per class, read tasks,
+the events expected per split.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hepray.data.rootio import DataError, Events, Failed, describe, entry_ranges, expand_glob, is_url, with_file
+from hepray.expr import Expression
+from hepray.inputs import encoder_for
+from hepray.spec import DataSpec, JobSpec, did_you_mean
+
+SHOWN_FILES = 4  # files listed per class in the plan
+PLURAL = {"branch": "branches", "field": "fields"}
+
+
+@dataclass
+class FileMeta:
+    """One file's metadata: its tree's entries and read boundaries, or what is wrong with it."""
+
+    path: str
+    kind: str = ""
+    entries: int = 0
+    boundaries: np.ndarray | None = None
+    problem: str | None = None  # the error without the leading path
+
+
+@dataclass
+class Group:
+    """The files of one class (or of all events, or of one extra sample) and the patterns behind them."""
+
+    key: str  # key path: data.files.<class>, data.files or evaluate.samples.<name>
+    label: str  # what the plan calls it
+    patterns: list[str]
+    files: list[FileMeta] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # patterns data.generate writes
+    absent: list[str] = field(default_factory=list)  # patterns not found here (submit: the cluster's)
+
+    @property
+    def good(self) -> list[FileMeta]:
+        return [meta for meta in self.files if meta.problem is None]
+
+    @property
+    def entries(self) -> int:
+        return sum(meta.entries for meta in self.good)
+
+
+@dataclass
+class Preflight:
+    job: JobSpec
+    groups: list[Group]  # data.files
+    samples: list[Group]  # evaluate.samples
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def incomplete(self) -> bool:
+        return any(group.pending or group.absent for group in self.groups)
+
+    def read_tasks(self) -> int:
+        """As data.root_source.plan_reads stripes them: ranges of events_per_task / groups entries."""
+        size = max(1, self.job.data.events_per_task // len(self.groups))
+        return max(sum(len(entry_ranges(meta.boundaries, size)) for meta in group.good) for group in self.groups)
+
+    def plan(self) -> list[str]:
+        return plan_lines(self)
+
+
+# ------------------------------------------------------------------ what the job names
+
+
+def named_branches(job: JobSpec) -> dict[str, list[str]]:
+    """Branch -> the key paths naming it: inputs, the job's expressions (spec.JobSpec.expressions),
+    label_branch. The same branches the read tasks read (tests/test_preflight.py checks)."""
+    named: dict[str, list[str]] = {}
+
+    def add(key: str, names) -> None:
+        for name in sorted(names):
+            if key not in named.setdefault(name, []):
+                named[name].append(key)
+
+    for name, spec in job.data.inputs.items():
+        add(f"data.inputs.{name}", encoder_for(spec).branches())
+    for key, text in job.expressions():
+        add(key, Expression(text).branches)
+    if job.data.label_branch:
+        add("data.label_branch", [job.data.label_branch])
+    return named
+
+
+def _groups(job: JobSpec) -> tuple[list[Group], list[Group]]:
+    files = job.data.files
+    if isinstance(files, dict):
+        groups = [Group(f"data.files.{name}", f"{name} (label {label})", patterns)
+                  for label, (name, patterns) in enumerate(files.items())]
+    else:
+        classes = f" (labels from {job.data.label_branch}: {', '.join(job.data.class_names)})" if job.data.label_branch else ""
+        groups = [Group("data.files", "events" + classes, files)]
+    samples = [Group(f"evaluate.samples.{name}", name, patterns) for name, patterns in job.evaluate.samples.items()]
+    return groups, samples
+
+
+def _generated(spec: DataSpec, pattern: str) -> bool:
+    """Whether data.generate writes the files of a pattern that matches nothing yet (app.job_data.ensure_data)."""
+    if spec.generate is None or is_url(pattern):
+        return False
+    return Path(spec.generate.out).resolve() in Path(pattern).resolve().parents
+
+
+def _expand(group: Group, spec: DataSpec, absent_ok: bool) -> list[str]:
+    paths = []
+    for pattern in group.patterns:
+        try:
+            paths += expand_glob(pattern)
+        except DataError as error:
+            if _generated(spec, pattern):
+                group.pending.append(pattern)
+            elif absent_ok and not is_url(pattern):
+                group.absent.append(pattern)
+            else:
+                raise DataError(f"{group.key}: {error}") from None
+    return paths
+
+
+# ------------------------------------------------------------------ one file's metadata
+
+
+def _trees(file) -> list[str]:
+    """The TTrees and RNTuples in a file, subdirectories included, without cycle numbers."""
+    return sorted({re.sub(r";\d+", "", key) for key, classname in file.classnames().items()
+                   if classname == "TTree" or classname.endswith("RNTuple")})
+
+
+def _tree_suggestion(tree: str, trees: list[str]) -> str:
+    same_name = [name for name in trees if name.rsplit("/", 1)[-1] == tree.rsplit("/", 1)[-1]]
+    return f"; did you mean '{same_name[0]}'?" if same_name else did_you_mean(tree, trees)
+
+
+def _missing(events: Events, names: dict[str, list[str]], tree: str) -> str | None:
+    missing = events.missing(set(names))
+    if not missing:
+        return None
+    known = list(events.columns)
+    described = [f"'{name}' ({', '.join(names[name])}{did_you_mean(name, known)})" for name in missing]
+    item = events.item if len(missing) == 1 else PLURAL[events.item]
+    return f"{events.kind} '{tree}' has no {item} {', '.join(described)}"
+
+
+def _inspect(file, path: str, tree: str, names: dict[str, list[str]]) -> FileMeta:
+    meta = FileMeta(path)
+    if tree not in {re.sub(r";\d+", "", key) for key in file.keys()}:
+        trees = _trees(file)
+        meta.problem = f"no tree '{tree}' (trees in the file: {', '.join(trees) or 'none'}){_tree_suggestion(tree, trees)}"
+        return meta
+    events = Events(file, path, tree)
+    meta.kind, meta.entries = events.kind, events.num_entries
+    meta.problem = _missing(events, names, tree)
+    if meta.problem is None and meta.entries == 0:
+        meta.problem = f"{events.kind} '{tree}' has no entries"
+    if meta.problem is None:
+        meta.boundaries = events.boundaries(set(names))
+    return meta
+
+
+def inspect_file(path: str, tree: str, names: dict[str, list[str]]) -> FileMeta:
+    """Entries, read boundaries and the branches named but missing, from the file's metadata
+    (rootio.with_file: a remote file is opened again after transient errors)."""
+    try:
+        return with_file(path, lambda file: _inspect(file, path, tree, names))
+    except DataError as error:
+        return FileMeta(path, problem=str(error).removeprefix(f"{path}: "))
+    except Failed:  # worded as rootio words it for the read plan
+        meta = FileMeta(path)
+        try:
+            meta.entries, meta.boundaries = describe(path, tree, set(names))
+        except DataError as error:
+            meta.problem = str(error).removeprefix(f"{path}: ")
+        return meta
+
+
+# ------------------------------------------------------------------ the job
+
+
+def check_job(job: JobSpec, absent_ok: bool = False) -> Preflight:
+    """Check every file the job reads holds every branch it names; raises DataError (one line
+    naming the file, the branch, the key naming it and a "did you mean"). absent_ok: local
+    files not found here are noted, not errors (`hepray submit`: the cluster may hold them)."""
+    groups, samples = _groups(job)
+    paths = {id(group): _expand(group, job.data, absent_ok) for group in (*groups, *samples)}
+    names = named_branches(job)
+    every = sorted({path for group_paths in paths.values() for path in group_paths})
+    with ThreadPoolExecutor(max(1, min(16, len(every)))) as pool:
+        described = dict(zip(every, pool.map(lambda path: inspect_file(path, job.data.tree, names), every)))
+    for group in (*groups, *samples):
+        group.files = [described[path] for path in paths[id(group)]]
+    report = Preflight(job, groups, samples, _problems([described[path] for path in every], job.data.on_error))
+    for group in (*groups, *samples):
+        if group.files and not group.good and not group.pending:
+            raise DataError(f"{group.key}: no events to read: all {len(group.files)} files are skipped "
+                            f"(data.on_error: skip), first {group.files[0].path}: {group.files[0].problem}")
+    return report
+
+
+def _problems(files: list[FileMeta], on_error: str) -> list[str]:
+    """Fail on the first bad file (naming how many more fail alike), or warn under skip."""
+    by_problem: dict[str, list[str]] = {}
+    for meta in files:
+        if meta.problem is not None:
+            by_problem.setdefault(meta.problem, []).append(meta.path)
+    lines = []
+    for problem, paths in by_problem.items():
+        more = f" (and {len(paths) - 1} more file{'s' if len(paths) > 2 else ''})" if len(paths) > 1 else ""
+        line = f"{paths[0]}{more}: {problem}"
+        if on_error == "fail":
+            raise DataError(line)
+        lines.append(f"{line} (skipped: data.on_error is skip)")
+    return lines
+
+
+# ------------------------------------------------------------------ the plan `hepray validate` prints
+
+
+def _group_lines(group: Group, job: JobSpec) -> list[str]:
+    good = group.good
+    lines = [f"  {group.label}: {len(good)} file{'s' if len(good) != 1 else ''}, {group.entries} entries"]
+    kinds = {"tree": " (TTree)", "RNTuple": " (RNTuple)"}
+    lines += [f"    {meta.path}  {meta.entries} entries{kinds.get(meta.kind, '')}" for meta in good[:SHOWN_FILES]]
+    if len(good) > SHOWN_FILES:
+        lines.append(f"    ... and {len(good) - SHOWN_FILES} more files")
+    generate = job.data.generate
+    for pattern in group.pending:
+        lines.append(f"    {pattern}: not generated yet (data.generate writes {generate.events} events per class "
+                     f"or sample of '{generate.kind}' into {generate.out} when the job runs)")
+    for pattern in group.absent:
+        lines.append(f"    {pattern}: not found here (checked on the cluster when the job plans its reads)")
+    return lines
+
+
+def plan_lines(report: Preflight) -> list[str]:
+    job, data = report.job, report.job.data
+    total = sum(group.entries for group in report.groups)
+    files = sum(len(group.good) for group in report.groups)
+    lines = [f"plan: tree '{data.tree}', {files} file{'s' if files != 1 else ''}, {total} entries"]
+    for group in report.groups:
+        lines += _group_lines(group, job)
+    if report.incomplete:
+        lines.append("read tasks and split sizes: planned when the missing files exist")
+    else:
+        val, test = round(total * data.split.val), round(total * data.split.test)
+        lines.append(f"read tasks: {report.read_tasks()} (data.events_per_task: {data.events_per_task})")
+        cut = ", before data.cut" if data.cut else ""
+        lines.append(f"splits (expected events{cut}): train {total - val - test}, val {val}, test {test}")
+    if report.samples:
+        lines.append("evaluate.samples:")
+        for group in report.samples:
+            lines += _group_lines(group, job)
+    return lines

@@ -22,6 +22,10 @@ TINY = {
     "cvn": {"name": "cvn", "width": 0.125, "tower_inception": 1, "merged_inception": 1},
     "film": {"name": "film", "filters": 4, "blocks": 2, "dense": 8, "film_hidden": 8},
     "resnet": {"name": "resnet", "widths": [4, 8], "depth": 1},
+    "deepsets": {"name": "deepsets", "phi": [8, 8], "head": [8]},
+    "particlenet": {"name": "particlenet", "k": 3, "blocks": [[8, 8], [8, 16]], "head": [8]},
+    "transformer": {"name": "transformer", "dim": 8, "heads": 2, "layers": 1, "class_layers": 1, "ffn": 16,
+                    "head": [8], "pair_features": {"eta": 0, "phi": 1, "pt": 2}, "pair_hidden": [4]},
 }
 
 # (family, input shapes): odd sizes, with and without scalars where the family allows it.
@@ -37,6 +41,12 @@ CASES = [
     ("film", {"cells": (3, 5, 5, 7), "eta": (1,), "mu": (2,)}),  # 3-D cells, two scalar inputs
     ("resnet", {"image": (1, 47, 47)}),
     ("resnet", {"hcal": (1, 5, 5, 60), "scalars": (2,)}),
+    # points [max_points, mask + features]; randn inputs make the mask channel real where > 0.5
+    ("deepsets", {"cands": (12, 5)}),
+    ("deepsets", {"cands": (9, 2), "jet": (3,)}),
+    ("particlenet", {"cands": (12, 5)}),
+    ("particlenet", {"cands": (9, 3), "jet": (3,)}),
+    ("transformer", {"cands": (12, 5), "jet": (3,)}),
 ]
 
 
@@ -86,6 +96,9 @@ def test_defaults_build(family):
         "cvn": {"xview": (1, 64, 64), "yview": (1, 64, 64)},
         "film": {"cells": (4, 32, 32), "scalars": (6,)},
         "resnet": {"image": (1, 47, 47)},
+        "deepsets": {"cands": (30, 5)},
+        "particlenet": {"cands": (30, 5)},
+        "transformer": {"cands": (30, 5)},
     }[family]
     model = build_model(ADAPTER.validate_python({"name": family}), {k: list(v) for k, v in shapes.items()}, 2)
     model.eval()
@@ -123,7 +136,7 @@ def test_unknown_key_is_a_validation_error(family):
 
 def test_unknown_family_is_a_validation_error():
     with pytest.raises(pydantic.ValidationError):
-        ADAPTER.validate_python({"name": "transformer"})
+        ADAPTER.validate_python({"name": "graphnet"})
 
 
 def test_input_mismatches_are_clear_value_errors():

@@ -183,9 +183,13 @@ def test_jagged_counts_disagree(tmp_path):
 
 
 def test_skip_mode_counts_what_it_skips(ray_session, files, tmp_path):
-    """A bad file is skipped at planning, a NaN range at reading; both are counted, the rest is read."""
+    """A bad file is skipped at planning, a NaN event at reading, a NaN observer is kept; all are
+    counted, the rest is read."""
     data = towers(100, 9000, seed=8)
-    data["x"] = np.where(np.arange(100) == 3, np.nan, data["x"])
+    data["x"] = np.where(np.arange(100) == 3, np.nan, data["x"])  # an observer: kept, counted
+    energy = ak.to_numpy(ak.flatten(data["tower_e"])).copy()
+    energy[int(ak.sum(ak.num(data["tower_e"])[:40]))] = np.inf  # event 40's first tower: skipped
+    data["tower_e"] = ak.unflatten(energy, ak.num(data["tower_e"]))
     write_tree(tmp_path / "sig_nan.root", data)
     (tmp_path / "sig_broken.root").write_bytes(b"not a root file")
     job = JobSpec.model_validate(etaphi_job(
@@ -196,10 +200,11 @@ def test_skip_mode_counts_what_it_skips(ray_session, files, tmp_path):
     data = build_job_data(job, splits=("train", "val", "test"))
     total = sum(data.datasets[s].count() for s in ("train", "val", "test"))
     report = data.skip_report()
-    assert total == 1900
-    assert report["events_skipped"] == 100 and report["ranges_skipped"] == 2
+    assert total == 1999
+    assert report["events_skipped"] == 1 and report["ranges_skipped"] == 1 and report["observers_nonfinite"] == 1
     assert any("sig_broken.root" in reason for reason in report["skipped"])
-    assert any("sig_nan.root" in reason and "'x'" in reason for reason in report["skipped"])
+    assert f"{tmp_path}/sig_nan.root: entries [0, 100): 1 event skipped: branch 'tower_e' is NaN/inf (first at entry 40)" \
+        in report["skipped"]
     # Only the splits streamed to the trainers drop Ray Data's operator reservation (pipeline.py).
     assert [data.datasets[s].context.op_resource_reservation_enabled for s in ("train", "val", "test")] == [
         False, False, True]

@@ -55,16 +55,24 @@ class JobData:
     sample_plans: list[ReadPlan] = field(default_factory=list)
 
     def skip_report(self) -> dict[str, float | list]:
-        """events_skipped / files_skipped and the reasons, from planning and from the read tasks."""
+        """What the job skipped, from planning and from the read tasks: events_skipped (in files and
+        ranges skipped whole, and single bad events), ranges_skipped (files and ranges skipped whole),
+        the reasons (`skipped`, one per file, range, or range and reason of single events), and with
+        a ledger (on_error: skip) observers_nonfinite: events kept with a NaN/inf observer."""
         skipped = [(path, events, reason) for plan in (self.plan, *self.sample_plans)
                    for path, events, reason in plan.skipped]
+        report: dict[str, float | list] = {}
         if self.ledger is not None:
             skipped += [(path, stop - start, reason) for path, start, stop, reason in ray.get(self.ledger.skipped.remote())]
-        return {
-            "events_skipped": float(sum(events for _, events, _ in skipped)),
-            "ranges_skipped": float(len(skipped)),
-            "skipped": [f"{reason}" for _, _, reason in skipped],
-        }
+        report["ranges_skipped"] = float(len(skipped))
+        if self.ledger is not None:
+            skipped += [(path, count, f"{path}: entries [{start}, {stop}): {count} event{'s' * (count != 1)} skipped: "
+                                      f"{reason} (first at entry {first})")
+                        for path, start, stop, reason, count, first in ray.get(self.ledger.skipped_events.remote())]
+            report["observers_nonfinite"] = float(ray.get(self.ledger.observers_nonfinite.remote()))
+        report["events_skipped"] = float(sum(events for _, events, _ in skipped))
+        report["skipped"] = [f"{reason}" for _, _, reason in skipped]
+        return report
 
 
 

@@ -6,9 +6,16 @@ file, reads only the needed branches for its entry range, validates them, applie
 and the split, and turns events into model inputs (images, scalars) with the vectorized
 rasterizers. Blocks leave the task as Arrow tables of fixed-shape tensors.
 
-Bad input is either one clear DataError naming the file, branch and entry range, or (with
-`on_error: skip`) the range is skipped and recorded in a SkipLedger actor, so nothing is
-lost silently.
+Bad input. An unreadable file or basket, a branch of the wrong type or shape is a DataError
+naming the file, branch and entry range. Values are checked per event, and only in the events
+the split and the cut keep (an event the cut removes is never an error): a NaN/inf in any
+branch the event is read for (branches only observers read excepted), a `label_branch` value
+outside 0..n_classes-1, a NaN/inf target, scalar input or extra column. `on_error: fail` stops
+at the first bad event (the message names file, range, branch or value, and entry);
+`on_error: skip` drops just the bad events, and skips whole ranges only when they cannot be
+read. Skips go to a SkipLedger actor by entry, so retries, epochs and splits count each event
+once: nothing is lost silently. NaN/inf observers are kept (they fall outside every bin) and
+counted there too.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from hepray.monitoring import record_read
 from hepray.expr import Expression
 from hepray.data.batches import to_block
 from hepray.data.rootio import DataError, describe, entry_ranges, expand_glob, read_arrays
-from hepray.inputs import SparseImages, encoder_for
+from hepray.inputs import Ragged, encoder_for
+from hepray.inputs.scalars import ScalarsEncoder
 from hepray.spec import DataSpec, TrackMomenta
 
 SPLITS = ("train", "val", "test")
@@ -148,11 +156,12 @@ class EventReader:
     flag_cut: bool = False  # keep every event and add a pass_cut column instead of dropping (friend trees)
     file_column: bool = False  # add file_key(path) per event, so per-file outputs can regroup events
     with_inputs: bool = True  # False: labels, observers and extra columns only (fitting baselines)
-    sparse: bool = False  # ship point-sum images as (pixel, value) lists; consumers densify (data.batches)
+    sparse: bool = False  # ship inputs that travel ragged (point-sum images: in-window points) as lists; consumers decode (data.batches)
 
     def __post_init__(self) -> None:
         self.cut = Expression(self.spec.cut) if self.spec.cut else None
         self.columns = {f"obs_{name}": Expression(name) for name in self.spec.observers}
+        self.observers = set(self.columns)
         target = self.spec.target
         # track momenta: one (tracks, 3) target per event, from three per-track expressions
         self.track_momenta = ([Expression(text) for text in (target.px, target.py, target.pz)]
@@ -162,7 +171,9 @@ class EventReader:
             self.columns["target"] = Expression(target)
         self.columns.update({column: Expression(text) for column, text in self.extra.items()})
         self.encoders = {name: encoder_for(spec) for name, spec in self.spec.inputs.items()} if self.with_inputs else {}
-        self.sparse_inputs = {name for name, encoder in self.encoders.items() if self.sparse and encoder.travels_sparse}
+        self.sparse_inputs = {name for name, encoder in self.encoders.items() if self.sparse and encoder.travels_ragged}
+        self.checked = self.checked_branches()
+        self.n_classes = len(self.spec.class_names) if self.spec.label_branch else 0
 
     def branches(self) -> set[str]:
         needed: set[str] = set()
@@ -175,6 +186,19 @@ class EventReader:
             needed.add(self.spec.label_branch)
         return needed
 
+    def checked_branches(self) -> set[str]:
+        """The branches whose NaN/inf makes an event bad: every branch read but those read by observers alone."""
+        others = set().union(*(encoder.branches() for encoder in self.encoders.values()))
+        for column, expr in self.columns.items():
+            if column not in self.observers:
+                others |= expr.branches
+        for expr in (self.cut, *self.track_momenta):
+            if expr is not None:
+                others |= expr.branches
+        if self.spec.label_branch:
+            others.add(self.spec.label_branch)
+        return others
+
     def bytes_per_event(self) -> int:
         """A planning estimate: a sparse image counted as 1/8 of its dense pixels (the blocks are cut by their real size)."""
         return sum(4 * int(np.prod(encoder.spec.shape())) // (8 if name in self.sparse_inputs else 1)
@@ -185,8 +209,11 @@ class EventReader:
         for entry_range in ranges:
             started = time.perf_counter()
             try:
-                batches.append(self._read_range(entry_range))
-                record_read(self.split, entry_range.stop - entry_range.start, len(batches[-1]["entry"]),
+                batch, skips = self._read_range(entry_range)
+                if skips is not None:
+                    self._record(entry_range, skips)
+                batches.append(batch)
+                record_read(self.split, entry_range.stop - entry_range.start, len(batch["entry"]),
                             time.perf_counter() - started)
             except DataError as error:
                 if self.spec.on_error == "fail" or self.ledger is None:
@@ -194,7 +221,7 @@ class EventReader:
                 ray.get_actor(self.ledger).record.remote(entry_range.path, entry_range.start, entry_range.stop, str(error))
         if not batches:
             return
-        batch = {key: SparseImages.concat([b[key] for b in batches]) if key in self.sparse_inputs
+        batch = {key: Ragged.concat([b[key] for b in batches]) if key in self.sparse_inputs
                  else np.concatenate([b[key] for b in batches]) for key in batches[0]}
         n = len(batch["entry"])
         if self.shuffle:
@@ -209,13 +236,19 @@ class EventReader:
         for begin in range(0, n, step):
             yield to_block(batch, begin, begin + step, specs)
 
-    def _read_range(self, task: EntryRange) -> dict[str, np.ndarray]:
-        names = sorted(self.branches())
-        try:
-            arrays = read_arrays(task.path, self.spec.tree, names, task.start, task.stop)
-        except Exception as error:  # a corrupt basket, a file changed or a server gone since planning
-            raise DataError(f"{task.where}: reading branches {names} failed ({type(error).__name__}: {error})") from None
-        _validate(arrays, task)
+    def _record(self, task: EntryRange, skips: Skips) -> None:
+        """Dropped events and non-finite observers to the ledger, by entry (so counted once)."""
+        if self.ledger is None:
+            if skips.events:
+                raise DataError(skips.message)  # skipping needs a ledger to count what it skips
+            return
+        ray.get_actor(self.ledger).record_events.remote(task.path, task.start, task.stop, skips.by_reason, skips.observers)
+
+    def _read_range(self, task: EntryRange) -> tuple[dict[str, np.ndarray], Skips | None]:
+        """The range's events in this split that pass the cut, bad events dropped (on_error: skip)
+        or raised (fail), as columns and encoded inputs; and what was skipped or flagged."""
+        arrays = read_arrays(task.path, self.spec.tree, sorted(self.branches()), task.start, task.stop)
+        nonfinite = sorted(_check_numbers(arrays, task) & self.checked)
 
         entries = np.arange(task.start, task.stop, dtype=np.int64)
         keep = split_mask(split_of(task.path, entries, self.spec.split.seed), self.split,
@@ -226,27 +259,104 @@ class EventReader:
             if not self.flag_cut:
                 keep &= passed
         arrays = {name: array[keep] for name, array in arrays.items()}
+        batch = self._columns(arrays, entries[keep], None if passed is None else passed[keep], task)
 
-        batch: dict[str, np.ndarray] = {"entry": entries[keep]}
-        if self.flag_cut and passed is not None:
-            batch["pass_cut"] = passed[keep]
-        if self.file_column:
-            batch["file_key"] = np.full(int(keep.sum()), file_key(task.path), dtype=np.int64)
-        for column, expr in self.columns.items():
-            batch[column] = _one_per_event(expr.evaluate(arrays), expr.text, task).astype(np.float32)
-        if self.track_momenta:
-            batch["target"] = np.stack([_per_track(expr.evaluate(arrays), expr.text, self.tracks, task, batch["entry"])
-                                        for expr in self.track_momenta], axis=2)
-        if self.spec.label_branch:
-            batch["label"] = _one_per_event(arrays[self.spec.label_branch], self.spec.label_branch, task).astype(np.int64)
-        elif task.label is not None:
-            batch["label"] = np.full(int(keep.sum()), task.label, dtype=np.int64)
-        n = int(keep.sum())
+        skips = None
+        problems = self._problems(arrays, batch, nonfinite, task)
+        if problems:
+            good, skips = self._settle(problems, batch["entry"], task)
+            arrays = {name: array[good] for name, array in arrays.items()}
+            batch = {name: column[good] for name, column in batch.items()}
+        flagged = self._nonfinite_observers(batch)
+        if flagged is not None:
+            skips = skips or Skips()
+            skips.observers = batch["entry"][flagged]
+        n = len(batch["entry"])
         for name, encoder in self.encoders.items():
             batch[name] = self._encode(name, encoder, {b: arrays[b] for b in encoder.branches()}, n, task)
+        return batch, skips
+
+    def _columns(self, arrays: dict, entries: np.ndarray, passed: np.ndarray | None, task: EntryRange) -> dict:
+        """Everything but the inputs, per event: entry, cut flag, file key, observers, target, extra columns, label."""
+        batch: dict[str, np.ndarray] = {"entry": entries}
+        if self.flag_cut and passed is not None:
+            batch["pass_cut"] = passed
+        if self.file_column:
+            batch["file_key"] = np.full(len(entries), file_key(task.path), dtype=np.int64)
+        with np.errstate(all="ignore"):  # NaN/inf values are found by _problems (or are observers, kept)
+            for column, expr in self.columns.items():
+                batch[column] = _one_per_event(expr.evaluate(arrays), expr.text, task).astype(np.float32)
+            if self.track_momenta:
+                batch["target"] = np.stack([_per_track(expr.evaluate(arrays), expr.text, self.tracks, task, entries)
+                                            for expr in self.track_momenta], axis=2)
+            if self.spec.label_branch:
+                batch["label"] = _one_per_event(arrays[self.spec.label_branch], self.spec.label_branch, task).astype(np.int64)
+            elif task.label is not None:
+                batch["label"] = np.full(len(entries), task.label, dtype=np.int64)
         return batch
 
-    def _encode(self, name: str, encoder, source: dict, n: int, task: EntryRange) -> np.ndarray | SparseImages:
+    def _problems(self, arrays: dict, batch: dict, nonfinite: list[str], task: EntryRange) -> list[Problem]:
+        """Why events of the batch cannot be used, in order of precedence, each as a mask over them:
+        NaN/inf in a checked branch, a label out of range, a NaN/inf target, extra column or scalar input."""
+        entries = batch["entry"]
+        problems = [_nonfinite_branch(name, arrays[name], entries, task) for name in nonfinite]
+        if self.n_classes:
+            problems.append(self._label_problem(arrays[self.spec.label_branch], entries, task))
+        derived = [(f"target '{expr.text}'" if column == "target" else f"column '{column}' ('{expr.text}')", batch[column])
+                   for column, expr in self.columns.items() if column not in self.observers]
+        derived += [(f"target '{expr.text}'", batch["target"][:, :, k]) for k, expr in enumerate(self.track_momenta)]
+        for name, encoder in self.encoders.items():
+            if isinstance(encoder, ScalarsEncoder):
+                with np.errstate(all="ignore"):
+                    derived += [(f"input '{name}': '{expr.text}'", _floats(expr.evaluate(arrays), len(entries)))
+                                for expr in encoder.expressions]
+        for what, values in derived:
+            if values is not None and not np.isfinite(values).all():
+                bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
+                problems.append(Problem(f"{what} is NaN/inf", bad, f"{task.where}: {what} is NaN/inf in "
+                                                                   f"{_events(bad.sum())} (first at entry {entries[bad][0]})"))
+        return [problem for problem in problems if problem is not None and problem.bad.any()]
+
+    def _label_problem(self, labels, entries: np.ndarray, task: EntryRange) -> Problem | None:
+        name, n = self.spec.label_branch, self.n_classes
+        values = np.asarray(_one_per_event(labels, name, task))
+        with np.errstate(invalid="ignore"):
+            bad = ~((values >= 0) & (values < n))
+            if values.dtype.kind == "f":
+                bad |= values != np.floor(values)
+        if not bad.any():
+            return None
+        first = np.flatnonzero(bad)[0]
+        return Problem(f"label branch '{name}' not in 0..{n - 1}", bad,
+                       f"{task.where}: label branch '{name}' has value {values[first].item()} at entry {entries[first]} "
+                       f"({_events(bad.sum())} outside 0..{n - 1}, the classes {', '.join(self.spec.class_names)})")
+
+    def _settle(self, problems: list[Problem], entries: np.ndarray, task: EntryRange) -> tuple[np.ndarray, Skips]:
+        """fail: the error of the first bad event. skip: which events to keep, and the skipped
+        ones by reason (each under its first). Friend trees (flag_cut, `hepray predict`) need a row
+        per entry and fill whole ranges only, so there the range is skipped instead."""
+        first = min(problems, key=lambda problem: int(np.argmax(problem.bad)))
+        if self.spec.on_error == "fail" or self.flag_cut:
+            raise DataError(first.message)
+        taken = np.zeros(len(entries), dtype=bool)
+        skips = Skips(message=first.message)
+        for problem in problems:
+            new = problem.bad & ~taken
+            if new.any():
+                skips.by_reason[problem.reason] = entries[new]
+                taken |= new
+        return ~taken, skips
+
+    def _nonfinite_observers(self, batch: dict) -> np.ndarray | None:
+        """Events with a NaN/inf observer (kept: they fall outside every bin), or None."""
+        flagged = None
+        for column in self.observers:
+            if not np.isfinite(batch[column]).all():
+                bad = ~np.isfinite(batch[column])
+                flagged = bad if flagged is None else flagged | bad
+        return flagged
+
+    def _encode(self, name: str, encoder, source: dict, n: int, task: EntryRange) -> np.ndarray | Ragged:
         """One input of a range's events, in slices that keep the kernel's working set in cache
         (~2x the events/s of one 20k-event call)."""
         sparse = name in self.sparse_inputs
@@ -255,26 +365,80 @@ class EventReader:
             part = {key: value[begin:begin + RASTER_EVENTS] for key, value in source.items()}
             try:
                 if sparse:
-                    parts.append(encoder.sparse(part))
+                    parts.append(encoder.ragged(part))
                 else:
                     parts[begin:begin + RASTER_EVENTS] = encoder.dense(part)
             except ValueError as error:
                 raise DataError(f"{task.where}: input '{name}': {error}") from None
         if sparse:
-            return SparseImages.concat(parts) if parts else SparseImages.empty(encoder.spec.shape())
+            return Ragged.concat(parts) if parts else Ragged.empty(encoder.ragged_dtypes())
         return parts
 
 
-def _validate(arrays: dict, task: EntryRange) -> None:
-    """Numbers only, all finite (point-count agreement is checked by the rasterizers)."""
+@dataclass
+class Problem:
+    """Events of a range that cannot be used for one reason: the reason (the ledger's key), a mask
+    over the events and the error `on_error: fail` raises for the first of them."""
+
+    reason: str
+    bad: np.ndarray
+    message: str
+
+
+@dataclass
+class Skips:
+    """What one read range skipped and flagged: the entries dropped, by reason (each event under its
+    first), the entries kept with a NaN/inf observer, and the error `fail` would have raised."""
+
+    by_reason: dict[str, np.ndarray] = field(default_factory=dict)
+    observers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    message: str = ""
+
+    @property
+    def events(self) -> int:
+        return sum(len(entries) for entries in self.by_reason.values())
+
+
+def _check_numbers(arrays: dict, task: EntryRange) -> set[str]:
+    """Numbers only (point-count agreement is checked by the rasterizers); the names of the
+    branches holding a NaN/inf anywhere in the range (which events: _nonfinite_branch)."""
+    nonfinite = set()
     for name, array in arrays.items():
         values = ak.to_numpy(ak.flatten(array, axis=None))
         if "string" in str(ak.type(array)) or not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
             raise DataError(f"{task.where}: branch '{name}' has type {ak.type(array)}, expected numbers")
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-            bad = int((~np.isfinite(values)).sum())
-            raise DataError(f"{task.where}: branch '{name}' has {bad} NaN/inf values "
-                            f"(first at entry {_first_bad_entry(array, task.start)})")
+            nonfinite.add(name)
+    return nonfinite
+
+
+def _nonfinite_branch(name: str, array, entries: np.ndarray, task: EntryRange) -> Problem:
+    """The events holding a NaN/inf in the branch, in any of their values."""
+    finite = np.isfinite(array)
+    bad = ~finite
+    while isinstance(bad, ak.Array) and bad.ndim > 1:
+        bad = ak.any(bad, axis=-1)
+    bad = np.asarray(ak.to_numpy(ak.fill_none(bad, False)) if isinstance(bad, ak.Array) else bad, dtype=bool)
+    if not bad.any():
+        return Problem("", bad, "")
+    values = int(ak.count_nonzero(~finite, axis=None)) if isinstance(finite, ak.Array) else int(bad.sum())
+    return Problem(f"branch '{name}' is NaN/inf", bad,
+                   f"{task.where}: branch '{name}' has {values} NaN/inf values (first at entry {entries[bad][0]})")
+
+
+def _events(count) -> str:
+    return f"{int(count)} event{'s' * (int(count) != 1)}"
+
+
+def _floats(values, n: int) -> np.ndarray | None:
+    """A per-event expression's values as float32 (what the scalars input ships), or None if it is
+    not one number per event (the input then names the problem)."""
+    if isinstance(values, ak.Array):
+        if values.ndim != 1:
+            return None
+        values = ak.to_numpy(values)
+    values = np.asarray(values)
+    return values.astype(np.float32) if values.shape == (n,) else None
 
 
 def _one_per_event(values, text: str, task: EntryRange) -> np.ndarray:
@@ -297,24 +461,45 @@ def _per_track(values, text: str, tracks: int, task: EntryRange, entries: np.nda
     return ak.to_numpy(ak.flatten(values, axis=1)).astype(np.float32).reshape(len(counts), tracks)
 
 
-def _first_bad_entry(array: ak.Array, start: int) -> int:
-    finite = np.isfinite(array)
-    per_event = ak.all(finite, axis=1) if array.ndim > 1 else finite
-    return start + int(np.argmin(ak.to_numpy(per_event)))
-
-
 @ray.remote(num_cpus=0)
 class SkipLedger:
-    """Counts ranges skipped by read tasks; keyed by range so retries and epochs count once."""
+    """What read tasks skipped, keyed by entry range: whole ranges with their reason, and single bad
+    events by entry with theirs (and events kept with a NaN/inf observer), so that retries, epochs
+    and the splits each count an event once."""
 
     def __init__(self) -> None:
         self.ranges: dict[tuple[str, int, int], str] = {}
+        self.events: dict[tuple[str, int, int], dict[str, np.ndarray]] = {}  # reason -> entries skipped
+        self.observers: dict[tuple[str, int, int], np.ndarray] = {}  # entries kept with a NaN/inf observer
 
     def record(self, path: str, start: int, stop: int, reason: str) -> None:
         self.ranges.setdefault((path, start, stop), reason)
 
+    def record_events(self, path: str, start: int, stop: int, by_reason: dict[str, np.ndarray],
+                      observers: np.ndarray) -> None:
+        key = (path, start, stop)
+        known = self.events.setdefault(key, {})
+        seen = np.concatenate([np.zeros(0, dtype=np.int64), *known.values()])
+        for reason, entries in by_reason.items():
+            new = entries[~np.isin(entries, seen)]
+            if len(new):
+                known[reason] = np.union1d(known.get(reason, new[:0]), new)
+                seen = np.concatenate([seen, new])
+        if len(observers):
+            self.observers[key] = np.union1d(self.observers.get(key, observers[:0]), observers)
+
     def skipped(self) -> list[tuple[str, int, int, str]]:
+        """Whole ranges skipped: (path, start, stop, reason)."""
         return [(*key, reason) for key, reason in sorted(self.ranges.items())]
+
+    def skipped_events(self) -> list[tuple[str, int, int, str, int, int]]:
+        """Single events skipped in ranges otherwise read: (path, start, stop, reason, events, first entry)."""
+        return [(*key, reason, len(entries), int(entries[0])) for key, reasons in sorted(self.events.items())
+                if key not in self.ranges for reason, entries in reasons.items()]
+
+    def observers_nonfinite(self) -> int:
+        """Events delivered with a NaN/inf observer."""
+        return sum(len(entries) for key, entries in self.observers.items() if key not in self.ranges)
 
 
 class RootDatasource(Datasource):

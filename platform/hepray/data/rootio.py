@@ -13,11 +13,18 @@ HTTP servers that serve directory listings.
 
 Planning uses metadata only: entry counts and the entry boundaries of TTree baskets (those
 common to the branches read) or RNTuple clusters, so that read tasks start and stop on them.
+
+Errors. Opening and reading a remote file (any URL but `file://`) is retried after transient
+I/O errors (OSError, timeouts, HTTP 5xx/408/429) with back-off, RETRY_DELAYS; then, and for any
+other failure of the data (a missing file, a corrupt basket, a decompression or deserialization
+error), one DataError naming the file. MemoryError and programming errors (NOT_DATA) propagate
+unchanged: they are never reported as bad data.
 """
 
 from __future__ import annotations
 
 import glob
+import time
 from dataclasses import dataclass
 from functools import reduce
 from urllib.parse import urlsplit
@@ -32,6 +39,14 @@ RNTuple = uproot.models.RNTuple.Model_ROOT_3a3a_RNTuple
 
 class DataError(ValueError):
     """Bad input data; the message names the file, the branch and the entry range."""
+
+
+RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds slept before the 2nd, 3rd and 4th attempt of a remote open or read
+# Never bad data: out of memory, interrupted, or a bug (ours or a library's) -- these propagate unchanged.
+NOT_DATA = (MemoryError, TypeError, AttributeError, NameError, AssertionError, RecursionError, NotImplementedError,
+            SystemError)
+NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+TRANSIENT_STATUS = {408, 429}  # and every 5xx
 
 
 # ------------------------------------------------------------------ paths
@@ -65,7 +80,7 @@ def _remote_glob(pattern: str) -> list[str]:
 
 def _storage_error(path: str, error: Exception) -> DataError:
     """One clear error for a file or URL that cannot be opened."""
-    detail = f"{type(error).__name__}: {error}".splitlines()[0]
+    detail = _detail(error)
     if isinstance(error, FileNotFoundError):
         return DataError(f"{path}: no such file")
     if isinstance(error, PermissionError):
@@ -73,17 +88,89 @@ def _storage_error(path: str, error: Exception) -> DataError:
     if isinstance(error, ImportError) or (isinstance(error, ValueError) and "Protocol not known" in str(error)):
         hint = "; for root:// URLs: pip install \"hepray[xrootd]\"" if path.startswith("root://") else ""
         return DataError(f"{path}: no filesystem for this URL ({detail}){hint}")
-    if is_url(path) and not path.startswith("file://") and isinstance(error, (OSError, TimeoutError)):
+    if is_remote(path) and (isinstance(error, (OSError, TimeoutError)) or is_transient(path, error)):
         return DataError(f"{path}: cannot reach the server ({detail})")
     return DataError(f"{path}: cannot be opened as a ROOT file ({detail})")
 
 
-def open_file(path: str):
-    """uproot.open for a local path or URL; errors name the path."""
+def _detail(error: BaseException) -> str:
+    kind = type(error)
+    name = f"{kind.__module__}.{kind.__name__}" if kind.__name__ == "error" else kind.__name__  # zlib.error, struct.error
+    return f"{name}: {error}".splitlines()[0]
+
+
+# ------------------------------------------------------------------ transient errors and retries
+
+
+def is_remote(path: str) -> bool:
+    return is_url(path) and not path.startswith("file://")
+
+
+def is_transient(path: str, error: BaseException) -> bool:
+    """Whether a failed open or read of `path` is worth another attempt: I/O errors and timeouts
+    of remote files (fsspec, HTTP, XRootD), HTTP 5xx/408/429; not a missing file or a denial."""
+    if not is_remote(path) or isinstance(error, NOT_TRANSIENT):
+        return False
+    if isinstance(error, (OSError, TimeoutError)):
+        return True
+    status = getattr(error, "status", None)  # aiohttp.ClientResponseError and the like
+    if type(error).__module__.split(".")[0] in ("aiohttp", "fsspec", "requests", "urllib3", "botocore", "fsspec_xrootd"):
+        return not isinstance(status, int) or status >= 500 or status in TRANSIENT_STATUS
+    return False
+
+
+def io_error(error: BaseException) -> BaseException:
+    """The error a failed fsspec byte-range read really was. uproot (5.7, scikit-hep/uproot5#1450)
+    indexes the exception fsspec's cat_ranges returns in place of the bytes, so it surfaces as
+    TypeError "'ClientResponseError' object is not subscriptable" raised in uproot/source/coalesce.py."""
+    if not isinstance(error, TypeError) or "not subscriptable" not in str(error):
+        return error
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is None or not frame.tb_frame.f_code.co_filename.replace("\\", "/").endswith("uproot/source/coalesce.py"):
+        return error
     try:
-        return uproot.open(path)
-    except Exception as error:  # uproot and fsspec raise many kinds for missing, remote or corrupt files
-        raise _storage_error(path, error) from None
+        result = frame.tb_frame.f_locals["self"]._parent.result(timeout=0)
+    except Exception as raised:  # the future itself failed
+        result = raised
+    return result if isinstance(result, BaseException) else OSError(str(error))
+
+
+class Failed(Exception):
+    """An open or read that failed as data (after its retries): the error, the phase, the attempts."""
+
+    def __init__(self, error: BaseException, opened: bool, attempts: int):
+        super().__init__(str(error))
+        self.error, self.opened, self.attempts = error, opened, attempts
+
+    def after(self) -> str:
+        return f" after {self.attempts} attempts" if self.attempts > 1 else ""
+
+
+def with_file(path: str, action):
+    """action(open uproot file), retried for a remote path after transient errors (RETRY_DELAYS
+    between attempts). DataError and NOT_DATA errors propagate as they are; any other error is
+    raised as Failed once the attempts are used up."""
+    delays = iter(RETRY_DELAYS if is_remote(path) else ())
+    attempts = 0
+    while True:
+        attempts += 1
+        opened = False
+        try:
+            with uproot.open(path) as file:
+                opened = True
+                return action(file)
+        except DataError:
+            raise
+        except Exception as raised:
+            error = io_error(raised)
+            if isinstance(error, NOT_DATA):
+                raise
+            delay = next(delays, None) if is_transient(path, error) else None
+            if delay is None:
+                raise Failed(error, opened, attempts) from None
+            time.sleep(delay)
 
 
 # ------------------------------------------------------------------ one format-independent view
@@ -118,8 +205,13 @@ class Events:
             self.num_entries = int(self.obj.num_entries)
         except DataError:
             raise
-        except Exception as error:  # a truncated or corrupt file fails here, in many ways
-            raise DataError(f"{path}: '{name}' cannot be read ({type(error).__name__}: {error})".splitlines()[0]) from None
+        except Exception as raised:  # a truncated or corrupt file fails here, in many ways
+            error = io_error(raised)
+            if isinstance(error, NOT_DATA):
+                raise
+            if is_transient(path, error):
+                raise error from None  # for with_file to retry
+            raise DataError(f"{path}: '{name}' cannot be read ({_detail(error)})") from None
 
     def missing(self, names: set[str]) -> list[str]:
         return sorted(names - set(self.columns))
@@ -162,7 +254,8 @@ def _rntuple_columns(ntuple) -> dict[str, Column]:
 
 def describe(path: str, tree: str, names: set[str], allow_empty: bool = False) -> tuple[int, np.ndarray]:
     """Entries and read boundaries of one file, from its metadata; checks the names exist."""
-    with open_file(path) as file:
+
+    def metadata(file) -> tuple[int, np.ndarray]:
         events = Events(file, path, tree)
         missing = events.missing(names)
         if missing:
@@ -173,11 +266,26 @@ def describe(path: str, tree: str, names: set[str], allow_empty: bool = False) -
             raise DataError(f"{path}: {events.kind} '{tree}' has no entries")
         return events.num_entries, events.boundaries(names)
 
+    try:
+        return with_file(path, metadata)
+    except Failed as failed:
+        if failed.opened:
+            raise DataError(f"{path}: '{tree}' cannot be read ({_detail(failed.error)}){failed.after()}") from None
+        raise DataError(f"{_storage_error(path, failed.error)}{failed.after()}") from None
+
 
 def read_arrays(path: str, tree: str, names: list[str], start: int, stop: int) -> dict[str, ak.Array]:
-    """The named columns for entries [start, stop), from either format."""
-    with open_file(path) as file:
-        return Events(file, path, tree).arrays(names, start, stop)
+    """The named columns for entries [start, stop), from either format. A remote file is opened
+    and read again after transient errors; a corrupt basket or a file gone is a DataError naming
+    the entry range; MemoryError and programming errors propagate unchanged."""
+    try:
+        return with_file(path, lambda file: Events(file, path, tree).arrays(names, start, stop))
+    except Failed as failed:
+        where = f"{path}: entries [{start}, {stop})"
+        if failed.opened:
+            raise DataError(f"{where}: reading {names} failed ({_detail(failed.error)}){failed.after()}") from None
+        reason = str(_storage_error(path, failed.error)).removeprefix(f"{path}: ")
+        raise DataError(f"{where}: {reason}{failed.after()}") from None
 
 
 def entry_ranges(boundaries: np.ndarray, size: int) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from hepray.inputs.base import Encoder
-from hepray.inputs.kernels import ArrayLike, SparseImages, apply_norm, densify
+from hepray.inputs.kernels import ArrayLike, Ragged, SparseImages, apply_norm, densify
 
 NOT_KINDS = {"base", "kernels"}
 
@@ -66,8 +66,9 @@ def make_sparse(spec, arrays: dict[str, ArrayLike]) -> SparseImages:
 
 def sparse_supported(spec) -> bool:
     """Whether the input's image is a sum of point values, so its points can travel instead."""
-    return encoder_for(spec).travels_sparse
+    encoder = encoder_for(spec)
+    return encoder.travels_ragged and type(encoder).sparse is not Encoder.sparse
 
 
-__all__ = ["ENCODERS", "Encoder", "InputSpec", "SparseImages", "apply_norm", "branches_for", "densify", "encoder_for",
+__all__ = ["ENCODERS", "Encoder", "InputSpec", "Ragged", "SparseImages", "apply_norm", "branches_for", "densify", "encoder_for",
            "encoder_from_json", "make_input", "make_sparse", "sparse_supported"]

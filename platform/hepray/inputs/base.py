@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from hepray.inputs.kernels import ArrayLike, SparseImages, densify
+from hepray.inputs.kernels import ArrayLike, Ragged, SparseImages, densify
 
 # Per event, over all channels; log1p is sign(x) * log1p(|x|) so negative noise stays finite.
 Norm = Literal["none", "l1", "l2", "max", "log1p"]
@@ -20,8 +20,9 @@ class Strict(BaseModel):
 
 class Encoder:
     """One input kind. Subclasses set `kind` and `spec_class` and implement `branches` and
-    `dense`; a kind whose image is a sum of point values also implements `sparse`, and its
-    events then travel as their in-window points (SparseImages), ~10x fewer bytes than pixels."""
+    `dense`. A kind whose events can travel as a variable number of rows says `travels_ragged`:
+    image kinds that are sums of point values implement `sparse` (their in-window points, ~10x
+    fewer bytes than pixels), other kinds `ragged`, `ragged_dtypes` and `decode`."""
 
     kind: ClassVar[str]
     spec_class: ClassVar[type[BaseModel]]
@@ -38,20 +39,27 @@ class Encoder:
         raise NotImplementedError
 
     @property
-    def travels_sparse(self) -> bool:
-        """Whether `sparse` is available for this spec (the read task then ships points)."""
+    def travels_ragged(self) -> bool:
+        """Whether a read task ships this input's events as `ragged` rows instead of dense tensors."""
         return False
 
     def sparse(self, arrays: dict[str, ArrayLike]) -> SparseImages:
-        """The in-window points of a slice of events; `decode` gives `dense`'s images."""
+        """An image kind's in-window points for a slice of events; densify gives `dense`'s images."""
         raise TypeError(f"input kind {self.kind!r} has no sparse form")
 
-    def encode(self, arrays: dict[str, ArrayLike], sparse: bool) -> np.ndarray | SparseImages:
-        """What a read task ships for a slice of events: points when asked and possible, else dense."""
-        return self.sparse(arrays) if sparse and self.travels_sparse else self.dense(arrays)
+    def ragged(self, arrays: dict[str, ArrayLike]) -> Ragged:
+        """What a read task ships for a slice of events when the input travels ragged."""
+        images = self.sparse(arrays)
+        return Ragged(images.offsets, {"pixel": images.pixel, "value": images.value})
 
-    def decode(self, travelled: np.ndarray | SparseImages) -> np.ndarray:
+    def ragged_dtypes(self) -> dict[str, np.dtype]:
+        """The columns `ragged` gives (what an empty slice ships)."""
+        return {"pixel": np.dtype(np.int32), "value": np.dtype(np.float32)}
+
+    def decode(self, travelled: np.ndarray | Ragged) -> np.ndarray:
         """A worker's dense float32 tensor data from what a read task shipped."""
-        if isinstance(travelled, SparseImages):
-            return densify(travelled, self.spec.norm)
+        if isinstance(travelled, Ragged):
+            images = SparseImages(travelled.offsets, travelled.columns["pixel"], travelled.columns["value"],
+                                  self.spec.shape())
+            return densify(images, self.spec.norm)
         return travelled

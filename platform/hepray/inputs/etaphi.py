@@ -86,7 +86,7 @@ class EtaPhiEncoder(Encoder):
         return normalize_in_place(accumulate(*_etaphi(self.spec, arrays)), self.spec.norm)
 
     @property
-    def travels_sparse(self) -> bool:
+    def travels_ragged(self) -> bool:
         return True
 
     def sparse(self, arrays: dict[str, ArrayLike]) -> SparseImages:

@@ -71,11 +71,11 @@ class HitsXYEncoder(Encoder):
         return normalize_in_place(images, self.spec.norm)
 
     @property
-    def travels_sparse(self) -> bool:
+    def travels_ragged(self) -> bool:
         return self.spec.encoding == "per_hit"  # the other encodings are not sums of hit values
 
     def sparse(self, arrays: dict[str, ArrayLike]) -> SparseImages:
-        if not self.travels_sparse:
+        if not self.travels_ragged:
             return super().sparse(arrays)
         return SparseImages.from_scatter(_hits_xy(self.spec, arrays))
 

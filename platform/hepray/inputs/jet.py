@@ -47,7 +47,7 @@ class JetEncoder(Encoder):
         return normalize_in_place(accumulate(*_jet(self.spec, arrays)), self.spec.norm)
 
     @property
-    def travels_sparse(self) -> bool:
+    def travels_ragged(self) -> bool:
         return True
 
     def sparse(self, arrays: dict[str, ArrayLike]) -> SparseImages:

@@ -35,6 +35,46 @@ TWO_PI = 2.0 * math.pi
 
 
 @dataclass
+class Ragged:
+    """A variable number of rows per event, as a read task ships them: event i owns rows
+    offsets[i]:offsets[i+1] of every column (each 1-D). The input's encoder made it and decodes it."""
+
+    offsets: np.ndarray  # int64, n_events + 1, starting at 0
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.offsets.nbytes + sum(column.nbytes for column in self.columns.values())
+
+    def slice(self, begin: int, stop: int) -> Ragged:
+        offsets = self.offsets[begin:stop + 1]
+        return Ragged(offsets - offsets[0], {name: column[offsets[0]:offsets[-1]] for name, column in self.columns.items()})
+
+    def take(self, events: np.ndarray) -> Ragged:
+        """The rows of `events` (an index array), in that order."""
+        counts = np.diff(self.offsets)[events]
+        offsets = np.zeros(len(events) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        # int32 gather indices: half the memory traffic of int64 (a block holds < 2**31 rows).
+        source = np.repeat((self.offsets[:-1][events] - offsets[:-1]).astype(np.int32), counts)
+        source += np.arange(offsets[-1], dtype=np.int32)
+        return Ragged(offsets, {name: column[source] for name, column in self.columns.items()})
+
+    @staticmethod
+    def empty(dtypes: dict[str, np.dtype]) -> Ragged:
+        return Ragged(np.zeros(1, dtype=np.int64), {name: np.zeros(0, dtype=dtype) for name, dtype in dtypes.items()})
+
+    @staticmethod
+    def concat(parts: list[Ragged]) -> Ragged:
+        shift = np.cumsum([0] + [part.offsets[-1] for part in parts[:-1]])
+        offsets = np.concatenate([parts[0].offsets[:1]] + [part.offsets[1:] + s for part, s in zip(parts, shift)])
+        return Ragged(offsets, {name: np.concatenate([part.columns[name] for part in parts]) for name in parts[0].columns})
+
+
+@dataclass
 class SparseImages:
     """A batch of images as the points inside them: event i owns pixel[offsets[i]:offsets[i+1]] and
     the same slice of value. pixel indexes the flattened (C, ...) image; points sharing a pixel sum.

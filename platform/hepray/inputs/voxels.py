@@ -70,11 +70,11 @@ class VoxelEncoder(Encoder):
         return normalize_in_place(images, self.spec.norm)
 
     @property
-    def travels_sparse(self) -> bool:
+    def travels_ragged(self) -> bool:
         return self.spec.cells is None  # fixed cell arrays are already dense
 
     def sparse(self, arrays: dict[str, ArrayLike]) -> SparseImages:
-        if not self.travels_sparse:
+        if not self.travels_ragged:
             return super().sparse(arrays)
         return SparseImages.from_scatter(_voxel_points(self.spec, arrays))
 

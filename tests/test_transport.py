@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hepray.data.batches import ModelBatch, to_tensors
-from hepray.inputs import SparseImages, densify, make_input, make_sparse, sparse_supported
+from hepray.inputs import Ragged, densify, encoder_for, make_input, make_sparse, sparse_supported
 from hepray.data.root_source import EventReader, RootDatasource, plan_reads
 from hepray.inputs.etaphi import EtaPhiImage
 from hepray.inputs.hits_xy import HitsXYImage
@@ -68,13 +68,15 @@ def test_kinds_that_are_not_point_sums_stay_dense():
 
 def test_take_slice_concat_keep_each_events_points():
     spec, arrays = point_inputs()[0]
-    images = make_sparse(spec, arrays)
-    dense = densify(images, "none")
-    order = np.random.default_rng(0).permutation(len(images))
-    np.testing.assert_array_equal(densify(images.take(order), "none"), dense[order])
-    halves = [images.slice(0, 13), images.slice(13, len(images))]
-    np.testing.assert_array_equal(densify(halves[1], "none"), dense[13:])
-    np.testing.assert_array_equal(densify(SparseImages.concat(halves), "none"), dense)
+    encoder = encoder_for(spec)
+    rows = encoder.ragged(arrays)
+    dense = encoder.decode(rows)
+    np.testing.assert_array_equal(dense, make_input(spec, arrays))
+    order = np.random.default_rng(0).permutation(len(rows))
+    np.testing.assert_array_equal(encoder.decode(rows.take(order)), dense[order])
+    halves = [rows.slice(0, 13), rows.slice(13, len(rows))]
+    np.testing.assert_array_equal(encoder.decode(halves[1]), dense[13:])
+    np.testing.assert_array_equal(encoder.decode(Ragged.concat(halves)), dense)
 
 
 @pytest.fixture(scope="module")

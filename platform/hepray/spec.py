@@ -88,6 +88,9 @@ class DataSpec(Strict):
         None, description="regression target: a branch or expression, or {tracks, px, py, pz} for track momenta")
     observers: list[str] = []
     split: Split = Split()
+    weight: str | None = Field(
+        None, description="each event's weight: a branch or expression (negative allowed), used in the loss and "
+                          "in every evaluation number")
     on_error: Literal["fail", "skip"] = "fail"
     events_per_task: int = Field(20000, gt=0)
     inputs: dict[str, InputSpec] = Field(min_length=1)
@@ -120,9 +123,8 @@ class DataSpec(Strict):
         elif self.target is not None:
             found.append(("data.target", self.target))
         found += [("data.observers", text) for text in self.observers]
-        weight = getattr(self, "weight", None)
-        if isinstance(weight, str):
-            found.append(("data.weight", weight))
+        if self.weight is not None:
+            found.append(("data.weight", self.weight))
         for name, spec in self.inputs.items():
             if spec.kind == "scalars":
                 found += [(f"data.inputs.{name}.branches", text) for text in spec.branches]
@@ -135,6 +137,8 @@ class DataSpec(Strict):
 class TaskSpec(Strict):
     kind: Literal["binary", "multiclass", "regression"]
     class_weights: list[float] | None = None
+    balance: bool = Field(False, description="class weights from the weighted class totals of the train split, "
+                                             "so every class counts the same in the loss")
     loss: Literal["mse", "huber", "relative"] = "mse"
     conservation_weight: float = Field(
         0.0, ge=0, description="track momenta: lambda of the loss term lambda * |sum of the event's predicted "
@@ -155,6 +159,9 @@ class TrainSpec(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    weight_norm: Literal["batch", "global"] = Field(
+        "batch", description="event-weighted loss: divided by the batch's summed |weight| (batch) or by the batch size "
+                             "times the train split's mean |weight| (global: batches with more weight count more)")
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["none", "cosine", "onecycle", "plateau"] = "none"
     grad_clip: float | None = Field(None, gt=0)
@@ -230,6 +237,7 @@ class EvaluateSpec(Strict):
     robustness: Robustness | None = None
     energy: str | None = Field(None, description="regression: observer holding the true energy for resolution fits")
     plots: bool = True
+    unweighted: bool = Field(False, description="with data.weight: the unweighted numbers too (test_unweighted_*)")
     permutation_importance: bool = Field(
         False, description="importance_<scalar>: the test metric lost when each scalar input column is shuffled")
 
@@ -310,6 +318,10 @@ class JobSpec(Strict):
                 raise ValueError(f"task.kind: binary needs 2 classes, data has {n_classes}")
             if self.task.class_weights is not None and len(self.task.class_weights) != n_classes:
                 raise ValueError("task.class_weights: one weight per class")
+            if self.task.class_weights is not None and self.task.balance:
+                raise ValueError("task.balance: sets the class weights from the train split; drop task.class_weights")
+        if self.task.balance and self.task.kind == "regression":
+            raise ValueError("task.balance: balances classes; a regression has none")
         if self.task.conservation_weight > 0 and not (self.task.kind == "regression"
                                                       and isinstance(self.data.target, TrackMomenta)):
             raise ValueError("task.conservation_weight: needs a regression of track momenta to sum "

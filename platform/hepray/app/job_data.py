@@ -8,10 +8,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import ray
 
 from hepray.data.pipeline import build_dataset, streamed_to_trainers
+from hepray.data.events import ENTRY, LABEL, WEIGHT
 from hepray.data.root_source import SPLITS, EventReader, ReadPlan, SkipLedger, plan_reads
+from hepray.data.rootio import DataError
 from hepray.evaluate import baselines
 from hepray.samples import generate, generated_events
 from hepray.spec import DataSpec, JobSpec
@@ -53,6 +56,7 @@ class JobData:
     evaluations: dict[str, ray.data.Dataset] = field(default_factory=dict)
     baseline_train: ray.data.Dataset | None = None
     sample_plans: list[ReadPlan] = field(default_factory=list)
+    ledger_name: str | None = None
 
     def skip_report(self) -> dict[str, float | list]:
         """What the job skipped, from planning and from the read tasks: events_skipped (in files and
@@ -95,7 +99,7 @@ def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
     datasets = {split: build_dataset(spec, split, plan, ledger_name, extra, sparse=True) for split in splits}
     for split in {"train", "val"} & datasets.keys():
         streamed_to_trainers(datasets[split])
-    data = JobData(datasets, plan, ledger)
+    data = JobData(datasets, plan, ledger, ledger_name=ledger_name)
     if "test" in datasets:
         data.evaluations["test"] = datasets["test"]
     if baselines.needs_fit(job):
@@ -114,3 +118,56 @@ def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
         data.evaluations[f"robust_norm_{norm}"] = build_dataset(with_norm(spec, norm), "test", plan, ledger_name, extra,
                                                                 sparse=True)
     return data
+
+
+@dataclass
+class TrainTotals:
+    """Events, summed weight and summed |weight| per class label of the train split."""
+
+    events: dict[int, int]
+    weight: dict[int, float]
+    abs_weight: dict[int, float]
+
+
+def train_totals(job: JobSpec, data: JobData) -> TrainTotals:
+    """One pass over the train split's labels and weights (no inputs read), summed per block in
+    the read tasks' wake: only a few numbers per block reach the driver."""
+    dataset = build_dataset(job.data, "train", data.plan, data.ledger_name, with_inputs=False)
+    parts = dataset.map_batches(_block_totals, batch_format="numpy", batch_size=None).take_all()
+    totals = TrainTotals({}, {}, {})
+    for part in parts:
+        label = int(part["label"])
+        totals.events[label] = totals.events.get(label, 0) + int(part["events"])
+        totals.weight[label] = totals.weight.get(label, 0.0) + float(part["weight"])
+        totals.abs_weight[label] = totals.abs_weight.get(label, 0.0) + float(part["abs_weight"])
+    return totals
+
+
+def _block_totals(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    labels = batch[LABEL] if LABEL in batch else np.zeros(len(batch[ENTRY]), dtype=np.int64)
+    weights = batch[WEIGHT].astype(np.float64) if WEIGHT in batch else np.ones(len(labels))
+    present = np.unique(labels)
+    index = np.searchsorted(present, labels)
+    return {"label": present, "events": np.bincount(index, minlength=len(present)),
+            "weight": np.bincount(index, weights, minlength=len(present)),
+            "abs_weight": np.bincount(index, np.abs(weights), minlength=len(present))}
+
+
+def training_job(job: JobSpec, data: JobData) -> tuple[JobSpec, float | None]:
+    """The job as the workers train it, and the weight scale of train.weight_norm: global.
+    task.balance becomes class weights total / (classes * class total), from weighted totals."""
+    if not job.task.balance and not (job.data.weight and job.train.weight_norm == "global"):
+        return job, None
+    totals = train_totals(job, data)
+    scale = None
+    if job.data.weight and job.train.weight_norm == "global":
+        scale = sum(totals.abs_weight.values()) / max(1, sum(totals.events.values()))
+    if job.task.balance:
+        n_classes = len(job.data.class_names)
+        missing = [job.data.class_names[c] for c in range(n_classes) if totals.weight.get(c, 0.0) <= 0]
+        if missing:
+            raise DataError(f"task.balance: the train split has no (positive) weight in class(es) {missing}")
+        total = sum(totals.weight.get(c, 0.0) for c in range(n_classes))
+        weights = [total / (n_classes * totals.weight[c]) for c in range(n_classes)]
+        job = job.model_copy(update={"task": job.task.model_copy(update={"class_weights": weights, "balance": False})})
+    return job, scale

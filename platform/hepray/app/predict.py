@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 import ray
 
+from hepray.data.events import ENTRY, FILE_KEY, OUTPUT, PASS_CUT, observer
 from hepray.data.pipeline import build_dataset
 from hepray.data.root_source import DataError, EventReader, ReadPlan, SkipLedger, file_key, labelled_files, plan_reads
 from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, Engine, load_job, predict
@@ -85,28 +86,28 @@ class OutputSchema:
     def __init__(self, job: JobSpec, observers: list[str]):
         self.task = Task(job.task)
         self.scores = score_columns(job)
-        self.observers = {f"obs_{name}": column_name(name) for name in observers}
+        self.observers = {observer(name): column_name(name) for name in observers}
         self.has_cut = job.data.cut is not None
-        self.types = {"entry": np.dtype(np.int64), **{name: np.dtype(np.float32) for name in self.scores}}
+        self.types = {ENTRY: np.dtype(np.int64), **{name: np.dtype(np.float32) for name in self.scores}}
         if self.has_cut:
-            self.types["pass_cut"] = np.dtype(np.bool_)
+            self.types[PASS_CUT] = np.dtype(np.bool_)
         self.types.update({name: np.dtype(np.float32) for name in self.observers.values()})
         if len(self.types) != len(self.scores) + len(self.observers) + 1 + self.has_cut:
             raise DataError(f"output columns collide: {list(self.types)} from observers {observers}")
 
     def rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        scores = self.task.scores(batch["output"]).astype(np.float32).reshape(len(batch["entry"]), -1)
-        rows = {"entry": batch["entry"], **{name: scores[:, k] for k, name in enumerate(self.scores)}}
+        scores = self.task.scores(batch[OUTPUT]).astype(np.float32).reshape(len(batch[ENTRY]), -1)
+        rows = {ENTRY: batch[ENTRY], **{name: scores[:, k] for k, name in enumerate(self.scores)}}
         if self.has_cut:
-            rows["pass_cut"] = batch["pass_cut"]
+            rows[PASS_CUT] = batch[PASS_CUT]
         rows.update({name: batch[column] for column, name in self.observers.items()})
         return rows
 
     def missing(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows for entries that were not read: NaN scores and observers, failing the cut."""
         n = stop - start
-        return {name: (np.arange(start, stop, dtype=np.int64) if name == "entry"
-                       else np.zeros(n, np.bool_) if name == "pass_cut" else np.full(n, np.nan, np.float32))
+        return {name: (np.arange(start, stop, dtype=np.int64) if name == ENTRY
+                       else np.zeros(n, np.bool_) if name == PASS_CUT else np.full(n, np.nan, np.float32))
                 for name in self.types}
 
 
@@ -133,7 +134,7 @@ class OutputWriter:
 
     def write(self, rows: dict[str, np.ndarray]) -> None:
         self.buffer.append(rows)
-        self.buffered += len(rows["entry"])
+        self.buffered += len(rows[ENTRY])
         if self.buffered >= FLUSH_EVENTS:
             self.flush()
 
@@ -247,7 +248,7 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
                                 num_gpus=default_gpus(job) if num_gpus is None else num_gpus)
             index_of = FileIndex(paths)
             for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
-                ordered.write(index_of(batch["file_key"]), schema.rows(batch))
+                ordered.write(index_of(batch[FILE_KEY]), schema.rows(batch))
         ordered.finish()
         ledger_skips = ray.get(ledger.skipped.remote()) if ledger is not None else []
     except BaseException:
@@ -299,7 +300,7 @@ class OrderedOutputs:
     def write(self, file_index: np.ndarray, rows: dict[str, np.ndarray]) -> None:
         starts = np.flatnonzero(np.r_[True, np.diff(file_index) != 0])
         for begin, end in zip(starts, [*starts[1:], len(file_index)]):
-            index, entry = int(file_index[begin]), rows["entry"][begin:end]
+            index, entry = int(file_index[begin]), rows[ENTRY][begin:end]
             if index < self.current or (index == self.current and entry[0] < self.next_entry) or np.any(np.diff(entry) <= 0):
                 raise RuntimeError(f"{self.paths[index]}: predictions arrived out of entry order (entry {entry[0]})")
             self._advance_to(index)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hepray.app.job_data import JobData, build_job_data
+from hepray.data.events import OUTPUT, WEIGHT, observer
+from hepray.app.job_data import JobData, build_job_data, training_job
 from hepray.app.session import ensure_ray
 from hepray.evaluate.baselines import Baselines
 from hepray.evaluate.inference import MODEL_FILE, collect, load_model, predict, save_model
@@ -81,7 +82,8 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
 def train(job: JobSpec, data: JobData, out_dir: Path) -> Fit:
     """Ray Train over the train/val splits; the best checkpoint by the job's selection metric."""
     metric, mode = selection_metric(job)
-    trainer = build_trainer(job, data, out_dir, "checkpoints", out_dir / "tensorboard")
+    trained, weight_scale = training_job(job, data)
+    trainer = build_trainer(trained, data, out_dir, "checkpoints", out_dir / "tensorboard", weight_scale=weight_scale)
     started = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - started
@@ -138,15 +140,17 @@ def evaluate_events(job: JobSpec, prefix: str, events: dict[str, np.ndarray], fi
     is_test = prefix == "test"
     evaluation_dir = out_dir if is_test else out_dir / "evaluations" / prefix
     if isinstance(job.data.target, TrackMomenta):
-        result = evaluate_track_momenta(job, events, evaluation_dir, history if is_test else None)
+        result = evaluate_track_momenta(job, events, evaluation_dir, history if is_test else None,
+                                        unweighted=job.evaluate.unweighted)
     else:
         result = evaluate_predictions(
-            job.task.kind, events["output"], events[task.truth_column],
-            {name: events[f"obs_{name}"] for name in job.data.observers}, job.data.class_names,
+            job.task.kind, events[OUTPUT], events[task.truth_column],
+            {name: events[observer(name)] for name in job.data.observers}, job.data.class_names,
             job.evaluate.bins, evaluation_dir,
             # A norm changes the model's input only: its baselines would repeat the test split's.
             baselines={} if prefix.startswith("robust_norm_") else fitted.apply(events), energy=job.evaluate.energy,
             history=history if is_test else None, make_plots=job.evaluate.plots,
+            weights=events.get(WEIGHT), unweighted=job.evaluate.unweighted,
         )
     if is_test:
         return result

@@ -37,6 +37,7 @@ from ray.data.block import BlockMetadata
 from hepray.monitoring import record_read
 from hepray.expr import Expression
 from hepray.data.batches import to_block
+from hepray.data.events import ENTRY, FILE_KEY, LABEL, PASS_CUT, TARGET, WEIGHT, observer
 from hepray.data.rootio import DataError, describe, entry_ranges, expand_glob, read_arrays
 from hepray.inputs import Ragged, encoder_for
 from hepray.inputs.scalars import ScalarsEncoder
@@ -160,7 +161,7 @@ class EventReader:
 
     def __post_init__(self) -> None:
         self.cut = Expression(self.spec.cut) if self.spec.cut else None
-        self.columns = {f"obs_{name}": Expression(name) for name in self.spec.observers}
+        self.columns = {observer(name): Expression(name) for name in self.spec.observers}
         self.observers = set(self.columns)
         target = self.spec.target
         # track momenta: one (tracks, 3) target per event, from three per-track expressions
@@ -168,7 +169,9 @@ class EventReader:
                               if isinstance(target, TrackMomenta) else [])
         self.tracks = target.tracks if isinstance(target, TrackMomenta) else 0
         if isinstance(target, str):
-            self.columns["target"] = Expression(target)
+            self.columns[TARGET] = Expression(target)
+        if self.spec.weight is not None:
+            self.columns[WEIGHT] = Expression(self.spec.weight)
         self.columns.update({column: Expression(text) for column, text in self.extra.items()})
         self.encoders = {name: encoder_for(spec) for name, spec in self.spec.inputs.items()} if self.with_inputs else {}
         self.sparse_inputs = {name for name, encoder in self.encoders.items() if self.sparse and encoder.travels_ragged}
@@ -213,7 +216,7 @@ class EventReader:
                 if skips is not None:
                     self._record(entry_range, skips)
                 batches.append(batch)
-                record_read(self.split, entry_range.stop - entry_range.start, len(batch["entry"]),
+                record_read(self.split, entry_range.stop - entry_range.start, len(batch[ENTRY]),
                             time.perf_counter() - started)
             except DataError as error:
                 if self.spec.on_error == "fail" or self.ledger is None:
@@ -223,7 +226,7 @@ class EventReader:
             return
         batch = {key: Ragged.concat([b[key] for b in batches]) if key in self.sparse_inputs
                  else np.concatenate([b[key] for b in batches]) for key in batches[0]}
-        n = len(batch["entry"])
+        n = len(batch[ENTRY])
         if self.shuffle:
             # Seeded by the task's first range, by file name as the split is: the same order every
             # run, whether the file is read from disk or from a URL.
@@ -264,47 +267,47 @@ class EventReader:
         skips = None
         problems = self._problems(arrays, batch, nonfinite, task)
         if problems:
-            good, skips = self._settle(problems, batch["entry"], task)
+            good, skips = self._settle(problems, batch[ENTRY], task)
             arrays = {name: array[good] for name, array in arrays.items()}
             batch = {name: column[good] for name, column in batch.items()}
         flagged = self._nonfinite_observers(batch)
         if flagged is not None:
             skips = skips or Skips()
-            skips.observers = batch["entry"][flagged]
-        n = len(batch["entry"])
+            skips.observers = batch[ENTRY][flagged]
+        n = len(batch[ENTRY])
         for name, encoder in self.encoders.items():
             batch[name] = self._encode(name, encoder, {b: arrays[b] for b in encoder.branches()}, n, task)
         return batch, skips
 
     def _columns(self, arrays: dict, entries: np.ndarray, passed: np.ndarray | None, task: EntryRange) -> dict:
         """Everything but the inputs, per event: entry, cut flag, file key, observers, target, extra columns, label."""
-        batch: dict[str, np.ndarray] = {"entry": entries}
+        batch: dict[str, np.ndarray] = {ENTRY: entries}
         if self.flag_cut and passed is not None:
-            batch["pass_cut"] = passed
+            batch[PASS_CUT] = passed
         if self.file_column:
-            batch["file_key"] = np.full(len(entries), file_key(task.path), dtype=np.int64)
+            batch[FILE_KEY] = np.full(len(entries), file_key(task.path), dtype=np.int64)
         with np.errstate(all="ignore"):  # NaN/inf values are found by _problems (or are observers, kept)
             for column, expr in self.columns.items():
                 batch[column] = _one_per_event(expr.evaluate(arrays), expr.text, task).astype(np.float32)
             if self.track_momenta:
-                batch["target"] = np.stack([_per_track(expr.evaluate(arrays), expr.text, self.tracks, task, entries)
+                batch[TARGET] = np.stack([_per_track(expr.evaluate(arrays), expr.text, self.tracks, task, entries)
                                             for expr in self.track_momenta], axis=2)
             if self.spec.label_branch:
-                batch["label"] = _one_per_event(arrays[self.spec.label_branch], self.spec.label_branch, task).astype(np.int64)
+                batch[LABEL] = _one_per_event(arrays[self.spec.label_branch], self.spec.label_branch, task).astype(np.int64)
             elif task.label is not None:
-                batch["label"] = np.full(len(entries), task.label, dtype=np.int64)
+                batch[LABEL] = np.full(len(entries), task.label, dtype=np.int64)
         return batch
 
     def _problems(self, arrays: dict, batch: dict, nonfinite: list[str], task: EntryRange) -> list[Problem]:
         """Why events of the batch cannot be used, in order of precedence, each as a mask over them:
         NaN/inf in a checked branch, a label out of range, a NaN/inf target, extra column or scalar input."""
-        entries = batch["entry"]
+        entries = batch[ENTRY]
         problems = [_nonfinite_branch(name, arrays[name], entries, task) for name in nonfinite]
         if self.n_classes:
             problems.append(self._label_problem(arrays[self.spec.label_branch], entries, task))
-        derived = [(f"target '{expr.text}'" if column == "target" else f"column '{column}' ('{expr.text}')", batch[column])
-                   for column, expr in self.columns.items() if column not in self.observers]
-        derived += [(f"target '{expr.text}'", batch["target"][:, :, k]) for k, expr in enumerate(self.track_momenta)]
+        derived = [(_derived_name(column, expr), batch[column]) for column, expr in self.columns.items()
+                   if column not in self.observers]
+        derived += [(f"target '{expr.text}'", batch[TARGET][:, :, k]) for k, expr in enumerate(self.track_momenta)]
         for name, encoder in self.encoders.items():
             if isinstance(encoder, ScalarsEncoder):
                 with np.errstate(all="ignore"):
@@ -397,6 +400,12 @@ class Skips:
     @property
     def events(self) -> int:
         return sum(len(entries) for entries in self.by_reason.values())
+
+
+def _derived_name(column: str, expr: Expression) -> str:
+    if column in (TARGET, WEIGHT):
+        return f"{column} '{expr.text}'"
+    return f"column '{column}' ('{expr.text}')"
 
 
 def _check_numbers(arrays: dict, task: EntryRange) -> set[str]:

@@ -4,6 +4,14 @@ train split (rectangular cuts, a linear calibration, gradient-boosted trees).
 The read tasks carry every expression a baseline needs as an extra column (`columns`); the
 fitted baselines learn from the train split's columns (no images read) and are applied to
 the test split's, so the model and its baselines are scored on the same events.
+
+Event weights: when the train split's events carry a ``weight`` column (the job's
+``data.weight``), the fitted baselines learn with it: the cuts' signal efficiency and
+background fraction are weighted fractions and their thresholds weighted quantiles
+(``resolution.weighted_quantile``); the linear calibration is a weighted least-squares line
+(negative weights keep their sign); the trees get it as ``sample_weight``. Without it every
+event counts once, as before. Scoring the baselines with the test split's weights is
+``metrics``' business.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from itertools import product
 
 import numpy as np
 
+from hepray.evaluate.resolution import weighted_quantile
 from hepray.spec import CutsBaseline, GBDTBaseline, JobSpec, LinearBaseline
 
 CUT_LEVELS = 21  # signal-efficiency levels tried per variable when tuning cuts
@@ -44,27 +53,53 @@ def _matrix(baseline, batch: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([np.asarray(batch[column(e)], dtype=np.float64) for e in _inputs_of(baseline)], axis=1)
 
 
-def tune_cuts(x: np.ndarray, signal: np.ndarray, efficiency: float) -> np.ndarray:
+def _fraction(flag: np.ndarray, w: np.ndarray | None) -> float:
+    if w is None:
+        return flag.mean()
+    total = w.sum()
+    return float((w * flag).sum() / total) if total > 0 else np.nan
+
+
+def tune_cuts(x: np.ndarray, signal: np.ndarray, efficiency: float, weights: np.ndarray | None = None) -> np.ndarray:
     """Thresholds t (an event passes when x <= t on every column) giving at least `efficiency` of
     the signal with the least background: a grid over the signal efficiency of each variable but
-    the last, whose threshold then brings the total to `efficiency`."""
+    the last, whose threshold then brings the total to `efficiency`. With `weights`, efficiencies
+    and background fractions are weighted fractions and the thresholds weighted quantiles."""
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     xs, xb = x[signal], x[~signal]
-    if len(xs) == 0:
-        raise ValueError("cuts baseline: the train split has no signal events")
+    ws, wb = (None, None) if w is None else (w[signal], w[~signal])
+    if len(xs) == 0 or (ws is not None and not ws.sum() > 0):
+        raise ValueError("cuts baseline: the train split has no signal events" + ("" if ws is None else " of positive total weight"))
     best, best_fake = None, np.inf
     levels = np.linspace(efficiency, 1.0, CUT_LEVELS)
     for combo in product(levels, repeat=x.shape[1] - 1):
-        first = np.quantile(xs[:, :-1], combo, axis=0).diagonal() if combo else np.empty(0)
+        if ws is None:
+            first = np.quantile(xs[:, :-1], combo, axis=0).diagonal() if combo else np.empty(0)
+        else:
+            first = np.array([weighted_quantile(xs[:, j], ws, level) for j, level in enumerate(combo)])
         passed_signal = (xs[:, :-1] <= first).all(axis=1)
-        kept = passed_signal.mean()
-        if kept < efficiency:
+        kept = _fraction(passed_signal, ws)
+        if not kept >= efficiency:
             continue
-        last = np.quantile(xs[passed_signal, -1], min(1.0, efficiency / kept))
+        last = weighted_quantile(xs[passed_signal, -1], None if ws is None else ws[passed_signal],
+                                 min(1.0, efficiency / kept))
         thresholds = np.append(first, last)
-        fake = (xb <= thresholds).all(axis=1).mean() if len(xb) else 0.0
+        fake = _fraction((xb <= thresholds).all(axis=1), wb) if len(xb) else 0.0
         if fake < best_fake:
             best, best_fake = thresholds, fake
     return best
+
+
+def fit_line(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """(slope, intercept) minimising sum w (y - slope x - intercept)^2: ``np.polyfit`` (with
+    sqrt(w) for non-negative weights); with negative weights the signed normal equations."""
+    if weights is None:
+        return np.polyfit(x, y, 1)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if (w >= 0).all():
+        return np.polyfit(x, y, 1, w=np.sqrt(w))
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    return np.linalg.solve(design.T @ (w[:, None] * design), design.T @ (w * y))
 
 
 class Baselines:
@@ -83,22 +118,26 @@ class Baselines:
     def _fit(self, baseline, train: dict[str, np.ndarray]):
         x = _matrix(baseline, train)
         truth = train["target" if self.job.task.kind == "regression" else "label"]
+        weights = train.get("weight")
+        weights = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
         if isinstance(baseline, CutsBaseline):
             sign = np.array([1.0 if side == "below" else -1.0 for side in baseline.vars.values()])
-            return sign, tune_cuts(x * sign, truth == 1, baseline.efficiency)
+            return sign, tune_cuts(x * sign, truth == 1, baseline.efficiency, weights)
         if isinstance(baseline, LinearBaseline):
-            return np.polyfit(x[:, 0], truth, 1)
-        return self._fit_gbdt(baseline, x, truth)
+            return fit_line(x[:, 0], truth, weights)
+        return self._fit_gbdt(baseline, x, truth, weights)
 
-    def _fit_gbdt(self, baseline: GBDTBaseline, x: np.ndarray, truth: np.ndarray):
+    def _fit_gbdt(self, baseline: GBDTBaseline, x: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None):
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         rng = np.random.default_rng(self.job.train.seed)
         if len(x) > baseline.max_train_events:
             keep = rng.choice(len(x), baseline.max_train_events, replace=False)
             x, truth = x[keep], truth[keep]
+            weights = None if weights is None else weights[keep]
         kind = HistGradientBoostingRegressor if self.job.task.kind == "regression" else HistGradientBoostingClassifier
-        return kind(max_iter=baseline.max_iter, early_stopping=True, random_state=self.job.train.seed).fit(x, truth)
+        model = kind(max_iter=baseline.max_iter, early_stopping=True, random_state=self.job.train.seed)
+        return model.fit(x, truth, sample_weight=weights)
 
     def apply(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """name -> per-event score (classifiers), pass flag (cuts) or target estimate (regression)."""

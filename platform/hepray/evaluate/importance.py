@@ -10,7 +10,8 @@ metric gets worse, averaged over ``repeats`` seeded shuffles:
 
 ``<name>`` is the branch a scalar expression reads (``log(e_acc / 50)`` -> ``e_acc``), or the
 key-safe expression when that is ambiguous. Near zero: the model does not use the scalar (or
-the others carry the same information); negative values are noise.
+the others carry the same information); negative values are noise. With a ``weight`` column
+among the events (the job's data.weight) the headline metric is weighted as ``metrics`` weights it.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from __future__ import annotations
 import numpy as np
 import ray
 import torch
-from sklearn.metrics import roc_auc_score
-
 from hepray.data.batches import to_tensors
 from hepray.expr import Expression
 from hepray.evaluate.metrics import key_name, safe_auc
-from hepray.evaluate.resolution import valid_ratio
+from hepray.evaluate.resolution import ratio_and_weights, weighted_quantile
 from hepray.spec import JobSpec
 
 BATCH = 1024
@@ -42,16 +41,18 @@ def scalar_columns(job: JobSpec) -> list[tuple[str, int, str]]:
     return [(name, k, key) for (name, k, _), key in zip(columns, keys)]
 
 
-def headline(task: str, outputs: np.ndarray, truth: np.ndarray) -> float:
-    """The metric whose loss is the importance: iqr_rel (regression, lower is better) or AUC."""
+def headline(task: str, outputs: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The metric whose loss is the importance: iqr_rel (regression, lower is better) or AUC
+    (multiclass: the mean of the one-vs-rest AUCs), weighted with ``weights``."""
     if task == "regression":
-        x = valid_ratio(outputs[:, 0], truth)
-        q25, q50, q75 = np.percentile(x, [25, 50, 75])
+        x, w = ratio_and_weights(outputs[:, 0], truth, weights)
+        q25, q50, q75 = weighted_quantile(x, w, [0.25, 0.5, 0.75])
         return float((q75 - q25) / q50)
     if task == "binary":
-        return safe_auc(truth == 1, outputs[:, 0])
+        return safe_auc(truth == 1, outputs[:, 0], weights)
     shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-    return float(roc_auc_score(truth, shifted / shifted.sum(axis=1, keepdims=True), multi_class="ovr"))
+    p = shifted / shifted.sum(axis=1, keepdims=True)
+    return float(np.mean([safe_auc(truth == k, p[:, k], weights) for k in range(outputs.shape[1])]))
 
 
 def collect_inputs(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
@@ -79,8 +80,9 @@ def permutation_importance(job: JobSpec, model: torch.nn.Module, events: dict[st
     inputs and truth, from ``collect_inputs``); ``model`` in eval mode on the CPU."""
     task = job.task.kind
     truth = events["target" if task == "regression" else "label"]
+    weights = events.get("weight")
     inputs = {name: np.ascontiguousarray(events[name]) for name in job.data.inputs}
-    reference = headline(task, _outputs(model, inputs), truth)
+    reference = headline(task, _outputs(model, inputs), truth, weights)
     rng = np.random.default_rng(seed)
     out = {}
     for name, column, key in scalar_columns(job):
@@ -88,7 +90,7 @@ def permutation_importance(job: JobSpec, model: torch.nn.Module, events: dict[st
         for _ in range(repeats):
             shuffled = inputs[name].copy()
             shuffled[:, column] = rng.permutation(shuffled[:, column])
-            scores.append(headline(task, _outputs(model, {**inputs, name: shuffled}), truth))
+            scores.append(headline(task, _outputs(model, {**inputs, name: shuffled}), truth, weights))
         score = float(np.mean(scores))
         out[f"importance_{key}"] = score / reference - 1 if task == "regression" else reference - score
     return out

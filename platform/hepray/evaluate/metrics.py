@@ -30,6 +30,20 @@ regression (outputs = one prediction per event): ``test_events``, ``test_mse`` (
     ``cb_mu``, ``cb_sigma`` relative, ``cb_sigma_err``, ``cb_beta``, ``cb_m``) and the model
     ``test_rCB_vs_<b> = 1 - cb_sigma_model / cb_sigma_baseline`` (study 004's 1 - sigma_cnn / sigma_calib).
 
+Weights (``weights=``: one per event, negative allowed; ``None``: each event counts once and
+every number is exactly the unweighted one): ROC curves are scikit-learn's ``roc_curve`` with
+``sample_weight`` (cumulative weighted signal and background above each threshold) and the AUC
+is the trapezoid under it, i.e. ``roc_auc_score(..., sample_weight=w)`` -- with negative
+weights that formula still gives a number (the ROC may then step back; sklearn's ``auc``
+would refuse such a curve, the trapezoid is taken as is) and the rejection reads the ROC with
+TPR made non-decreasing; the rejection cap ``1/N_bkg`` becomes the FPR of the lightest
+background event, ``min|w| / sum(w)`` over background. Accuracy, cut efficiencies and the
+confusion matrix are weighted fractions (``confusion_matrix(..., sample_weight=w)``); a
+fraction or AUC whose denominator (a class's total weight) is <= 0 is NaN. Regression: the
+weighted mean squared error and ``resolution``'s weighted response and widths. Counts
+(``test_events``, ``test_events_<c>``) stay event counts; with weights ``test_weight_sum``
+(and for classification ``test_weight_sum_<c>``) give the weight totals.
+
 Binned: every key above gets the suffix ``@<observer>[<lo>,<hi>)`` for events with
 ``lo <= observer < hi`` (edges printed with ``format_edge``: shortest round-trip decimal,
 no trailing ``.0``, e.g. ``@ele_pt[10,30)``, ``@eta[-2.5,0)``, ``@E[500,inf)``).
@@ -43,7 +57,7 @@ from itertools import combinations
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.metrics import auc, confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import confusion_matrix, roc_curve
 
 from . import resolution
 
@@ -74,98 +88,156 @@ def bin_suffix(observer: str, lo: float, hi: float) -> str:
 # ------------------------------------------------------------------ ROC helpers
 
 
-def safe_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC, NaN unless both classes are present."""
-    y = np.asarray(y, dtype=bool)
+def _defined(y: np.ndarray, w: np.ndarray | None) -> bool:
+    """Both classes present (with weights: each with a positive total weight)."""
     if y.size == 0 or y.all() or not y.any():
-        return NAN
-    return float(roc_auc_score(y, score))
+        return False
+    return w is None or (np.sum(w[y]) > 0 and np.sum(w[~y]) > 0)
 
 
-def roc_points(y: np.ndarray, score: np.ndarray):
-    """(fpr, tpr) from sklearn, or None unless both classes are present."""
+def roc_points(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None):
+    """(fpr, tpr) from sklearn (weighted with ``weights``), or None unless both classes are present."""
     y = np.asarray(y, dtype=bool)
-    if y.size == 0 or y.all() or not y.any():
+    if not _defined(y, weights):
         return None
-    fpr, tpr, _ = roc_curve(y, score)
+    fpr, tpr, _ = roc_curve(y, score, sample_weight=weights)
     return fpr, tpr
 
 
-def rejection_at(fpr: np.ndarray, tpr: np.ndarray, eff, n_bkg: int) -> np.ndarray:
+def roc_area(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Trapezoid area under the ROC: sklearn's ``auc`` (= ``roc_auc_score``) without its check
+    that FPR is monotone, which negative weights can break."""
+    return float(np.trapezoid(tpr, fpr))
+
+
+def safe_auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """ROC AUC (weighted with ``weights``), NaN unless both classes are present."""
+    roc = roc_points(y, score, weights)
+    return NAN if roc is None else roc_area(*roc)
+
+
+def background_count(y: np.ndarray, weights: np.ndarray | None) -> float:
+    """The number of background events the FPR resolves, for the rejection cap: N_bkg, or with
+    weights sum(w) / min|w| over background events (N_bkg again for equal weights; an integer
+    weight counts as that many events)."""
+    if weights is None:
+        return int((~y).sum())
+    w = weights[~y]
+    w = w[w != 0]
+    return float(np.sum(w) / np.min(np.abs(w))) if w.size and np.sum(w) > 0 else NAN
+
+
+def rejection_at(fpr: np.ndarray, tpr: np.ndarray, eff, n_bkg: float) -> np.ndarray:
     """Background rejection 1/FPR at signal efficiency ``eff`` (scalar or array).
 
-    ``tpr`` is non-decreasing (sklearn order, first point (0, 0)). FPR at ``eff`` is
-    linearly interpolated between the last ROC point with TPR < eff and the first with
-    TPR >= eff (= that point's FPR when TPR == eff exactly); then capped:
-    rejection = 1 / max(FPR, 1 / n_bkg).
+    ``tpr`` is non-decreasing (sklearn order, first point (0, 0); with negative weights it is
+    made so by its running maximum). FPR at ``eff`` is linearly interpolated between the last
+    ROC point with TPR < eff and the first with TPR >= eff (= that point's FPR when TPR == eff
+    exactly); then capped: rejection = 1 / max(FPR, 1 / n_bkg) (``background_count``).
     """
     eff = np.atleast_1d(np.asarray(eff, dtype=np.float64))
+    tpr = np.maximum.accumulate(tpr)
     idx = np.clip(np.searchsorted(tpr, eff, side="left"), 1, len(tpr) - 1)
     t0, t1, f0, f1 = tpr[idx - 1], tpr[idx], fpr[idx - 1], fpr[idx]
     dt = t1 - t0
     frac = np.where(dt > 0, (eff - t0) / np.where(dt > 0, dt, 1.0), 1.0)
     f = f0 + np.clip(frac, 0.0, 1.0) * (f1 - f0)
-    return 1.0 / np.maximum(f, 1.0 / max(int(n_bkg), 1))
+    return 1.0 / np.maximum(f, 1.0 / max(n_bkg, 1))
 
 
-def _binary_scores(prefix: str, y: np.ndarray, score: np.ndarray) -> dict[str, float]:
+def _subset(w: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    return None if w is None else w[mask]
+
+
+def _weights(weights, n: int) -> np.ndarray | None:
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.size != n:
+        raise ValueError(f"weights have {w.size} values for {n} events")
+    return w
+
+
+def fraction(flag: np.ndarray, w: np.ndarray | None) -> float:
+    """Mean of a boolean flag, weighted with ``w``; NaN without events or with total weight <= 0."""
+    if flag.size == 0:
+        return NAN
+    if w is None:
+        return float(np.mean(flag))
+    total = np.sum(w)
+    return float(np.sum(w * flag) / total) if total > 0 else NAN
+
+
+def _binary_scores(prefix: str, y: np.ndarray, score: np.ndarray, w: np.ndarray | None = None) -> dict[str, float]:
     ok = np.isfinite(score)
-    y, score = y[ok], score[ok]
-    roc = roc_points(y, score)
+    y, score, w = y[ok], score[ok], _subset(w, ok)
+    roc = roc_points(y, score, w)
     if roc is None:
         out = {f"{prefix}_auc": NAN}
         rej = [NAN] * len(EFFICIENCIES)
     else:  # same as roc_auc_score (trapezoid on the full ROC), without sorting twice
-        out = {f"{prefix}_auc": float(auc(*roc))}
-        rej = rejection_at(*roc, EFFICIENCIES, n_bkg=int((~y).sum()))
+        out = {f"{prefix}_auc": roc_area(*roc)}
+        rej = rejection_at(*roc, EFFICIENCIES, n_bkg=background_count(y, w))
     for e, r in zip(EFFICIENCIES, rej):
         out[f"{prefix}_rej{round(100 * e)}"] = float(r)
+    return out
+
+
+def _event_counts(t: np.ndarray, names: Sequence[str], w: np.ndarray | None) -> dict[str, float]:
+    """``test_events`` (and per class), and with weights ``test_weight_sum`` (and per class)."""
+    out = {"test_events": float(t.size)}
+    out.update({f"test_events_{name}": float(np.sum(t == i)) for i, name in enumerate(names)})
+    if w is not None:
+        out["test_weight_sum"] = float(np.sum(w))
+        out.update({f"test_weight_sum_{name}": float(np.sum(w[t == i])) for i, name in enumerate(names)})
     return out
 
 
 # ------------------------------------------------------------------ task metrics
 
 
-def _cut_scores(name: str, y: np.ndarray, passed: np.ndarray, model_score: np.ndarray) -> dict[str, float]:
+def _cut_scores(name: str, y: np.ndarray, passed: np.ndarray, model_score: np.ndarray,
+                w: np.ndarray | None = None) -> dict[str, float]:
     """A cut-based selection's working point, and the model's rejection at the same efficiency."""
-    n_sig, n_bkg = int(y.sum()), int((~y).sum())
-    eff = passed[y].mean() if n_sig else NAN
-    fake = passed[~y].mean() if n_bkg else NAN
+    n_bkg = background_count(y, w)
+    eff = fraction(passed[y], _subset(w, y))
+    fake = fraction(passed[~y], _subset(w, ~y))
+    defined = np.isfinite(fake) and np.isfinite(n_bkg) and n_bkg > 0
     out = {f"baseline_{name}_eff": float(eff),
-           f"baseline_{name}_rej": float(1.0 / max(fake, 1.0 / max(n_bkg, 1))) if n_bkg else NAN,
+           f"baseline_{name}_rej": float(1.0 / max(fake, 1.0 / max(n_bkg, 1))) if defined else NAN,
            f"test_rej_at_{name}": NAN}
-    roc = roc_points(y, model_score)
+    roc = roc_points(y, model_score, w)
     if roc is not None and np.isfinite(eff):
         out[f"test_rej_at_{name}"] = float(rejection_at(*roc, eff, n_bkg=n_bkg)[0])
     return out
 
 
 def binary_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                   baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+                   baselines: Mapping[str, np.ndarray] | None = None,
+                   weights: np.ndarray | None = None) -> dict[str, float]:
     z = np.asarray(logits, dtype=np.float64)
     z = z[:, 0] if z.ndim == 2 else z
     t = np.asarray(truth).astype(np.int64)
+    w = _weights(weights, t.size)
     y = t == 1
-    out = {"test_events": float(t.size)}
-    for i, name in enumerate(class_names[:2]):
-        out[f"test_events_{key_name(name)}"] = float(np.sum(t == i))
-    out.update(_binary_scores("test", y, z))
-    out["test_accuracy"] = float(np.mean((z > 0) == y)) if t.size else NAN
+    out = _event_counts(t, [key_name(c) for c in class_names[:2]], w)
+    out.update(_binary_scores("test", y, z, w))
+    out["test_accuracy"] = fraction((z > 0) == y, w)
     for name, baseline in (baselines or {}).items():
         baseline = np.asarray(baseline).reshape(-1)
         if baseline.dtype == np.bool_:
-            out.update(_cut_scores(name, y, baseline, z))
+            out.update(_cut_scores(name, y, baseline, z, w))
         else:
-            out.update(_binary_scores(f"baseline_{name}", y, baseline.astype(np.float64)))
+            out.update(_binary_scores(f"baseline_{name}", y, baseline.astype(np.float64), w))
     return out
 
 
-def _ovr(prefix: str, t: np.ndarray, scores: np.ndarray, names: list[str]) -> dict[str, float]:
+def _ovr(prefix: str, t: np.ndarray, scores: np.ndarray, names: list[str], w: np.ndarray | None = None) -> dict[str, float]:
     out = {}
     aucs = []
     for k, name in enumerate(names):
         ok = np.isfinite(scores[:, k])
-        a = safe_auc(t[ok] == k, scores[ok, k])
+        a = safe_auc(t[ok] == k, scores[ok, k], _subset(w, ok))
         out[f"{prefix}_auc_{name}"] = a
         aucs.append(a)
     aucs = np.asarray(aucs)
@@ -173,29 +245,34 @@ def _ovr(prefix: str, t: np.ndarray, scores: np.ndarray, names: list[str]) -> di
     return out
 
 
+def confusion_fractions(t: np.ndarray, predicted: np.ndarray, n_cls: int, w: np.ndarray | None = None) -> np.ndarray:
+    """Row-normalised (weighted) confusion matrix; NaN rows for true classes without (positive) weight."""
+    if t.size:
+        cm = confusion_matrix(t, predicted, labels=np.arange(n_cls), sample_weight=w).astype(np.float64)
+    else:
+        cm = np.zeros((n_cls, n_cls))
+    rows = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
+
+
 def multiclass_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                       baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+                       baselines: Mapping[str, np.ndarray] | None = None,
+                       weights: np.ndarray | None = None) -> dict[str, float]:
     z = np.asarray(logits, dtype=np.float64)
     t = np.asarray(truth).astype(np.int64)
+    w = _weights(weights, t.size)
     names = [key_name(c) for c in class_names]
     n_cls = len(names)
     if z.ndim != 2 or z.shape[1] != n_cls:
         raise ValueError(f"multiclass outputs must be [N, {n_cls}], got {z.shape}")
     p = softmax(z, axis=1) if z.size else z
-    out = {"test_events": float(t.size)}
-    for k, name in enumerate(names):
-        out[f"test_events_{name}"] = float(np.sum(t == k))
-    out["test_accuracy"] = float(np.mean(np.argmax(z, axis=1) == t)) if t.size else NAN
-    out.update(_ovr("test", t, p, names))
+    out = _event_counts(t, names, w)
+    out["test_accuracy"] = fraction(np.argmax(z, axis=1) == t, w) if t.size else NAN
+    out.update(_ovr("test", t, p, names, w))
     for a, b in combinations(range(n_cls), 2):
         m = (t == a) | (t == b)
-        out[f"test_auc_{names[a]}_vs_{names[b]}"] = safe_auc(t[m] == a, z[m, a] - z[m, b])
-    if t.size:
-        cm = confusion_matrix(t, np.argmax(z, axis=1), labels=np.arange(n_cls)).astype(np.float64)
-    else:
-        cm = np.zeros((n_cls, n_cls))
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
+        out[f"test_auc_{names[a]}_vs_{names[b]}"] = safe_auc(t[m] == a, z[m, a] - z[m, b], _subset(w, m))
+    frac = confusion_fractions(t, np.argmax(z, axis=1) if t.size else t, n_cls, w)
     for i, ti in enumerate(names):
         for j, pj in enumerate(names):
             out[f"test_confusion_{ti}_{pj}"] = float(frac[i, j])
@@ -203,27 +280,33 @@ def multiclass_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Seque
         b = np.asarray(baseline, dtype=np.float64)
         if b.shape != z.shape:
             raise ValueError(f"multiclass baseline {name!r} must be [N, {n_cls}] scores, got {b.shape}")
-        out.update(_ovr(f"baseline_{name}", t, b, names))
+        out.update(_ovr(f"baseline_{name}", t, b, names, w))
+    return out
+
+
+def _regression_block(prefix: str, est: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> dict[str, float]:
+    ok = np.isfinite(est) & np.isfinite(y)
+    out = {f"{prefix}_mse": resolution.weighted_mean((est[ok] - y[ok]) ** 2, _subset(w, ok)) if ok.any() else NAN}
+    for k, v in resolution.response_summary(est, y, w).items():
+        out[f"{prefix}_{k}"] = float(v)
+    ratio, rw = resolution.ratio_and_weights(est, y, w)
+    out.update({f"{prefix}_{k}": v for k, v in resolution.crystal_ball_fit(ratio, weights=rw).items()})
     return out
 
 
 def regression_metrics(pred: np.ndarray, truth: np.ndarray,
-                       baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+                       baselines: Mapping[str, np.ndarray] | None = None,
+                       weights: np.ndarray | None = None) -> dict[str, float]:
     y = np.asarray(truth, dtype=np.float64).reshape(-1)
+    w = _weights(weights, y.size)
     pr = np.asarray(pred, dtype=np.float64)
     pr = pr[:, 0] if pr.ndim == 2 else pr
     out = {"test_events": float(y.size)}
-
-    def block(prefix: str, est: np.ndarray) -> None:
-        ok = np.isfinite(est) & np.isfinite(y)
-        out[f"{prefix}_mse"] = float(np.mean((est[ok] - y[ok]) ** 2)) if ok.any() else NAN
-        for k, v in resolution.response_summary(est, y).items():
-            out[f"{prefix}_{k}"] = float(v)
-        out.update({f"{prefix}_{k}": v for k, v in resolution.crystal_ball_fit(resolution.valid_ratio(est, y)).items()})
-
-    block("test", pr)
+    if w is not None:
+        out["test_weight_sum"] = float(np.sum(w))
+    out.update(_regression_block("test", pr, y, w))
     for name, baseline in (baselines or {}).items():
-        block(f"baseline_{name}", np.asarray(baseline, dtype=np.float64).reshape(-1))
+        out.update(_regression_block(f"baseline_{name}", np.asarray(baseline, dtype=np.float64).reshape(-1), y, w))
         ib, im = out[f"baseline_{name}_iqr_rel"], out["test_iqr_rel"]
         out[f"test_rIQR_vs_{name}"] = float((ib - im) / ib) if np.isfinite(ib) and ib > 0 else NAN
         cb, cm = out[f"baseline_{name}_cb_sigma"], out["test_cb_sigma"]
@@ -232,13 +315,14 @@ def regression_metrics(pred: np.ndarray, truth: np.ndarray,
 
 
 def task_metrics(task: str, outputs: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                 baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+                 baselines: Mapping[str, np.ndarray] | None = None,
+                 weights: np.ndarray | None = None) -> dict[str, float]:
     if task == "binary":
-        return binary_metrics(outputs, truth, class_names, baselines)
+        return binary_metrics(outputs, truth, class_names, baselines, weights)
     if task == "multiclass":
-        return multiclass_metrics(outputs, truth, class_names, baselines)
+        return multiclass_metrics(outputs, truth, class_names, baselines, weights)
     if task == "regression":
-        return regression_metrics(outputs, truth, baselines)
+        return regression_metrics(outputs, truth, baselines, weights)
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -249,12 +333,14 @@ def clean_edges(edges: Sequence[float]) -> list[float]:
 
 def binned_metrics(task: str, outputs: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
                    observers: Mapping[str, np.ndarray], bins: Mapping[str, Sequence[float]],
-                   baselines: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+                   baselines: Mapping[str, np.ndarray] | None = None,
+                   weights: np.ndarray | None = None) -> dict[str, float]:
     """``task_metrics`` in each ``[lo, hi)`` bin of each observer, keys suffixed by ``bin_suffix``.
     Observers absent from ``observers`` are skipped with a warning; NaN observer values fall
     in no bin."""
     out: dict[str, float] = {}
     n = len(truth)
+    w = _weights(weights, n)
     for obs, edges in bins.items():
         if obs not in observers:
             log.warning("bins: observer %r not available, skipped", obs)
@@ -266,7 +352,7 @@ def binned_metrics(task: str, outputs: np.ndarray, truth: np.ndarray, class_name
         for lo, hi in zip(e[:-1], e[1:]):
             m = (x >= lo) & (x < hi)
             res = task_metrics(task, outputs[m], truth[m], class_names,
-                               {name: baseline[m] for name, baseline in (baselines or {}).items()})
+                               {name: baseline[m] for name, baseline in (baselines or {}).items()}, _subset(w, m))
             sfx = bin_suffix(obs, lo, hi)
             out.update({k + sfx: v for k, v in res.items()})
     return out

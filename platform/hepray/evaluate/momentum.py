@@ -11,6 +11,10 @@ which `evaluate.bins` can bin by. Per component: `test_track_rmse_px`, `_py`, `_
 Per event: `test_imbalance_mean`, the mean over events of |sum over slots of the predicted
 (px, py, pz) - task.initial_momentum| in GeV (the true momenta give 0), and
 `test_imbalance_pt_mean`, the same for its transverse part; `test_event_count` events.
+
+With a `weight` column (the job's data.weight) every track carries its event's weight: the
+regression numbers are weighted (`evaluate_predictions(weights=...)`), the RMSEs are weighted
+root-mean-squares over tracks and the imbalance means weighted means over events.
 """
 
 from __future__ import annotations
@@ -36,21 +40,32 @@ def track_observers(job: JobSpec, events: dict[str, np.ndarray], truth: np.ndarr
     return observers
 
 
+def _mean(x: np.ndarray, weights: np.ndarray | None) -> float:
+    if weights is None:
+        return float(x.mean())
+    total = weights.sum()
+    return float((weights * x).sum() / total) if total > 0 else float("nan")
+
+
 def evaluate_track_momenta(job: JobSpec, events: dict[str, np.ndarray], out_dir: Path,
-                           history: Sequence[dict] | None) -> dict[str, float]:
-    """The module's metrics on one evaluation's events (`output`, `target`, `obs_*` columns);
-    plots and evaluation.json go to out_dir as for any regression."""
+                           history: Sequence[dict] | None, unweighted: bool = False) -> dict[str, float]:
+    """The module's metrics on one evaluation's events (`output`, `target`, `obs_*` and, if the
+    job has one, `weight` columns); plots and evaluation.json go to out_dir as for any regression.
+    `unweighted`: as for `evaluate_predictions`."""
     truth = np.asarray(events["target"], dtype=np.float64)  # (events, tracks, 3)
     prediction = np.asarray(events["output"], dtype=np.float64).reshape(truth.shape)
     observers = track_observers(job, events, truth)
+    weights = events.get("weight")
+    weights = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    per_track = None if weights is None else np.broadcast_to(weights[:, None], truth.shape[:2])  # (events, tracks)
     error = prediction - truth
     imbalance = prediction.sum(axis=1) - np.asarray(job.task.initial_momentum)
-    added = {f"test_track_rmse_{name}": float(np.sqrt(np.mean(error[..., k] ** 2)))
+    added = {f"test_track_rmse_{name}": float(np.sqrt(_mean(error[..., k] ** 2, per_track)))
              for k, name in enumerate(COMPONENTS)}
     added.update(test_event_count=float(len(truth)),
-                 test_imbalance_mean=float(np.linalg.norm(imbalance, axis=1).mean()),
-                 test_imbalance_pt_mean=float(np.hypot(imbalance[:, 0], imbalance[:, 1]).mean()))
+                 test_imbalance_mean=_mean(np.linalg.norm(imbalance, axis=1), weights),
+                 test_imbalance_pt_mean=_mean(np.hypot(imbalance[:, 0], imbalance[:, 1]), weights))
     return evaluate_predictions(
         "regression", np.hypot(prediction[..., 0], prediction[..., 1]).reshape(-1, 1), observers["track_pt"],
         observers, [], job.evaluate.bins, out_dir, energy=job.evaluate.energy, history=history,
-        make_plots=job.evaluate.plots, extra_metrics=added)
+        make_plots=job.evaluate.plots, extra_metrics=added, weights=None if per_track is None else per_track.ravel(), unweighted=unweighted)

@@ -1,7 +1,9 @@
 """Evaluation plots (Agg backend, mplhep ROOT style applied locally, figures always closed).
 
 Each function writes one PNG and returns its path. Large inputs are histogrammed or
-down-sampled on a fixed grid so every plot stays well under a second.
+down-sampled on a fixed grid so every plot stays well under a second. ``weights`` (one per
+event, optional): ROC curves, histograms and the confusion matrix are weighted as the metrics
+are (``metrics``); ``None`` draws exactly the unweighted plot.
 """
 from __future__ import annotations
 
@@ -51,23 +53,23 @@ def _headroom(ax, factor: float = 1.3) -> None:
     ax.set_ylim(lo, lo + (hi - lo) * factor)
 
 
-def _rej_curve(y: np.ndarray, score: np.ndarray):
+def _rej_curve(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None):
     """(efficiency grid, rejection on it, AUC) from one ROC computation, or None."""
-    from sklearn.metrics import auc
-
     ok = np.isfinite(score)
-    roc = metrics.roc_points(y[ok], score[ok])
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)[ok]
+    roc = metrics.roc_points(y[ok], score[ok], w)
     if roc is None:
         return None
-    return EFF_GRID, metrics.rejection_at(*roc, EFF_GRID, n_bkg=int((~y[ok]).sum())), auc(*roc)
+    return EFF_GRID, metrics.rejection_at(*roc, EFF_GRID, n_bkg=metrics.background_count(y[ok], w)), metrics.roc_area(*roc)
 
 
-def roc(path: Path, logits: np.ndarray, truth: np.ndarray, baselines: Mapping[str, np.ndarray] | None = None) -> Path:
+def roc(path: Path, logits: np.ndarray, truth: np.ndarray, baselines: Mapping[str, np.ndarray] | None = None,
+        weights: np.ndarray | None = None) -> Path:
     y = np.asarray(truth) == 1
     with _figure(path) as (fig, ax):
         series = {"model": logits, **(baselines or {})}
         for label, s in series.items():
-            c = _rej_curve(y, np.asarray(s, dtype=np.float64).reshape(-1))
+            c = _rej_curve(y, np.asarray(s, dtype=np.float64).reshape(-1), weights)
             if c is not None:
                 ax.plot(c[0], c[1], label=f"{label} (AUC = {c[2]:.4f})")
         ax.set_yscale("log")
@@ -78,15 +80,24 @@ def roc(path: Path, logits: np.ndarray, truth: np.ndarray, baselines: Mapping[st
     return path
 
 
-def score_hist(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str]) -> Path:
+def score_histogram(scores: np.ndarray, edges: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray | None:
+    """``np.histogram(..., density=True)``, weighted with ``weights``; None when the total weight is
+    <= 0 (nothing to normalise)."""
+    if weights is not None and not np.sum(weights) > 0:
+        return None
+    return np.histogram(scores, bins=edges, weights=weights, density=True)[0]
+
+
+def score_hist(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
+               weights: np.ndarray | None = None) -> Path:
     p = expit(np.asarray(logits, dtype=np.float64).reshape(-1))
     t = np.asarray(truth)
     edges = np.linspace(0, 1, 51)
     with _figure(path) as (fig, ax):
         for k, name in enumerate(class_names[:2]):
             sel = p[t == k]
-            if sel.size:
-                h, _ = np.histogram(sel, bins=edges, density=True)
+            h = score_histogram(sel, edges, None if weights is None else np.asarray(weights)[t == k]) if sel.size else None
+            if h is not None:
                 ax.stairs(h, edges, label=f"{name} ({sel.size})")
         ax.set_yscale("log")
         ax.set_xlabel(f"P({class_names[1] if len(class_names) > 1 else 'signal'})")
@@ -95,12 +106,13 @@ def score_hist(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: S
     return path
 
 
-def roc_ovr(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str]) -> Path:
+def roc_ovr(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
+            weights: np.ndarray | None = None) -> Path:
     p = softmax(np.asarray(logits, dtype=np.float64), axis=1)
     t = np.asarray(truth)
     with _figure(path) as (fig, ax):
         for k, name in enumerate(class_names):
-            c = _rej_curve(t == k, p[:, k])
+            c = _rej_curve(t == k, p[:, k], weights)
             if c is not None:
                 ax.plot(c[0], c[1], label=f"{name} vs rest (AUC = {c[2]:.4f})")
         ax.set_yscale("log")
@@ -111,13 +123,10 @@ def roc_ovr(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequ
     return path
 
 
-def confusion(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str]) -> Path:
-    from sklearn.metrics import confusion_matrix
-
+def confusion(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
+              weights: np.ndarray | None = None) -> Path:
     k = len(class_names)
-    cm = confusion_matrix(np.asarray(truth), np.argmax(logits, axis=1), labels=np.arange(k)).astype(float)
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
+    frac = metrics.confusion_fractions(np.asarray(truth), np.argmax(logits, axis=1), k, weights)
     size = max(6.0, 0.8 * k + 3)
     with _figure(path, figsize=(size + 1, size)) as (fig, ax):
         im = ax.imshow(frac, vmin=0, vmax=1, cmap="Blues")
@@ -136,11 +145,13 @@ def confusion(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Se
     return path
 
 
-def pred_vs_true(path: Path, pred: np.ndarray, truth: np.ndarray, label: str = "target") -> Path:
+def pred_vs_true(path: Path, pred: np.ndarray, truth: np.ndarray, label: str = "target",
+                 weights: np.ndarray | None = None) -> Path:
     pred = np.asarray(pred, dtype=np.float64).reshape(-1)
     truth = np.asarray(truth, dtype=np.float64).reshape(-1)
     ok = np.isfinite(pred) & np.isfinite(truth)
     pred, truth = pred[ok], truth[ok]
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)[ok]
     with _figure(path, figsize=(8, 7)) as (fig, ax):
         if truth.size:
             lo, hi = np.percentile(truth, [0.5, 99.5])
@@ -148,39 +159,41 @@ def pred_vs_true(path: Path, pred: np.ndarray, truth: np.ndarray, label: str = "
                 lo, hi = lo - 0.5, hi + 0.5
             pad = 0.05 * (hi - lo)
             r = [[lo - pad, hi + pad]] * 2
-            h, xe, ye = np.histogram2d(truth, pred, bins=100, range=r)
+            h, xe, ye = np.histogram2d(truth, pred, bins=100, range=r, weights=w)
             m = ax.pcolormesh(xe, ye, np.where(h > 0, h, np.nan).T, norm=LogNorm(), cmap="viridis")
-            fig.colorbar(m, ax=ax, label="Events")
+            fig.colorbar(m, ax=ax, label="Events" if w is None else "Weighted events")
             ax.plot(r[0], r[0], color="red", lw=1, ls="--")
         ax.set_xlabel(f"True {label}")
         ax.set_ylabel(f"Predicted {label}")
     return path
 
 
-def response(path: Path, pred: np.ndarray, truth: np.ndarray, baselines: Mapping[str, np.ndarray] | None = None) -> Path:
-    series = [("model", resolution.valid_ratio(pred, truth))]
-    series += [(name, resolution.valid_ratio(b, truth)) for name, b in (baselines or {}).items()]
-    allx = np.concatenate([s for _, s in series])
+def response(path: Path, pred: np.ndarray, truth: np.ndarray, baselines: Mapping[str, np.ndarray] | None = None,
+             weights: np.ndarray | None = None) -> Path:
+    series = [("model", *resolution.ratio_and_weights(pred, truth, weights))]
+    series += [(name, *resolution.ratio_and_weights(b, truth, weights)) for name, b in (baselines or {}).items()]
+    allx = np.concatenate([s for _, s, _ in series])
     with _figure(path) as (fig, ax):
         if allx.size:
-            lo = min(np.percentile(s, 0.5) for _, s in series if s.size)
-            hi = max(np.percentile(s, 99.5) for _, s in series if s.size)
+            lo = min(np.percentile(s, 0.5) for _, s, _ in series if s.size)
+            hi = max(np.percentile(s, 99.5) for _, s, _ in series if s.size)
             if not hi > lo:
                 lo, hi = lo - 0.5, hi + 0.5
             edges = np.linspace(lo, hi, 101)
-            for name, x in series:
-                if not x.size:
+            for name, x, w in series:
+                total = x.size if w is None else np.sum(w)
+                if not x.size or not total > 0:
                     continue
-                s = resolution.response_summary(x, np.ones_like(x))
-                h, _ = np.histogram(x, bins=edges)
-                ax.stairs(h / max(x.size, 1), edges,
+                s = resolution.response_summary(x, np.ones_like(x), w)
+                h, _ = np.histogram(x, bins=edges, weights=w)
+                ax.stairs(h / max(total, 1) if w is None else h / total, edges,
                           label=f"{name}: median {s['response_median']:.3f}, "
                                 f"$\\sigma_{{core}}$ {100 * s['resolution_sigma']:.2f}%, "
                                 f"$\\sigma_{{68}}$ {100 * s['resolution_iqr']:.2f}%")
             ax.axvline(1.0, color="grey", lw=1, ls=":")
             _headroom(ax, 1.25)
         ax.set_xlabel("Predicted / true")
-        ax.set_ylabel("Fraction of events")
+        ax.set_ylabel("Fraction of events" if weights is None else "Fraction of the weight")
         ax.legend(fontsize=12)
     return path
 

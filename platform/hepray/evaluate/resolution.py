@@ -28,6 +28,16 @@ Calorimeter resolution (``fit_calo_resolution``): sigma/E in percent fitted as
 ``resolution_sigma`` values, with their fit errors, at the mean true energy of the bin.
 Bounds a, b, c ≥ 0; starting values from a non-negative linear least-squares fit of
 (sigma/E)^2 = a^2/E + b^2 + c^2/E^2.
+
+Per-event weights (``weights=``, e.g. generator weights, negative allowed; ``None``: every
+event counts once, exactly the unweighted numbers): quantiles are ``weighted_quantile``'s;
+means and the RMS are weighted means; the Gaussian core and Crystal Ball fits are weighted
+least squares on the weighted histogram (bin content sum w, error sqrt(sum w^2), at least
+the mean |w| of the fitted events, as the unweighted fit's error is at least one event), the
+normalisation starting at the window's weight sum; ``MIN_CORE_EVENTS`` still counts events.
+Negative-weight events keep their signed weight everywhere (cumulative sums, histograms,
+means). Where the total weight of the events is <= 0 (a bin, a fit window) the numbers are
+NaN, as they are for an empty bin.
 """
 from __future__ import annotations
 
@@ -56,20 +66,105 @@ class CoreFit:
 
 def valid_ratio(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """pred/truth on events where it is defined and finite."""
-    pred = np.asarray(pred, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.float64)
+    return ratio_and_weights(pred, truth, None)[0]
+
+
+def ratio_and_weights(pred: np.ndarray, truth: np.ndarray, weights: np.ndarray | None):
+    """(pred/truth, the same events' weights or None) on events where the ratio is defined and
+    finite and the weight finite."""
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    truth = np.asarray(truth, dtype=np.float64).reshape(-1)
     ok = np.isfinite(pred) & np.isfinite(truth) & (truth != 0)
-    return pred[ok] / truth[ok]
+    if weights is None:
+        return pred[ok] / truth[ok], None
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    ok &= np.isfinite(w)
+    return pred[ok] / truth[ok], w[ok]
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray | None, q):
+    """Quantile(s) ``q`` (fractions in [0, 1], scalar or array) of ``values`` with per-event weights.
+
+    Zero-weight events are dropped; the others, sorted by value, get the plotting positions
+    ``p_i = (C_i - C_1) / (C_n - C_1)`` with ``C_i = S_i - w_i / 2`` (``S_i`` the cumulative weight
+    through event i: ``C_i`` is the middle of the event's weight), and the quantile interpolates
+    the values linearly in p. With all weights equal ``p_i = (i - 1) / (n - 1)``: numpy's default
+    ("linear", Hyndman-Fan type 7) definition, and then ``np.quantile`` itself is returned, so the
+    numbers are exactly the unweighted ones (``weights=None`` is ``np.quantile`` too). Scaling all
+    weights changes nothing. An integer weight k approximates k copies of the event (exact at the
+    events' own positions when the first and last event weigh 1; in between the copies' steps are
+    smoothed): no definition can repeat events exactly and also equal np.quantile for all-equal
+    weights (weights 2, 2 would have to give both type 7 of [a, b] and of [a, a, b, b]).
+    Negative weights keep their sign in ``S_i``; positions that step back are raised to the
+    running maximum and clipped to [0, 1]. NaN when the total weight is <= 0 or nothing is left.
+    """
+    if weights is None:
+        return np.quantile(np.asarray(values, dtype=np.float64), q)
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    x, w = x[w != 0], w[w != 0]
+    nan = np.full(np.shape(q), NAN)[()]
+    if x.size == 0 or not w.sum() > 0:
+        return nan
+    if np.all(w == w[0]):
+        return np.quantile(x, q)
+    order = np.argsort(x, kind="stable")
+    x, w = x[order], w[order]
+    middle = np.cumsum(w) - 0.5 * w
+    span = middle[-1] - middle[0]
+    if not span > 0:
+        return nan
+    p = np.clip(np.maximum.accumulate((middle - middle[0]) / span), 0.0, 1.0)
+    return np.interp(np.asarray(q, dtype=np.float64), p, x)[()]
+
+
+def weighted_mean(x: np.ndarray, weights: np.ndarray | None) -> float:
+    """np.mean (``weights=None``) or sum(w x) / sum(w); NaN when there are no events or sum(w) <= 0."""
+    if x.size == 0:
+        return NAN
+    if weights is None:
+        return float(np.mean(x))
+    total = np.sum(weights)
+    return float(np.sum(weights * x) / total) if total > 0 else NAN
+
+
+def _histogram(x: np.ndarray, weights: np.ndarray | None, bins: int, lo: float, hi: float):
+    """(contents, their errors, edges) for a chi2 fit: counts and sqrt(max(count, 1)), or with weights
+    sum w and sqrt(max(sum w^2, mean|w|^2)) (identical for unit weights)."""
+    if weights is None:
+        counts, edges = np.histogram(x, bins=bins, range=(lo, hi))
+        return counts.astype(np.float64), np.sqrt(np.maximum(counts, 1.0)), edges
+    counts, edges = np.histogram(x, bins=bins, range=(lo, hi), weights=weights)
+    sumw2, _ = np.histogram(x, bins=bins, range=(lo, hi), weights=weights * weights)
+    floor = np.mean(np.abs(weights)) if weights.size else 1.0
+    return counts, np.sqrt(np.maximum(sumw2, floor * floor)), edges
+
+
+def _finite(x: np.ndarray, weights: np.ndarray | None):
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if weights is None:
+        ok = np.isfinite(x)
+        return x[ok], None
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    ok = np.isfinite(x) & np.isfinite(w) & (w != 0)
+    return x[ok], w[ok]
+
+
+def _select(x: np.ndarray, weights: np.ndarray | None, mask: np.ndarray):
+    return x[mask], (None if weights is None else weights[mask])
+
+
+def _weight_sum(x: np.ndarray, weights: np.ndarray | None) -> float:
+    return float(x.size) if weights is None else float(np.sum(weights))
 
 
 def gaussian_core(x: np.ndarray, nsigma: float = CORE_NSIGMA, max_iter: int = CORE_MAX_ITER,
-                  min_events: int = MIN_CORE_EVENTS) -> CoreFit:
+                  min_events: int = MIN_CORE_EVENTS, *, weights: np.ndarray | None = None) -> CoreFit:
     """Iterative ±nsigma-clipped binned Gaussian fit to the core of ``x`` (see module doc)."""
-    x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size < min_events:
+    x, w = _finite(x, weights)
+    if x.size < min_events or not _weight_sum(x, w) > 0:
         return CoreFit(n_window=int(x.size))
-    q16, mu, q84 = np.percentile(x, [Q16, 50.0, Q84])
+    q16, mu, q84 = weighted_quantile(x, w, [Q16 / 100, 0.5, Q84 / 100])
     sigma = 0.5 * (q84 - q16)
     if not sigma > 0:
         return CoreFit(n_window=int(x.size))
@@ -77,22 +172,20 @@ def gaussian_core(x: np.ndarray, nsigma: float = CORE_NSIGMA, max_iter: int = CO
     n_window = 0
     for _ in range(max_iter):
         lo, hi = mu - nsigma * sigma, mu + nsigma * sigma
-        sel = x[(x >= lo) & (x <= hi)]
+        sel, ws = _select(x, w, (x >= lo) & (x <= hi))
         n_window = int(sel.size)
-        if n_window < min_events:
+        if n_window < min_events or not _weight_sum(sel, ws) > 0:
             return CoreFit(n_window=n_window)
         nb = int(np.clip(n_window // 25, 10, 80))
-        counts, edges = np.histogram(sel, bins=nb, range=(lo, hi))
+        counts, err, edges = _histogram(sel, ws, nb, lo, hi)
 
         def model(_i, n, m, s, _e=edges):  # Gaussian integrated over each histogram bin
             s = abs(s) + 1e-300
             return n * (ndtr((_e[1:] - m) / s) - ndtr((_e[:-1] - m) / s))
 
-        err = np.sqrt(np.maximum(counts, 1.0))
-        p0 = (float(n_window), float(mu), float(sigma))
+        p0 = (_weight_sum(sel, ws), float(mu), float(sigma))
         try:
-            popt, pcov = curve_fit(model, np.arange(nb), counts.astype(np.float64), p0=p0,
-                                   sigma=err, absolute_sigma=True, maxfev=4000)
+            popt, pcov = curve_fit(model, np.arange(nb), counts, p0=p0, sigma=err, absolute_sigma=True, maxfev=4000)
         except (RuntimeError, ValueError, np.linalg.LinAlgError):
             return CoreFit(n_window=n_window)
         new_mu, new_sigma = float(popt[1]), abs(float(popt[2]))
@@ -111,36 +204,38 @@ CB_KEYS = ("cb_mu", "cb_sigma", "cb_sigma_err", "cb_beta", "cb_m")
 CB_WINDOW = (6.0, 3.0)  # fit range: median - 6 / + 3 of the 68 % half-width (room for the low tail)
 
 
-def crystal_ball_fit(x: np.ndarray, min_events: int = MIN_CORE_EVENTS) -> dict[str, float]:
+def crystal_ball_fit(x: np.ndarray, min_events: int = MIN_CORE_EVENTS, *,
+                     weights: np.ndarray | None = None) -> dict[str, float]:
     """Crystal Ball (``scipy.stats.crystalball``: Gaussian core, power-law tail on the low side,
     as energy losses give) fitted to ``x`` by binned chi2 (Poisson errors, model integrated over
     each bin through the CDF) within ``CB_WINDOW`` around the median. Keys: ``cb_mu`` (core
     location), ``cb_sigma`` (core width relative to ``cb_mu``, like ``resolution_sigma``),
     ``cb_sigma_err`` (its fit error), ``cb_beta`` and ``cb_m`` (where the tail starts, in
-    sigmas, and its power). All NaN with fewer than ``min_events`` events or a failed fit."""
+    sigmas, and its power). All NaN with fewer than ``min_events`` events or a failed fit.
+    With ``weights``: weighted quantiles and histogram (module doc); NaN if the weight is <= 0."""
     from scipy.stats import crystalball
 
     out = dict.fromkeys(CB_KEYS, NAN)
-    x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size < min_events:
+    x, w = _finite(x, weights)
+    if x.size < min_events or not _weight_sum(x, w) > 0:
         return out
-    q16, med, q84 = np.percentile(x, [Q16, 50.0, Q84])
+    q16, med, q84 = weighted_quantile(x, w, [Q16 / 100, 0.5, Q84 / 100])
     width = 0.5 * (q84 - q16)
     if not width > 0:
         return out
     lo, hi = med - CB_WINDOW[0] * width, med + CB_WINDOW[1] * width
-    sel = x[(x >= lo) & (x <= hi)]
-    counts, edges = np.histogram(sel, bins=int(np.clip(sel.size // 25, 20, 100)), range=(lo, hi))
+    sel, ws = _select(x, w, (x >= lo) & (x <= hi))
+    if not _weight_sum(sel, ws) > 0:
+        return out
+    counts, err, edges = _histogram(sel, ws, int(np.clip(sel.size // 25, 20, 100)), lo, hi)
 
     def model(_i, n, beta, m, loc, scale):
         return n * np.diff(crystalball.cdf(edges, beta, m, loc=loc, scale=scale))
 
-    p0 = (float(sel.size), 1.5, 3.0, float(med), float(width))
+    p0 = (_weight_sum(sel, ws), 1.5, 3.0, float(med), float(width))
     bounds = ([0.0, 0.1, 1.01, lo, 1e-6 * width], [np.inf, 10.0, 100.0, hi, 10.0 * width])
     try:
-        popt, pcov = curve_fit(model, np.arange(len(counts)), counts.astype(np.float64), p0=p0,
-                               sigma=np.sqrt(np.maximum(counts, 1.0)), absolute_sigma=True,
+        popt, pcov = curve_fit(model, np.arange(len(counts)), counts, p0=p0, sigma=err, absolute_sigma=True,
                                bounds=bounds, maxfev=4000)
     except (RuntimeError, ValueError, np.linalg.LinAlgError):
         return out
@@ -152,27 +247,30 @@ def crystal_ball_fit(x: np.ndarray, min_events: int = MIN_CORE_EVENTS) -> dict[s
     return out
 
 
-def response_summary(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def response_summary(pred: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
     """Response and relative resolutions of pred/truth (keys without prefix, see module doc).
 
     Keys: ``response_median``, ``response_core`` (fitted core mean), ``resolution_iqr``,
     ``resolution_rms``, ``resolution_sigma``, ``resolution_sigma_err``, ``iqr_rel``.
-    All NaN when there are no usable events.
+    All NaN when there are no usable events (or, with ``weights``, their weight is <= 0).
     """
-    x = valid_ratio(pred, truth)
+    x, w = ratio_and_weights(pred, truth, weights)
+    if w is not None:
+        x, w = x[w != 0], w[w != 0]
     out = dict.fromkeys(("response_median", "response_core", "resolution_iqr", "resolution_rms",
                          "resolution_sigma", "resolution_sigma_err", "iqr_rel"), NAN)
-    if x.size == 0:
+    if x.size == 0 or not _weight_sum(x, w) > 0:
         return out
-    q16, q25, med, q75, q84 = np.percentile(x, [Q16, 25.0, 50.0, 75.0, Q84])
+    q16, q25, med, q75, q84 = weighted_quantile(x, w, np.array([Q16, 25.0, 50.0, 75.0, Q84]) / 100)
     out["response_median"] = float(med)
     if med != 0:
         out["resolution_iqr"] = float(0.5 * (q84 - q16) / med)
         out["iqr_rel"] = float((q75 - q25) / med)
-    mean = float(np.mean(x))
+    mean = weighted_mean(x, w)
     if x.size > 1 and mean != 0:
-        out["resolution_rms"] = float(np.std(x) / mean)
-    core = gaussian_core(x)
+        rms = np.std(x) if w is None else np.sqrt(max(weighted_mean((x - mean) ** 2, w), 0.0))
+        out["resolution_rms"] = float(rms / mean)
+    core = gaussian_core(x, weights=w)
     out["response_core"] = core.mu
     if np.isfinite(core.mu) and core.mu != 0:
         out["resolution_sigma"] = core.sigma / core.mu
@@ -191,14 +289,17 @@ def _round_sig(x: np.ndarray, sig: int, how: str) -> np.ndarray:
     return f(x * scale) / scale
 
 
-def quantile_edges(values: np.ndarray, n_bins: int = 8, sig: int = 3) -> list[float]:
-    """``n_bins`` equal-population bin edges, rounded to ``sig`` significant digits, covering all
-    finite values (the last edge lies strictly above the maximum so ``[lo, hi)`` holds it)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
+def quantile_edges(values: np.ndarray, n_bins: int = 8, sig: int = 3,
+                   weights: np.ndarray | None = None) -> list[float]:
+    """``n_bins`` equal-population (with ``weights``: equal-weight) bin edges, rounded to ``sig``
+    significant digits, covering all finite values (the last edge lies strictly above the
+    maximum so ``[lo, hi)`` holds it)."""
+    v, w = _finite(values, weights)
     if v.size == 0:
         return []
-    q = np.quantile(v, np.linspace(0, 1, n_bins + 1))
+    q = weighted_quantile(v, w, np.linspace(0, 1, n_bins + 1))
+    if not np.isfinite(q).all():
+        q = np.quantile(v, np.linspace(0, 1, n_bins + 1))
     inner = _round_sig(q[1:-1], sig, "round")
     lo = float(_round_sig(np.array([v.min()]), sig, "floor")[0])
     vmax = float(v.max())
@@ -215,7 +316,7 @@ class EnergyScan:
     """Per-bin resolution of one estimator versus true energy (arrays over bins)."""
 
     edges: list[float]
-    energy: np.ndarray               # mean true energy of the events in the bin
+    energy: np.ndarray               # mean true energy of the events in the bin (weighted mean with weights)
     events: np.ndarray
     response_median: np.ndarray
     sigma_rel: np.ndarray            # core sigma/mu (fraction)
@@ -223,27 +324,33 @@ class EnergyScan:
     iqr_rel68: np.ndarray            # resolution_iqr
     rms_rel: np.ndarray
     fit: dict[str, float] = field(default_factory=dict)
+    weight_sum: np.ndarray | None = None  # sum of the events' weights per bin (None: unweighted)
 
 
-def energy_scan(pred: np.ndarray, truth: np.ndarray, energy: np.ndarray, edges: list[float]) -> EnergyScan:
+def energy_scan(pred: np.ndarray, truth: np.ndarray, energy: np.ndarray, edges: list[float],
+                weights: np.ndarray | None = None) -> EnergyScan:
     energy = np.asarray(energy, dtype=np.float64)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     nb = max(len(edges) - 1, 0)
     cols = {k: np.full(nb, np.nan) for k in ("energy", "response_median", "sigma_rel", "sigma_rel_err",
                                               "iqr_rel68", "rms_rel")}
     events = np.zeros(nb, dtype=np.int64)
+    weight_sum = None if w is None else np.zeros(nb)
     for i in range(nb):
         m = (energy >= edges[i]) & (energy < edges[i + 1])
         events[i] = int(m.sum())
+        if w is not None:
+            weight_sum[i] = float(np.sum(w[m]))
         if events[i] == 0:
             continue
-        cols["energy"][i] = float(np.mean(energy[m]))
-        s = response_summary(pred[m], truth[m])
+        cols["energy"][i] = weighted_mean(energy[m], None if w is None else w[m])
+        s = response_summary(pred[m], truth[m], None if w is None else w[m])
         cols["response_median"][i] = s["response_median"]
         cols["sigma_rel"][i] = s["resolution_sigma"]
         cols["sigma_rel_err"][i] = s["resolution_sigma_err"]
         cols["iqr_rel68"][i] = s["resolution_iqr"]
         cols["rms_rel"][i] = s["resolution_rms"]
-    scan = EnergyScan(edges=list(edges), events=events, **cols)
+    scan = EnergyScan(edges=list(edges), events=events, weight_sum=weight_sum, **cols)
     scan.fit = fit_calo_resolution(scan.energy, 100.0 * scan.sigma_rel, 100.0 * scan.sigma_rel_err)
     return scan
 

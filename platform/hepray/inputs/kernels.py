@@ -88,25 +88,6 @@ class SparseImages:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    @property
-    def nbytes(self) -> int:
-        return self.offsets.nbytes + self.pixel.nbytes + self.value.nbytes
-
-    def slice(self, begin: int, stop: int) -> SparseImages:
-        offsets = self.offsets[begin:stop + 1]
-        return SparseImages(offsets - offsets[0], self.pixel[offsets[0]:offsets[-1]], self.value[offsets[0]:offsets[-1]],
-                            self.shape)
-
-    def take(self, events: np.ndarray) -> SparseImages:
-        """The images of `events` (an index array), in that order."""
-        counts = np.diff(self.offsets)[events]
-        offsets = np.zeros(len(events) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        # int32 gather indices: half the memory traffic of int64 (a block holds < 2**31 points).
-        source = np.repeat((self.offsets[:-1][events] - offsets[:-1]).astype(np.int32), counts)
-        source += np.arange(offsets[-1], dtype=np.int32)
-        return SparseImages(offsets, self.pixel[source], self.value[source], self.shape)
-
     @staticmethod
     def from_scatter(scatter: Scatter) -> SparseImages:
         """The in-window points of a kernel's scatter, ordered by event (densify sums them)."""
@@ -125,17 +106,6 @@ class SparseImages:
         offsets = np.zeros(n_events + 1, dtype=np.int64)
         np.cumsum(sum(kept), out=offsets[1:])
         return SparseImages(offsets, pixel, value, shape)
-
-    @staticmethod
-    def empty(shape: tuple[int, ...]) -> SparseImages:
-        return SparseImages(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32), shape)
-
-    @staticmethod
-    def concat(parts: list[SparseImages]) -> SparseImages:
-        shift = np.cumsum([0] + [part.offsets[-1] for part in parts[:-1]])
-        offsets = np.concatenate([parts[0].offsets[:1]] + [part.offsets[1:] + s for part, s in zip(parts, shift)])
-        return SparseImages(offsets, np.concatenate([part.pixel for part in parts]),
-                            np.concatenate([part.value for part in parts]), parts[0].shape)
 
 
 def densify(images: SparseImages, norm: str) -> np.ndarray:

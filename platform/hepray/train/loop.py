@@ -17,6 +17,7 @@ import torch.distributed as dist
 from hepray.monitoring import TrainMeter
 from hepray.data.augment import augment
 from hepray.data.batches import ModelBatch
+from hepray.data.events import WEIGHT
 from hepray.models import build_model
 from hepray.spec import JobSpec
 from hepray.train.tasks import Task
@@ -83,7 +84,7 @@ class EarlyStopper:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    run = WorkerRun(JobSpec.model_validate(config["job"]), config["train_events"])
+    run = WorkerRun(JobSpec.model_validate(config["job"]), config["train_events"], config.get("weight_scale"))
     start_epoch = run.restore(ray.train.get_checkpoint())
     writer = None
     if run.rank == 0 and config.get("tensorboard_dir"):
@@ -111,8 +112,9 @@ def train_loop_per_worker(config: dict) -> None:
 class WorkerRun:
     """One Ray Train worker's model, optimizer, schedule and data shards, epoch by epoch."""
 
-    def __init__(self, job: JobSpec, train_events: int):
+    def __init__(self, job: JobSpec, train_events: int, weight_scale: float | None = None):
         self.job = job
+        self.weight_scale = weight_scale  # train.weight_norm global: the train split's mean |weight|
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         torch.manual_seed(job.train.seed + self.rank)
@@ -181,7 +183,8 @@ class WorkerRun:
             self.meter.stepped(events, step_loss)
             seen += events
             if sum(len(k[self.task.truth_column]) for k in self.kept) < TRAIN_EVAL_EVENTS:
-                self.kept.append({name: batch[name].detach() for name in (*self.shapes, self.task.truth_column)})
+                self.kept.append({name: batch[name].detach() for name in (*self.shapes, self.task.truth_column, WEIGHT)
+                                  if name in batch})
         self.meter.flush()
         seconds = time.perf_counter() - started
         # Events trained on per second (all workers), data waits included: benchmarks/train.py compares it.
@@ -194,7 +197,7 @@ class WorkerRun:
                          self.generator)
         truth = batch[self.task.truth_column]
         with self.autocast:
-            loss = self.task.loss(self.model(inputs), truth)
+            loss = self.task.loss(self.model(inputs), truth, batch.get(WEIGHT), self.weight_scale)
         step_loss = loss.item()
         if not math.isfinite(step_loss):
             raise TrainingStopped(f"training loss is {step_loss} at epoch {epoch + 1}, batch {number + 1} (worker "
@@ -224,21 +227,26 @@ class WorkerRun:
 
 
 def evaluate_batches(model, task: Task, shapes, batches, prefix: str, autocast) -> dict[str, float]:
-    """Loss and task metrics in eval mode over the batches, combined across workers."""
+    """Loss and task metrics in eval mode over the batches (event-weighted when they carry
+    weights), combined across workers."""
     model.eval()
-    outputs, truths = [], []
+    outputs, truths, weights = [], [], []
     with torch.no_grad(), autocast:
         for batch in batches:
             outputs.append(model({name: batch[name] for name in shapes}).float().cpu())
             truths.append(batch[task.truth_column].cpu())
+            if WEIGHT in batch:
+                weights.append(batch[WEIGHT].cpu())
     model.train()
     width = outputs[0].shape[1] if outputs else 1
     output = gather(torch.cat(outputs).numpy() if outputs else np.zeros((0, width), np.float32))
     truth = gather(torch.cat(truths).numpy() if truths else np.zeros(0))
+    weight = gather(torch.cat(weights).numpy()) if weights else None
     if len(truth) == 0:
         return {f"{prefix}_loss": float("nan")}
-    loss = task.loss(torch.from_numpy(output), torch.from_numpy(truth)).item()
-    return {f"{prefix}_loss": loss, **task.epoch_metrics(output, truth, prefix)}
+    loss = task.loss(torch.from_numpy(output), torch.from_numpy(truth),
+                     None if weight is None else torch.from_numpy(weight)).item()
+    return {f"{prefix}_loss": loss, **task.epoch_metrics(output, truth, prefix, weight)}
 
 
 def _global_mean(total: float, count: int) -> float:

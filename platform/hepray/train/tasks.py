@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from hepray.data.events import LABEL, TARGET
 from hepray.spec import TaskSpec
 
 
@@ -30,28 +31,44 @@ class Task:
 
     @property
     def truth_column(self) -> str:
-        return "target" if self.kind == "regression" else "label"
+        return TARGET if self.kind == "regression" else LABEL
 
-    def loss(self, outputs: torch.Tensor, truth: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor | None = None,
+             weight_scale: float | None = None) -> torch.Tensor:
+        """The batch's loss. Without event weights: the mean over events (multiclass with class
+        weights: divided by the events' summed class weights, as cross_entropy does). With them:
+        sum(weight * loss) over the batch's summed |weight|, or, given `weight_scale` (the train
+        split's mean |weight|: train.weight_norm global), over batch size * weight_scale."""
         outputs = outputs.float()
+        losses = self.event_losses(outputs, truth)
+        norm = torch.ones_like(losses)
+        if self.class_weights is not None and self.kind != "regression":
+            class_weight = self.class_weights.to(outputs.device)[truth.long()]
+            losses = losses * class_weight
+            if self.kind == "multiclass":
+                norm = class_weight
+        if weight is None:
+            return losses.sum() / norm.sum() if self.kind == "multiclass" and self.class_weights is not None \
+                else losses.mean()
+        weight = weight.to(losses.dtype)
+        if weight_scale is not None:
+            return (weight * losses).sum() / (len(losses) * weight_scale)
+        return (weight * losses).sum() / (weight.abs() * norm).sum().clamp_min(1e-12)
+
+    def event_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """One loss per event, before any weight."""
         if self.kind == "multiclass":
-            weight = self.class_weights.to(outputs.device) if self.class_weights is not None else None
-            return F.cross_entropy(outputs, truth.long(), weight=weight, reduction=reduction)
+            return F.cross_entropy(outputs, truth.long(), reduction="none")
         if self.kind == "binary":
-            losses = F.binary_cross_entropy_with_logits(outputs[:, 0], truth.float(), reduction="none")
-            if self.class_weights is not None:
-                losses = losses * self.class_weights.to(outputs.device)[truth.long()]
-        elif truth.dim() == 3:
-            losses = self.track_momentum_losses(outputs, truth.float())
-        else:
-            prediction, target = outputs[:, 0], truth.float()
-            if self.loss_kind == "huber":
-                losses = F.huber_loss(prediction, target, reduction="none")
-            elif self.loss_kind == "relative":
-                losses = ((prediction - target) / target.abs().clamp_min(1e-6)) ** 2
-            else:
-                losses = (prediction - target) ** 2
-        return losses.mean() if reduction == "mean" else losses.sum()
+            return F.binary_cross_entropy_with_logits(outputs[:, 0], truth.float(), reduction="none")
+        if truth.dim() == 3:
+            return self.track_momentum_losses(outputs, truth.float())
+        prediction, target = outputs[:, 0], truth.float()
+        if self.loss_kind == "huber":
+            return F.huber_loss(prediction, target, reduction="none")
+        if self.loss_kind == "relative":
+            return ((prediction - target) / target.abs().clamp_min(1e-6)) ** 2
+        return (prediction - target) ** 2
 
     def track_momentum_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """Per event: the per-track loss plus the weighted momentum-conservation term (module doc)."""
@@ -76,20 +93,24 @@ class Task:
             return shifted / shifted.sum(axis=1, keepdims=True)
         return outputs if outputs.shape[1] > 1 else outputs[:, 0]
 
-    def epoch_metrics(self, outputs: np.ndarray, truth: np.ndarray, prefix: str) -> dict[str, float]:
-        """The metrics reported each epoch beside the loss, for early stopping and searches."""
+    def epoch_metrics(self, outputs: np.ndarray, truth: np.ndarray, prefix: str,
+                      weight: np.ndarray | None = None) -> dict[str, float]:
+        """The metrics reported each epoch beside the loss, for early stopping and searches
+        (classifiers' event-weighted when given weights; regression's are quantiles, unweighted)."""
         if len(truth) == 0:
             return {}
         scores = self.scores(outputs)
         if self.kind == "binary":
-            auc = roc_auc_score(truth, scores) if len(np.unique(truth)) == 2 else float("nan")
-            return {f"{prefix}_auc": float(auc), f"{prefix}_accuracy": float(np.mean((scores > 0.5) == truth))}
+            auc = roc_auc_score(truth, scores, sample_weight=weight) if len(np.unique(truth)) == 2 else float("nan")
+            accuracy = np.average((scores > 0.5) == truth, weights=weight)
+            return {f"{prefix}_auc": float(auc), f"{prefix}_accuracy": float(accuracy)}
         if self.kind == "multiclass":
             present = np.unique(truth)
             auc = float("nan")
             if len(present) == scores.shape[1]:
-                auc = roc_auc_score(truth, scores, multi_class="ovr", average="macro")
-            return {f"{prefix}_auc_macro": float(auc), f"{prefix}_accuracy": float(np.mean(scores.argmax(1) == truth))}
+                auc = roc_auc_score(truth, scores, multi_class="ovr", average="macro", sample_weight=weight)
+            accuracy = np.average(scores.argmax(1) == truth, weights=weight)
+            return {f"{prefix}_auc_macro": float(auc), f"{prefix}_accuracy": float(accuracy)}
         if truth.ndim == 3:  # track momenta: the tracks' pT, and the events' momentum imbalance
             prediction = scores.reshape(truth.shape)
             imbalance = np.linalg.norm(prediction.sum(axis=1) - self.initial_momentum, axis=1)

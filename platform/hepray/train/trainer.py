@@ -83,8 +83,9 @@ def selection_metric(job: JobSpec) -> tuple[str, str]:
 
 
 def build_trainer(job: JobSpec, data, storage_path: Path, name: str, tensorboard_dir: Path,
-                  callbacks: list | None = None) -> TorchTrainer:
-    """The job's TorchTrainer on its train/val datasets; Ray Train keeps runs in storage_path/name."""
+                  callbacks: list | None = None, weight_scale: float | None = None) -> TorchTrainer:
+    """The job's TorchTrainer on its train/val datasets; Ray Train keeps runs in storage_path/name.
+    weight_scale: the train split's mean |event weight| (train.weight_norm: global)."""
     split = job.data.split
     metric, mode = selection_metric(job)
     return TorchTrainer(
@@ -93,6 +94,7 @@ def build_trainer(job: JobSpec, data, storage_path: Path, name: str, tensorboard
             "job": job.model_dump(mode="json", by_alias=True),
             "train_events": int(data.plan.events * (1 - split.val - split.test)),
             "tensorboard_dir": str(tensorboard_dir),
+            "weight_scale": weight_scale,
         },
         scaling_config=scaling_config(job),
         datasets={"train": data.datasets["train"], "val": data.datasets["val"]},

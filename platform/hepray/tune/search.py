@@ -23,7 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from hepray.app.job_data import build_job_data, ensure_data
+from hepray.app.job_data import build_job_data, ensure_data, training_job
 from hepray.spec import JobSpec, SpecError, validate_job
 from hepray.app.session import ensure_ray
 from hepray.train.trainer import ResourceError, build_trainer, check_scaling
@@ -89,9 +89,11 @@ def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> No
     # A retried trial (Tune's max_failures) trains from scratch, so its epochs line up with ASHA's rungs.
     shutil.rmtree(runs / f"trial_{number:03d}", ignore_errors=True)
     data = build_job_data(job)
+    trained, weight_scale = training_job(job, data)
     trainer = build_trainer(
-        job, data, runs, f"trial_{number:03d}", Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
+        trained, data, runs, f"trial_{number:03d}", Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
         callbacks=[ObjectiveReport(spec.metrics, spec.modes[0]), RecordTrainResources(resources_file(runs, number))],
+        weight_scale=weight_scale,
     )
     trainer.fit()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from hepray.data.events import LABEL, TARGET
 from hepray.spec import TaskSpec
@@ -101,14 +101,17 @@ class Task:
             return {}
         scores = self.scores(outputs)
         if self.kind == "binary":
-            auc = roc_auc_score(truth, scores, sample_weight=weight) if len(np.unique(truth)) == 2 else float("nan")
+            auc = _auc(truth == 1, scores, weight) if len(np.unique(truth)) == 2 else float("nan")
             accuracy = np.average((scores > 0.5) == truth, weights=weight)
             return {f"{prefix}_auc": float(auc), f"{prefix}_accuracy": float(accuracy)}
         if self.kind == "multiclass":
             present = np.unique(truth)
             auc = float("nan")
             if len(present) == scores.shape[1]:
-                auc = roc_auc_score(truth, scores, multi_class="ovr", average="macro", sample_weight=weight)
+                if weight is None or (weight >= 0).all():
+                    auc = roc_auc_score(truth, scores, multi_class="ovr", average="macro", sample_weight=weight)
+                else:  # one class against the rest, averaged, as sklearn's ovr macro does
+                    auc = np.mean([_auc(truth == c, scores[:, c], weight) for c in range(scores.shape[1])])
             accuracy = np.average(scores.argmax(1) == truth, weights=weight)
             return {f"{prefix}_auc_macro": float(auc), f"{prefix}_accuracy": float(accuracy)}
         if truth.ndim == 3:  # track momenta: the tracks' pT, and the events' momentum imbalance
@@ -118,6 +121,15 @@ class Task:
                                 np.hypot(truth[..., 0], truth[..., 1]).ravel(), prefix),
                     f"{prefix}_imbalance": float(imbalance.mean())}
         return _response(scores, truth, prefix)
+
+
+def _auc(signal: np.ndarray, scores: np.ndarray, weight: np.ndarray | None) -> float:
+    """ROC AUC; with negative event weights the area under the weighted ROC curve (sklearn's
+    roc_auc_score refuses a curve that steps back)."""
+    if weight is None or (weight >= 0).all():
+        return float(roc_auc_score(signal, scores, sample_weight=weight))
+    fpr, tpr, _ = roc_curve(signal, scores, sample_weight=weight)
+    return float(np.trapezoid(tpr, fpr))
 
 
 def _response(prediction: np.ndarray, truth: np.ndarray, prefix: str) -> dict[str, float]:

@@ -222,7 +222,7 @@ def test_cluster_yaml_passes_rays_own_schema():
 
 
 def test_kuberay_manifests_and_grafana_dashboard():
-    from hepray.cluster import metrics
+    from hepray import monitoring as metrics
 
     (cluster,) = yaml.safe_load_all((PROJECT / "deploy/kuberay/raycluster.yaml").read_text())
     (job,) = yaml.safe_load_all((PROJECT / "deploy/kuberay/rayjob.yaml").read_text())
@@ -246,6 +246,7 @@ def test_kuberay_manifests_and_grafana_dashboard():
 # ------------------------------------------------------------------ jobs API on a real cluster
 
 
+@pytest.mark.slow  # starts a two-node cluster
 def test_submission_needs_the_token_and_a_valid_job_inside_the_project(cluster, files, monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token to fall back on
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
@@ -302,6 +303,7 @@ def multinode_run(cluster, files, tmp_path_factory):
     return {"id": job_id, "out": out, "returncode": follower.returncode, "log": log + errors, "metrics": seen}
 
 
+@pytest.mark.slow  # starts a two-node cluster
 def test_submit_status_logs(cluster, multinode_run):
     assert multinode_run["returncode"] == 0, multinode_run["log"][-3000:]
     assert f"{multinode_run['id']} SUCCEEDED" in multinode_run["log"]
@@ -317,6 +319,7 @@ def test_submit_status_logs(cluster, multinode_run):
     assert metrics["epochs_run"] == 2 and metrics["events_read"] == 1200
 
 
+@pytest.mark.slow  # starts a two-node cluster
 def test_metrics_exported_and_both_nodes_did_work(cluster, files, multinode_run):
     """Each node exports its own series: read tasks and a training worker ran on both."""
     per_node = multinode_run["metrics"]
@@ -339,6 +342,7 @@ def test_metrics_exported_and_both_nodes_did_work(cluster, files, multinode_run)
     assert {worker["node_id"] for worker in workers} == set(per_node)
 
 
+@pytest.mark.slow  # starts a two-node cluster
 def test_multinode_matches_single_node(ray_session, files, multinode_run, tmp_path):
     from hepray.app.run import run_job
 
@@ -351,6 +355,7 @@ def test_multinode_matches_single_node(ray_session, files, multinode_run, tmp_pa
     assert multi["val_loss"] == pytest.approx(single["val_loss"], rel=0.25)
 
 
+@pytest.mark.slow  # starts a two-node cluster
 def test_stop_a_running_job(cluster, files, token):
     job_id = jobs.submit(JOB_FILE, cluster.address, [*file_overrides(files), "train.epochs=1000"])
     wait_for(lambda: jobs.status(job_id, cluster.address)["status"] == "RUNNING", 300, "the job to run")
@@ -362,6 +367,7 @@ def test_stop_a_running_job(cluster, files, token):
 # ------------------------------------------------------------------ fault tolerance
 
 
+@pytest.mark.slow  # starts a two-node cluster
 def test_training_resumes_from_checkpoint_after_a_worker_is_killed(cluster, files, token, tmp_path):
     out = tmp_path / "run"
     job_id = jobs.submit(JOB_FILE, cluster.address, [*file_overrides(files), "train.epochs=3", "scaling.num_workers=1"],
@@ -422,6 +428,7 @@ print(json.dumps({"killed": killed, "epochs": epoch, "rows": rows}))
 """
 
 
+@pytest.mark.slow  # starts a two-node cluster
 def test_killed_read_task_is_retried_without_losing_or_repeating_events(cluster, files):
     """A worker running a read task is SIGKILLed mid-epoch: Ray Data retries the task and the epoch
     delivers every (file, entry) of the split exactly once."""

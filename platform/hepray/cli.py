@@ -18,10 +18,10 @@ console = Console(stderr=True)
 
 def _fail(error: BaseException) -> None:
     """`error: <message>` on stderr and exit code 2. Printed as it is: not wrapped at the terminal's
-    width, and brackets in paths or branch names are not taken for rich markup."""
+    width, and brackets or colons in paths and branch names are not taken for rich markup or emoji."""
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True, emoji=False)
     raise typer.Exit(2)
 
 
@@ -31,12 +31,15 @@ ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def user_error_kinds() -> tuple[type[Exception], ...]:
-    """hepray's errors about what the user gave it: data, expressions, model files."""
+    """hepray's errors about what the user gave it: data, expressions, model files, a job that
+    does not fit the cluster (SpecError), a run that cannot go on (no data arriving, NaN loss)."""
     from hepray.data.rootio import DataError
     from hepray.evaluate.inference import ModelFileError
     from hepray.expr import ExpressionError
+    from hepray.spec import SpecError
+    from hepray.train.watchdog import TrainingStopped
 
-    return DataError, ExpressionError, ModelFileError
+    return DataError, ExpressionError, ModelFileError, SpecError, TrainingStopped
 
 
 def data_error_in(error: BaseException) -> Exception | None:
@@ -122,6 +125,7 @@ def run(
     from hepray.app.run import run_job
 
     out_dir = out or Path("runs") / job.name
+    quiet_ray_about_user_errors()
     try:
         metrics = run_job(job, out_dir, resume=resume)
     except Exception as error:
@@ -252,6 +256,7 @@ def tune(
     from hepray.app.run import run_job
 
     out_dir = out or Path("runs") / "tune" / spec.name
+    quiet_ray_about_user_errors()
     try:
         summary = run_search(spec, base, base_raw, out_dir, resume=resume)
         console.print_json(json.dumps(summary, default=str))

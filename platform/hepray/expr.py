@@ -3,6 +3,8 @@
 A small, safe subset of Python evaluated column-wise with numpy: names are branches,
 `and`/`or`/`not` act element-wise, chained comparisons work, and only the functions in
 FUNCTIONS may be called. Nothing else (attributes, subscripts, lambdas) is accepted.
+Powers stay cheap: a constant exponent is at most MAX_EXPONENT in size and a power of constants
+may not contain another one (`9 ** 9 ** 9` would compute a huge integer inside a read task).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, 
           ast.Pow: operator.pow, ast.Mod: operator.mod, ast.BitAnd: operator.and_, ast.BitOr: operator.or_}
 COMPARE = {ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
            ast.Eq: operator.eq, ast.NotEq: operator.ne}
+MAX_EXPONENT = 64  # largest constant exponent, in absolute value
 
 
 class ExpressionError(ValueError):
@@ -36,8 +39,8 @@ class Expression:
         self.text = text
         try:
             self._tree = ast.parse(text.strip(), mode="eval").body
-        except SyntaxError as error:
-            raise ExpressionError(f"'{text}': not a valid expression ({error.msg})") from None
+        except (SyntaxError, ValueError) as error:  # ValueError: null bytes, integers of over 4300 digits
+            raise ExpressionError(f"'{text}': not a valid expression ({getattr(error, 'msg', error)})") from None
         self.branches: set[str] = set()
         self._check(self._tree)
 
@@ -51,6 +54,8 @@ class Expression:
         elif isinstance(node, ast.BinOp) and type(node.op) in BINARY:
             self._check(node.left)
             self._check(node.right)
+            if isinstance(node.op, ast.Pow):
+                self._check_power(node)
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd, ast.Not, ast.Invert)):
             self._check(node.operand)
         elif isinstance(node, ast.BoolOp):
@@ -68,6 +73,29 @@ class Expression:
                 f"'{self.text}': '{ast.unparse(node)}' is not supported (branches, numbers, arithmetic, "
                 f"comparisons, and/or/not, and the functions {allowed})"
             )
+
+    def _check_power(self, node: ast.BinOp) -> None:
+        """No power of constants inside a power, and no constant exponent above MAX_EXPONENT."""
+        for part in (node.left, node.right):
+            for inner in ast.walk(part):
+                if isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Pow) and _is_constant(inner):
+                    raise ExpressionError(f"'{self.text}': nested constant powers ('{ast.unparse(node)}') are not "
+                                          f"allowed; write the value of '{ast.unparse(inner)}' as a number")
+        if not _is_constant(node.right):
+            return
+        exponent = float(self._constant(node.right))
+        if not abs(exponent) <= MAX_EXPONENT:  # also catches NaN
+            raise ExpressionError(f"'{self.text}': exponent '{ast.unparse(node.right)}' = {exponent:g} is too large "
+                                  f"(at most {MAX_EXPONENT} in absolute value)")
+        if _is_constant(node.left):
+            self._constant(node)  # 1e10 ** 64 overflows: here, not in a read task
+
+    def _constant(self, node: ast.AST) -> Any:
+        try:
+            with np.errstate(all="ignore"):
+                return self._eval(node, {})
+        except (ArithmeticError, ValueError, TypeError) as error:
+            raise ExpressionError(f"'{self.text}': '{ast.unparse(node)}' cannot be computed ({error})") from None
 
     def evaluate(self, arrays: dict[str, Any]) -> Any:
         return self._eval(self._tree, arrays)
@@ -100,3 +128,8 @@ class Expression:
             return result
         assert isinstance(node, ast.Call)
         return FUNCTIONS[node.func.id](*(self._eval(arg, arrays) for arg in node.args))
+
+
+def _is_constant(node: ast.AST) -> bool:
+    """The expression reads no branch (only numbers and functions of them)."""
+    return not any(isinstance(inner, ast.Name) and inner.id not in FUNCTIONS for inner in ast.walk(node))

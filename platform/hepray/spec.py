@@ -74,6 +74,26 @@ class TrackMomenta(Strict):
     pz: str
 
 
+class Reweight(Strict):
+    """Weaver-style kinematic reweighting, for training: per class, each event's weight is
+    multiplied by target(bin) / class(bin) in one or two variables, from the train split's
+    weighted histograms, so the classes' spectra (e.g. jet pT, eta) cannot tell them apart."""
+
+    vars: list[str] = Field(min_length=1, max_length=2, description="one or two per-event branches or expressions")
+    bins: list[list[float]] = Field(description="bin edges per variable; values outside go to the edge bins")
+    target: str = Field("flat", description="flat, or a class name whose spectrum the others are weighted to")
+    max_weight: float = Field(10.0, gt=0, description="largest reweighting factor (rare bins are capped)")
+
+    @model_validator(mode="after")
+    def _edges(self) -> Reweight:
+        if len(self.bins) != len(self.vars):
+            raise ValueError("bins: one list of edges per variable in vars")
+        for edges in self.bins:
+            if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+                raise ValueError("bins: each list needs two or more increasing edges")
+        return self
+
+
 class DataSpec(Strict):
     files: dict[str, list[str]] | list[str] = Field(
         description="class -> globs, one class per group with labels 0, 1, ... in order (binary: the "
@@ -91,6 +111,8 @@ class DataSpec(Strict):
     weight: str | None = Field(
         None, description="each event's weight: a branch or expression (negative allowed), used in the loss and "
                           "in every evaluation number")
+    reweight: Reweight | None = Field(None, description="training weights that flatten (or match) the classes' "
+                                                          "spectra in one or two variables")
     on_error: Literal["fail", "skip"] = "fail"
     events_per_task: int = Field(20000, gt=0)
     inputs: dict[str, InputSpec] = Field(min_length=1)
@@ -125,9 +147,14 @@ class DataSpec(Strict):
         found += [("data.observers", text) for text in self.observers]
         if self.weight is not None:
             found.append(("data.weight", self.weight))
+        if self.reweight is not None:
+            found += [("data.reweight.vars", text) for text in self.reweight.vars]
         for name, spec in self.inputs.items():
             if spec.kind == "scalars":
                 found += [(f"data.inputs.{name}.branches", text) for text in spec.branches]
+            elif spec.kind == "points":
+                found += [(f"data.inputs.{name}.features", text) for text in spec.features]
+                found += [(f"data.inputs.{name}.sort_by", spec.sort_by)] if spec.sort_by else []
         return found
 
 
@@ -320,6 +347,12 @@ class JobSpec(Strict):
                 raise ValueError("task.class_weights: one weight per class")
             if self.task.class_weights is not None and self.task.balance:
                 raise ValueError("task.balance: sets the class weights from the train split; drop task.class_weights")
+        reweight = self.data.reweight
+        if reweight is not None:
+            if self.task.kind == "regression":
+                raise ValueError("data.reweight: reweights classes; a regression has none")
+            if reweight.target != "flat" and reweight.target not in self.data.class_names:
+                raise ValueError(f"data.reweight.target: flat or one of the classes {self.data.class_names}")
         if self.task.balance and self.task.kind == "regression":
             raise ValueError("task.balance: balances classes; a regression has none")
         if self.task.conservation_weight > 0 and not (self.task.kind == "regression"

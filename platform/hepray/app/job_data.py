@@ -17,6 +17,7 @@ from hepray.data.root_source import SPLITS, EventReader, ReadPlan, SkipLedger, p
 from hepray.data.rootio import DataError
 from hepray.evaluate import baselines
 from hepray.samples import generate, generated_events
+from hepray.train import reweight
 from hepray.spec import DataSpec, JobSpec
 
 
@@ -90,6 +91,8 @@ def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
     spec = job.data
     ensure_data(spec)
     extra = baselines.columns(job)
+    if spec.reweight is not None:  # the training worker looks each event's factor up from them
+        extra |= {reweight.column(text): text for text in spec.reweight.vars}
     plan = plan_reads(spec, EventReader(spec, None, extra=extra).branches())
     ledger, ledger_name = None, None
     if spec.on_error == "skip":

@@ -14,6 +14,7 @@ import torch
 
 from hepray.data.events import OUTPUT, WEIGHT, observer
 from hepray.app.job_data import JobData, build_job_data, training_job
+from hepray.app.reweight import reweight_table
 from hepray.app.session import ensure_ray
 from hepray.evaluate.baselines import Baselines
 from hepray.evaluate.inference import MODEL_FILE, collect, load_model, predict, save_model
@@ -38,6 +39,7 @@ class Fit:
     best_epoch: int
     last: dict
     seconds: float
+    reweight_metrics: dict[str, float]
 
 
 def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str, float]:
@@ -70,6 +72,7 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
         "train_seconds": fit.seconds,
         "parameters": float(sum(p.numel() for p in model.parameters())),
         "onnx_max_abs_difference": onnx_difference,
+        **fit.reweight_metrics,
         **{k: v for k, v in skip_report.items() if k != "skipped"},
     })
     (out_dir / "metrics.json").write_text(json.dumps(_finite_or_null(metrics), indent=1, sort_keys=True))
@@ -83,14 +86,17 @@ def train(job: JobSpec, data: JobData, out_dir: Path) -> Fit:
     """Ray Train over the train/val splits; the best checkpoint by the job's selection metric."""
     metric, mode = selection_metric(job)
     trained, weight_scale = training_job(job, data)
-    trainer = build_trainer(trained, data, out_dir, "checkpoints", out_dir / "tensorboard", weight_scale=weight_scale)
+    table, reweight_metrics = reweight_table(job, data, out_dir) if job.data.reweight else (None, {})
+    trainer = build_trainer(trained, data, out_dir, "checkpoints", out_dir / "tensorboard", weight_scale=weight_scale,
+                            reweight=table)
     started = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - started
     best = result.get_best_checkpoint(metric, mode)
     state = _load_state(best)
     best_epoch = next(m for c, m in result.best_checkpoints if c.path == best.path)["epoch"]
-    return Fit(state, full_history(result.checkpoint, best, state), best_epoch, result.metrics or {}, seconds)
+    return Fit(state, full_history(result.checkpoint, best, state), best_epoch, result.metrics or {}, seconds,
+               reweight_metrics)
 
 
 def _load_state(checkpoint) -> dict:

@@ -9,6 +9,9 @@ them per job instead).
 
 Ray's token authentication stays on: every request carries the cluster's token, taken, as Ray
 itself takes it, from RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token.
+
+Every failure (nothing listening at the address, no answer, a refused token, an unknown job id)
+is one ClusterError naming the address or the job; no request waits for ever.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import os
 import shlex
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -26,6 +31,8 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # drop the package hepray/data/).
 PROJECT_EXCLUDES = ["/data/", "/runs/", "/.venv/", "/.git/", "__pycache__/", "*.egg-info/", "/benchmarks/.data/"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+CONNECT_SECONDS = 5  # to open a connection to the Jobs API
+ANSWER_SECONDS = 60  # for its answer to a request (an upload, a long log)
 
 
 class ClusterError(RuntimeError):
@@ -58,17 +65,55 @@ def auth_token() -> str | None:
 
 def client(address: str | None = None):
     """A JobSubmissionClient that sends the token (Ray adds it itself only when this process
-    runs in token mode, i.e. inside a cluster)."""
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
-
+    runs in token mode, i.e. inside a cluster) and gives up on a request after a timeout."""
     address = address or default_address()
     token = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
+    with _as_cluster_error(address, address):
+        return _client_class()(address, headers=headers)
+
+
+@cache
+def _client_class():
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        """Ray's client sends its requests without a timeout: a silent address would hang."""
+
+        def _do_request(self, *args, **kwargs):
+            kwargs.setdefault("timeout", (CONNECT_SECONDS, ANSWER_SECONDS))
+            return super()._do_request(*args, **kwargs)
+
+    return TimedJobSubmissionClient
+
+
+@contextmanager
+def _as_cluster_error(address: str, where: str):
+    """The Jobs API's failures as one ClusterError line about `where` (the address or a job)."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    at = "" if where == address else f" at {address}"
     try:
-        return JobSubmissionClient(address, headers=headers)
-    except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as error:
-        raise ClusterError(f"{address}: cannot use the Ray Jobs API{_token_hint()}: {error}") from None
+        yield
+    except ClusterError:
+        raise
+    except (ConnectionError, requests.ConnectionError):  # refused, unroutable (ConnectTimeout), unknown host
+        raise ClusterError(f"{where}: cannot reach the Ray Jobs API{at} (is the cluster up, and is this its "
+                           "dashboard address? --address or RAY_API_SERVER_ADDRESS)") from None
+    except (requests.Timeout, TimeoutError):
+        raise ClusterError(f"{where}: the Ray Jobs API{at} did not answer within {ANSWER_SECONDS} s") from None
+    except AuthenticationError as error:
+        raise ClusterError(f"{where}: {_first_line(error)}{_token_hint()}") from None
+    except (RuntimeError, ValueError, OSError) as error:  # unknown job id, refused request, bad address
+        text = _first_line(error)
+        if "status code 404" in text and at:
+            raise ClusterError(f"{where}: no such job{at}") from None
+        raise ClusterError(f"{where}: the Ray Jobs API{at} failed{_token_hint()}: {text}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _token_hint() -> str:
@@ -142,6 +187,7 @@ def logs(job_id: str, address: str | None = None) -> str:
 
 def follow(job_id: str, write, address: str | None = None, poll_seconds: float = 2.0) -> str:
     """Pass the job's log to `write` as it grows until the job ends; returns the final status."""
+    status(job_id, address)  # an unknown job fails here, with its own message
     jobs = client(address)
 
     async def stream() -> None:
@@ -160,10 +206,13 @@ def follow(job_id: str, write, address: str | None = None, poll_seconds: float =
         if not streaming.cancelled():
             streaming.result()  # a broken stream raises here
 
+    import aiohttp
+
     try:
-        asyncio.run(until_the_job_ends())
-    except (RuntimeError, asyncio.CancelledError) as error:
-        raise ClusterError(f"{job_id}: {error}") from None
+        with _as_cluster_error(address or default_address(), f"job {job_id}"):
+            asyncio.run(until_the_job_ends())
+    except (aiohttp.ClientError, asyncio.CancelledError) as error:  # the log stream's
+        raise ClusterError(f"job {job_id}: the log stream broke ({type(error).__name__}: {_first_line(error)})") from None
     return wait(job_id, address, timeout=30)
 
 
@@ -177,21 +226,18 @@ def wait(job_id: str, address: str | None = None, timeout: float = 600) -> str:
     jobs = client(address)
     deadline = time.monotonic() + timeout
     while True:
-        current = str(jobs.get_job_status(job_id))
+        with _as_cluster_error(address or default_address(), f"job {job_id}"):
+            current = str(jobs.get_job_status(job_id))
         if current in TERMINAL or time.monotonic() > deadline:
             return current
         time.sleep(0.5)
 
 
 def _call(address: str | None, method: str, *args, **kwargs):
-    from ray.exceptions import AuthenticationError
-
     jobs = client(address)
-    try:
+    address = address or default_address()
+    with _as_cluster_error(address, f"job {args[0]}" if args else address):
         return getattr(jobs, method)(*args, **kwargs)
-    except (RuntimeError, AuthenticationError) as error:  # the Jobs API's errors: unknown id, refused request
-        where = " ".join(map(str, args)) or address or default_address()
-        raise ClusterError(f"{where}{_token_hint()}: {error}") from None
 
 
 def _when(milliseconds: int | None) -> str:

@@ -6,6 +6,7 @@ outputs from it, so evaluation and batch inference cannot disagree.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,11 +17,16 @@ import torch
 
 from hepray.data.batches import to_tensors
 from hepray.models import build_model
-from hepray.spec import JobSpec
+from hepray.spec import JobSpec, SpecError, validate_job
 
 MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"  # written beside MODEL_FILE by `hepray run`
 Engine = Literal["torch", "onnx"]
+
+
+class ModelFileError(ValueError):
+    """A model file hepray cannot use (not one, written for another model, or by an older
+    hepray whose job no longer validates); the message names the file and why, on one line."""
 
 
 def save_model(path: Path, job: JobSpec, state_dict: dict) -> None:
@@ -29,15 +35,71 @@ def save_model(path: Path, job: JobSpec, state_dict: dict) -> None:
 
 def load_job(path: str | Path) -> JobSpec:
     """The job a model was trained with, without building the model."""
-    return JobSpec.model_validate(torch.load(path, map_location="cpu", weights_only=True)["job"])
+    return _saved_job(path, _read_saved(path, "cpu"))
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, JobSpec]:
-    saved = torch.load(path, map_location=device, weights_only=True)
-    job = JobSpec.model_validate(saved["job"])
+    saved = _read_saved(path, device)
+    job = _saved_job(path, saved)
     model = build_model(job.model, job.data.input_shapes(), job.n_outputs)
-    model.load_state_dict(saved["state_dict"])
+    _load_weights(model, saved["state_dict"], path)
     return model.to(device).eval(), job
+
+
+def _read_saved(path: str | Path, device: str) -> dict:
+    """model.pt's contents: tensors and JSON only (weights_only), so a model file cannot run code."""
+    if not Path(path).is_file():
+        raise ModelFileError(f"{path}: " + ("a directory, not a model file" if Path(path).is_dir() else "no such file"))
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if refused:
+            reason = f"it holds Python objects ({refused.group(1)}), not only tensors and plain containers"
+        elif "Weights only load failed" in str(error):
+            reason = "torch.load cannot read it: not a PyTorch file"
+        else:
+            reason = f"torch.load cannot read it: {type(error).__name__}" + (f": {_first_line(error)}" if str(error) else "")
+        raise ModelFileError(f"{path}: not a model file written by `hepray run` ({reason})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("job"), dict) or not isinstance(saved.get("state_dict"), dict):
+        raise ModelFileError(f"{path}: not a model file written by `hepray run` (no job and state_dict in it)")
+    return saved
+
+
+def _saved_job(path: str | Path, saved: dict) -> JobSpec:
+    try:
+        return validate_job(saved["job"], str(path))
+    except SpecError as error:
+        problems = "; ".join(line.strip() for line in str(error).splitlines()[1:])
+        raise ModelFileError(f"{path}: the job saved in it does not validate with this hepray ({problems}); "
+                             "train the model again") from None
+
+
+def _load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """The saved weights into the model the saved job describes; a mismatch is named, not dumped."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [f"{key} {tuple(getattr(state[key], 'shape', ()))} vs {tuple(value.shape)}"
+              for key, value in expected.items() if key in state and getattr(state[key], "shape", None) != value.shape]
+    problems = [f"{what}: {_some(names)}" for what, names in
+                (("missing", missing), ("unexpected", unexpected), ("other shape (saved vs model)", shapes)) if names]
+    try:
+        if not problems:
+            model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as error:
+        problems = [_first_line(error)]
+    if problems:
+        raise ModelFileError(f"{path}: its weights do not fit the model its job describes ({'; '.join(problems)})")
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class ModelPredictor:
@@ -47,14 +109,7 @@ class ModelPredictor:
     def __init__(self, model_path: str, engine: Engine = "torch"):
         self.engine = engine
         if engine == "onnx":
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()  # Ray sets OMP_NUM_THREADS to the actor's CPUs
-            wanted = ["CUDAExecutionProvider"] if torch.cuda.is_available() else []
-            providers = [p for p in wanted if p in onnxruntime.get_available_providers()] + ["CPUExecutionProvider"]
-            self.session = onnxruntime.InferenceSession(str(Path(model_path).with_name(ONNX_FILE)), options,
-                                                        providers=providers)
+            self.session = onnx_session(Path(model_path).with_name(ONNX_FILE), gpu=torch.cuda.is_available())
             self.inputs = [node.name for node in self.session.get_inputs()]
         else:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -74,9 +129,31 @@ class ModelPredictor:
         return {**carried, "output": output}
 
 
+def onnx_session(path: Path, gpu: bool = False):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # Ray sets OMP_NUM_THREADS to the actor's CPUs
+    wanted = ["CUDAExecutionProvider"] if gpu else []
+    providers = [p for p in wanted if p in onnxruntime.get_available_providers()] + ["CPUExecutionProvider"]
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # onnxruntime's own classes: InvalidProtobuf, Fail, NoSuchFile
+        raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({_first_line(error)})") from None
+
+
+def check_model(model_path: str | Path, engine: Engine = "torch") -> None:
+    """Load the model once here, on the CPU: an unusable file fails in the driver with its one-line
+    ModelFileError, before any actor starts (Ray Data reports an actor's failed start at length)."""
+    load_model(model_path)
+    if engine == "onnx":
+        onnx_session(Path(model_path).with_name(ONNX_FILE))
+
+
 def predict(dataset: ray.data.Dataset, model_path: Path, concurrency: int = 1, num_gpus: float = 0,
             batch_size: int = 1024, engine: Engine = "torch", num_cpus: float = 1) -> ray.data.Dataset:
     """The dataset with the model's raw outputs: `concurrency` actors, each loading the model once."""
+    check_model(model_path, engine)
     return dataset.map_batches(ModelPredictor, fn_constructor_kwargs={"model_path": str(model_path), "engine": engine},
                                compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
                                num_cpus=num_cpus, batch_size=batch_size, batch_format="pyarrow")

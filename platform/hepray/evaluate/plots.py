@@ -289,3 +289,37 @@ def metric(path: Path, history: Sequence[Mapping], keys: Sequence[str]) -> Path:
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
     return path
+
+
+def reweight_spectra(path: Path, edges: Sequence[float], before: np.ndarray, after: np.ndarray,
+                     class_names: Sequence[str], label: str) -> Path:
+    """Each class's train-split spectrum in one reweighting variable, before (dashed) and after
+    (solid) the reweighting, each normalised to unit area."""
+    edges = np.asarray(edges, dtype=np.float64)
+    with _figure(path) as (_, ax):
+        for c, name in enumerate(class_names):
+            for counts, style, text in ((before[c], "--", "before"), (after[c], "-", "after")):
+                total = counts.sum()
+                if total > 0:
+                    ax.stairs(counts / total, edges, linestyle=style, color=f"C{c}", label=f"{name} {text}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("fraction of weight")
+        _headroom(ax)
+        ax.legend(fontsize=12, ncol=2)
+    return path
+
+
+def weight_distribution(path: Path, factors: np.ndarray, counts: np.ndarray, class_names: Sequence[str]) -> Path:
+    """How the train split's events are reweighted: per class, the weight in each factor bin."""
+    populated = counts > 0
+    edges = np.geomspace(max(factors[populated].min(), 1e-3) / 1.1, factors[populated].max() * 1.1, 31) \
+        if populated.any() else np.geomspace(0.1, 10, 31)
+    with _figure(path) as (_, ax):
+        for c, name in enumerate(class_names):
+            hist, _ = np.histogram(factors[c][populated[c]], edges, weights=counts[c][populated[c]])
+            ax.stairs(hist, edges, color=f"C{c}", label=name)
+        _logx(ax)
+        ax.set_xlabel("reweighting factor")
+        ax.set_ylabel("events (weighted)")
+        ax.legend(fontsize=12)
+    return path

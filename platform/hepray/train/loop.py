@@ -17,9 +17,11 @@ import torch.distributed as dist
 from hepray.monitoring import TrainMeter
 from hepray.data.augment import augment
 from hepray.data.batches import ModelBatch
-from hepray.data.events import WEIGHT
+from hepray.data.events import LABEL, WEIGHT
 from hepray.models import build_model
 from hepray.spec import JobSpec
+from hepray.train.reweight import ReweightTable
+from hepray.train.reweight import column as reweight_column
 from hepray.train.tasks import Task
 from hepray.train.watchdog import TrainingStopped, watched
 
@@ -84,7 +86,8 @@ class EarlyStopper:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    run = WorkerRun(JobSpec.model_validate(config["job"]), config["train_events"], config.get("weight_scale"))
+    reweight = ReweightTable(**config["reweight"]) if config.get("reweight") else None
+    run = WorkerRun(JobSpec.model_validate(config["job"]), config["train_events"], config.get("weight_scale"), reweight)
     start_epoch = run.restore(ray.train.get_checkpoint())
     writer = None
     if run.rank == 0 and config.get("tensorboard_dir"):
@@ -112,9 +115,11 @@ def train_loop_per_worker(config: dict) -> None:
 class WorkerRun:
     """One Ray Train worker's model, optimizer, schedule and data shards, epoch by epoch."""
 
-    def __init__(self, job: JobSpec, train_events: int, weight_scale: float | None = None):
+    def __init__(self, job: JobSpec, train_events: int, weight_scale: float | None = None,
+                 reweight: ReweightTable | None = None):
         self.job = job
         self.weight_scale = weight_scale  # train.weight_norm global: the train split's mean |weight|
+        self.reweight = reweight
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         torch.manual_seed(job.train.seed + self.rank)
@@ -183,8 +188,7 @@ class WorkerRun:
             self.meter.stepped(events, step_loss)
             seen += events
             if sum(len(k[self.task.truth_column]) for k in self.kept) < TRAIN_EVAL_EVENTS:
-                self.kept.append({name: batch[name].detach() for name in (*self.shapes, self.task.truth_column, WEIGHT)
-                                  if name in batch})
+                self.kept.append({name: value.detach() for name, value in batch.items()})
         self.meter.flush()
         seconds = time.perf_counter() - started
         # Events trained on per second (all workers), data waits included: benchmarks/train.py compares it.
@@ -197,7 +201,7 @@ class WorkerRun:
                          self.generator)
         truth = batch[self.task.truth_column]
         with self.autocast:
-            loss = self.task.loss(self.model(inputs), truth, batch.get(WEIGHT), self.weight_scale)
+            loss = self.task.loss(self.model(inputs), truth, self.event_weight(batch), self.weight_scale)
         step_loss = loss.item()
         if not math.isfinite(step_loss):
             raise TrainingStopped(f"training loss is {step_loss} at epoch {epoch + 1}, batch {number + 1} (worker "
@@ -212,10 +216,21 @@ class WorkerRun:
             scheduler.step()
         return step_loss, len(truth)
 
+    def event_weight(self, batch: dict) -> torch.Tensor | None:
+        """The batch's event weights (data.weight) times their reweighting factors (data.reweight)."""
+        weight = batch.get(WEIGHT)
+        if self.reweight is None:
+            return weight
+        factors = self.reweight.factors_for(batch[LABEL], [batch[reweight_column(text)] for text in self.reweight.vars])
+        return factors if weight is None else weight * factors
+
     def validate(self, epoch: int) -> dict[str, float]:
         """Eval-mode metrics on the kept training events and the val shard; steps epoch-wise schedules."""
-        metrics = evaluate_batches(self.model, self.task, self.shapes, self.kept, "train_eval", self.autocast)
+        kept = [{**batch, WEIGHT: self.event_weight(batch)} if self.reweight else batch for batch in self.kept]
+        metrics = evaluate_batches(self.model, self.task, self.shapes, kept, "train_eval", self.autocast)
         val_batches = self.batches(self.val_shard, "validation")
+        if self.reweight is not None:
+            val_batches = ({**batch, WEIGHT: self.event_weight(batch)} for batch in val_batches)
         metrics.update(evaluate_batches(self.model, self.task, self.shapes, val_batches, "val", self.autocast))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -11,6 +11,7 @@ from ray.train.torch import TorchTrainer
 
 from hepray.spec import JobSpec, ScalingSpec, SpecError
 from hepray.train.loop import train_loop_per_worker
+from hepray.train.reweight import ReweightTable
 
 
 READ_CPUS = 1.0  # a Ray Data read task's CPU: training must leave at least this much free
@@ -83,9 +84,11 @@ def selection_metric(job: JobSpec) -> tuple[str, str]:
 
 
 def build_trainer(job: JobSpec, data, storage_path: Path, name: str, tensorboard_dir: Path,
-                  callbacks: list | None = None, weight_scale: float | None = None) -> TorchTrainer:
+                  callbacks: list | None = None, weight_scale: float | None = None,
+                  reweight: ReweightTable | None = None) -> TorchTrainer:
     """The job's TorchTrainer on its train/val datasets; Ray Train keeps runs in storage_path/name.
-    weight_scale: the train split's mean |event weight| (train.weight_norm: global)."""
+    weight_scale: the train split's mean |event weight| (train.weight_norm: global); reweight:
+    the factors of data.reweight, applied to the training and validation losses."""
     split = job.data.split
     metric, mode = selection_metric(job)
     return TorchTrainer(
@@ -95,6 +98,7 @@ def build_trainer(job: JobSpec, data, storage_path: Path, name: str, tensorboard
             "train_events": int(data.plan.events * (1 - split.val - split.test)),
             "tensorboard_dir": str(tensorboard_dir),
             "weight_scale": weight_scale,
+            "reweight": reweight.as_config() if reweight is not None else None,
         },
         scaling_config=scaling_config(job),
         datasets={"train": data.datasets["train"], "val": data.datasets["val"]},

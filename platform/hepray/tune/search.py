@@ -25,6 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from hepray.app.job_data import build_job_data, ensure_data, training_job
 from hepray.spec import JobSpec, SpecError, validate_job
+from hepray.app.reweight import reweight_table
 from hepray.app.session import ensure_ray
 from hepray.train.trainer import ResourceError, build_trainer, check_scaling
 from hepray.tune.optuna_internals import mark_interrupted
@@ -90,10 +91,11 @@ def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> No
     shutil.rmtree(runs / f"trial_{number:03d}", ignore_errors=True)
     data = build_job_data(job)
     trained, weight_scale = training_job(job, data)
+    table = reweight_table(job, data, runs / f"trial_{number:03d}")[0] if job.data.reweight else None
     trainer = build_trainer(
         trained, data, runs, f"trial_{number:03d}", Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
         callbacks=[ObjectiveReport(spec.metrics, spec.modes[0]), RecordTrainResources(resources_file(runs, number))],
-        weight_scale=weight_scale,
+        weight_scale=weight_scale, reweight=table,
     )
     trainer.fit()
 

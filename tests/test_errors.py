@@ -380,3 +380,13 @@ def test_weights_that_do_not_fit_fail_before_the_actors_start(ray_session, job, 
                                       "--out", str(tmp_path / "out")])
     assert_one_error_line(result, f"{run_dir / MODEL_FILE}: ", BROKEN["other keys"])
     assert "(raylet)" not in result.output and "actor" not in result.output.lower()
+
+
+def test_backquoted_branch_names_and_names_that_shadow_functions():
+    from hepray.expr import Expression
+
+    cut = Expression("`Jet.PT` > 20 and log > 0 and abs(`nJet.size` - 1) < 0.5")
+    assert cut.branches == {"Jet.PT", "log", "nJet.size"}
+    arrays = {"Jet.PT": np.array([10.0, 30.0, 40.0]), "log": np.array([1.0, 1.0, -1.0]), "nJet.size": np.array([1, 1, 1])}
+    np.testing.assert_array_equal(cut.evaluate(arrays), [False, True, False])
+    assert Expression("log(`Jet.PT`)").branches == {"Jet.PT"}

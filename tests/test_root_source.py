@@ -208,3 +208,28 @@ def test_skip_mode_counts_what_it_skips(ray_session, files, tmp_path):
     # Only the splits streamed to the trainers drop Ray Data's operator reservation (pipeline.py).
     assert [data.datasets[s].context.op_resource_reservation_enabled for s in ("train", "val", "test")] == [
         False, False, True]
+
+
+def test_branch_names_as_files_have_them(tmp_path):
+    """A Delphes-like tree in a subdirectory: a cut on `Event.Weight`, a branch named `log`, and
+    points from `Jet.PT` (a dotted name, backquoted in expressions)."""
+    from hepray.data.batches import to_tensors
+    from hepray.spec import DataSpec
+
+    pt = ak.Array([[30.0, 10.0], [5.0], [50.0, 40.0, 1.0], []])
+    with uproot.recreate(tmp_path / "delphes.root") as file:
+        file.mktree("dir/Delphes", {"Jet.PT": pt.type, "Event.Weight": np.float64, "log": np.float64})
+        file["dir/Delphes"].extend({"Jet.PT": pt, "Event.Weight": np.array([1.0, 2.0, 3.0, 4.0]),
+                                   "log": np.array([0.5, 0.6, 0.7, 0.8])})
+    spec = DataSpec.model_validate({
+        "files": [str(tmp_path / "delphes.root")], "tree": "dir/Delphes", "cut": "`Event.Weight` > 1.5",
+        "observers": ["log"], "split": {"val": 0.0, "test": 0.0},
+        "inputs": {"jets": {"kind": "points", "features": ["`Jet.PT`", "log(`Jet.PT`)"], "max": 2}},
+    })
+    reader = EventReader(spec, None)
+    assert reader.branches() == {"Jet.PT", "Event.Weight", "log"}
+    plan = plan_reads(spec, reader.branches())
+    tensors = to_tensors(next(block for task in plan.tasks for block in reader.read(task)))
+    np.testing.assert_array_equal(tensors["entry"].numpy(), [1, 2, 3])
+    np.testing.assert_allclose(tensors["obs_log"].numpy(), [0.6, 0.7, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(tensors["jets"][1].numpy(), [[1, 50, np.log(50)], [1, 40, np.log(40)]], rtol=1e-6)

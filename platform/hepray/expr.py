@@ -3,6 +3,8 @@
 A small, safe subset of Python evaluated column-wise with numpy: names are branches,
 `and`/`or`/`not` act element-wise, chained comparisons work, and only the functions in
 FUNCTIONS may be called. Nothing else (attributes, subscripts, lambdas) is accepted.
+A branch whose name is not a Python name (Delphes' `Jet.PT`, `nJet.size`) is written in
+backquotes: `` `Jet.PT` > 20 ``; a name not called is always a branch, even `log`.
 Powers stay cheap: a constant exponent is at most MAX_EXPONENT in size and a power of constants
 may not contain another one (`9 ** 9 ** 9` would compute a huge integer inside a read task).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from functools import reduce
 from typing import Any
 
@@ -26,6 +29,7 @@ BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, 
 COMPARE = {ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
            ast.Eq: operator.eq, ast.NotEq: operator.ne}
 MAX_EXPONENT = 64  # largest constant exponent, in absolute value
+QUOTED = re.compile(r"`([^`]+)`")
 
 
 class ExpressionError(ValueError):
@@ -37,17 +41,25 @@ class Expression:
 
     def __init__(self, text: str):
         self.text = text
+        self._quoted: dict[str, str] = {}  # placeholder identifier -> the backquoted branch name
         try:
-            self._tree = ast.parse(text.strip(), mode="eval").body
+            self._tree = ast.parse(QUOTED.sub(self._placeholder, text.strip()), mode="eval").body
         except (SyntaxError, ValueError) as error:  # ValueError: null bytes, integers of over 4300 digits
             raise ExpressionError(f"'{text}': not a valid expression ({getattr(error, 'msg', error)})") from None
         self.branches: set[str] = set()
         self._check(self._tree)
 
+    def _placeholder(self, match: re.Match) -> str:
+        identifier = f"__branch{len(self._quoted)}__"
+        self._quoted[identifier] = match.group(1)
+        return identifier
+
+    def _branch(self, identifier: str) -> str:
+        return self._quoted.get(identifier, identifier)
+
     def _check(self, node: ast.AST) -> None:
-        if isinstance(node, ast.Name):
-            if node.id not in FUNCTIONS:
-                self.branches.add(node.id)
+        if isinstance(node, ast.Name):  # a called name is checked as a Call, never reaches here
+            self.branches.add(self._branch(node.id))
         elif isinstance(node, ast.Constant):
             if not isinstance(node.value, (int, float, bool)):
                 raise ExpressionError(f"'{self.text}': only numeric constants are allowed")
@@ -102,7 +114,7 @@ class Expression:
 
     def _eval(self, node: ast.AST, arrays: dict[str, Any]) -> Any:
         if isinstance(node, ast.Name):
-            return arrays[node.id]
+            return arrays[self._branch(node.id)]
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.BinOp):
@@ -132,4 +144,5 @@ class Expression:
 
 def _is_constant(node: ast.AST) -> bool:
     """The expression reads no branch (only numbers and functions of them)."""
-    return not any(isinstance(inner, ast.Name) and inner.id not in FUNCTIONS for inner in ast.walk(node))
+    called = {id(inner.func) for inner in ast.walk(node) if isinstance(inner, ast.Call)}
+    return not any(isinstance(inner, ast.Name) and id(inner) not in called for inner in ast.walk(node))

@@ -69,7 +69,7 @@ def training_iterator(ds):
 def batches(iterator):
     """Training-ready batches exactly as the training loop gets them (dense, normalised tensors)."""
     return iterator.iter_torch_batches(batch_size=BATCH, collate_fn=ModelBatch(), prefetch_batches=2,
-                                       local_shuffle_buffer_size=4 * BATCH)
+                                       local_shuffle_buffer_size=4096)
 
 
 def iteration_rate(iterator, epochs: int = 3) -> tuple[float, int]:

@@ -195,6 +195,9 @@ class TrainSpec(Strict):
     early_stopping: EarlyStopping | None = None
     keep_checkpoints: int = Field(2, gt=0)
     seed: int = 1
+    shuffle_buffer: int = Field(
+        4096, ge=0, description="events in each worker's local shuffle buffer, which batches are drawn from at "
+                                "random (seeded by seed and the epoch), on top of the read tasks' shuffle; 0: none")
     stall_seconds: float = Field(
         300.0, gt=0, description="stop when no batch arrives for this long while no CPU is free for the read tasks")
 

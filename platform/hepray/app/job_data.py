@@ -99,7 +99,9 @@ def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
         ledger_name = f"hepray-skips-{uuid.uuid4().hex[:12]}"
         ledger = SkipLedger.options(name=ledger_name).remote()
     # Sparse images: ~8x fewer object-store bytes per event than dense ones (benchmarks/RESULTS.md).
-    datasets = {split: build_dataset(spec, split, plan, ledger_name, extra, sparse=True) for split in splits}
+    # train.seed orders the training split's tasks and shuffles their events anew each epoch
+    datasets = {split: build_dataset(spec, split, plan, ledger_name, extra, sparse=True, seed=job.train.seed)
+                for split in splits}
     for split in {"train", "val"} & datasets.keys():
         streamed_to_trainers(datasets[split])
     data = JobData(datasets, plan, ledger, ledger_name=ledger_name)

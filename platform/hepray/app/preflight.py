@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hepray.data.rootio import DataError, Events, Failed, describe, entry_ranges, expand_glob, is_url, with_file
+from hepray.data.root_source import mixed_tasks
+from hepray.data.rootio import DataError, Events, Failed, describe, expand_glob, is_url, with_file
 from hepray.expr import Expression
 from hepray.inputs import encoder_for
 from hepray.spec import DataSpec, JobSpec, did_you_mean
@@ -74,9 +75,9 @@ class Preflight:
         return any(group.pending or group.absent for group in self.groups)
 
     def read_tasks(self) -> int:
-        """As data.root_source.plan_reads stripes them: ranges of events_per_task / groups entries."""
-        size = max(1, self.job.data.events_per_task // len(self.groups))
-        return max(sum(len(entry_ranges(meta.boundaries, size)) for meta in group.good) for group in self.groups)
+        """As data.root_source.plan_reads makes them (mixed_tasks), from the same metadata."""
+        groups = {k: [(meta.path, meta.boundaries) for meta in group.good] for k, group in enumerate(self.groups)}
+        return len(mixed_tasks(groups, self.job.data.events_per_task))
 
     def plan(self) -> list[str]:
         return plan_lines(self)

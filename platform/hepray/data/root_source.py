@@ -1,4 +1,4 @@
-"""A Ray Data datasource over ROOT files: one read task per (file, entry range).
+"""A Ray Data datasource over ROOT files: read tasks of entry ranges that mix the classes.
 
 The driver plans from metadata only (entry counts, branch names, basket or cluster boundaries);
 files are TTrees or RNTuples, local or at fsspec URLs (see rootio). Each read task opens its
@@ -62,8 +62,9 @@ class EntryRange:
 
 @dataclass
 class ReadPlan:
-    """Read tasks, each a stripe of entry ranges: one range of each label group, so every
-    task (and every block it yields) mixes the classes even though files hold one class each."""
+    """Read tasks of entry ranges, each holding about the same fraction of every label group
+    (mixed_tasks), so every task (and every block it yields) mixes the classes in their overall
+    proportions even though files hold one class each."""
 
     tasks: list[list[EntryRange]]
     events: int
@@ -86,12 +87,12 @@ def labelled_files(spec: DataSpec) -> list[tuple[str, int | None]]:
 
 
 def plan_reads(spec: DataSpec, branches: set[str], allow_empty: bool = False) -> ReadPlan:
-    """Split files into entry ranges, checking branches exist, and stripe them into read tasks
-    of about `events_per_task` events. allow_empty: empty trees are files of no events, not errors."""
+    """Split files into entry ranges, checking branches exist, and deal them into read tasks of
+    about `events_per_task` events that mix the label groups (mixed_tasks). allow_empty: empty
+    trees are files of no events, not errors."""
     files = labelled_files(spec)
-    groups = sorted({label for _, label in files}, key=lambda label: -1 if label is None else label)
-    range_size = max(1, spec.events_per_task // len(groups))
-    per_group: dict[int | None, list[EntryRange]] = {label: [] for label in groups}
+    labels = sorted({label for _, label in files}, key=lambda label: -1 if label is None else label)
+    groups: dict[int | None, list[tuple[str, np.ndarray]]] = {label: [] for label in labels}
     skipped, total, opened = [], 0, 0
     # Metadata only (entries, basket/cluster boundaries), fetched concurrently: remote files cost a round trip each.
     with ThreadPoolExecutor(max(1, min(16, len(files)))) as pool:
@@ -106,12 +107,78 @@ def plan_reads(spec: DataSpec, branches: set[str], allow_empty: bool = False) ->
             continue
         opened += 1
         total += entries
-        per_group[label] += [EntryRange(path, label, start, stop) for start, stop in entry_ranges(boundaries, range_size)]
+        groups[label].append((path, np.asarray(boundaries, dtype=np.int64)))
     if total == 0 and not allow_empty:
         raise DataError("no events to read: " + ("; ".join(reason for _, _, reason in skipped) or "no files"))
-    stripes = max(len(ranges) for ranges in per_group.values())
-    tasks = [[ranges[k] for ranges in per_group.values() if k < len(ranges)] for k in range(stripes)]
-    return ReadPlan(tasks, total, opened, skipped)
+    return ReadPlan(mixed_tasks(groups, spec.events_per_task), total, opened, skipped)
+
+
+MIN_RANGE_SHARE = 50  # slices of >= events_per_task / 50 events: each costs a file open and a basket read
+SNAP = 1 / 8  # a slice's ends move to a basket/cluster boundary within this fraction of its size
+
+
+def mixed_tasks(groups: dict[int | None, list[tuple[str, np.ndarray]]], events_per_task: int) -> list[list[EntryRange]]:
+    """Read tasks from each label group's files (path, basket/cluster boundaries), every task holding
+    about the same fraction of every group.
+
+    Each group's files are laid end to end and cut into T slices of equal size (the k-th slice of
+    every group goes to task k), so a class of 1/11 of the events is 1/11 of every task, not the
+    whole of the first ones. T is the number of ranges rootio.entry_ranges makes of the largest
+    group at its share of a task (events_per_task x group / all events): tasks of ~events_per_task
+    events, whose largest part mostly starts and stops where that group's ranges would. A
+    slice's end moves to the nearest basket/cluster boundary (or file end) within SNAP of the slice's
+    size, so most ranges start and stop on boundaries while the fractions stay within ~±2 SNAP; a
+    group too small for T slices of events_per_task / MIN_RANGE_SHARE gets fewer, spread evenly over
+    the tasks. A slice crossing file ends is one range per file."""
+    axes = {label: _laid_end_to_end(files) for label, files in groups.items() if files}
+    axes = {label: axis for label, axis in axes.items() if axis[0][-1] > 0}
+    total = sum(int(offsets[-1]) for offsets, _ in axes.values())
+    if total == 0:
+        return []
+    shares = {label: max(1.0, events_per_task * int(offsets[-1]) / total) for label, (offsets, _) in axes.items()}
+    largest = max(axes, key=lambda label: axes[label][0][-1])
+    n_tasks = len(entry_ranges(axes[largest][1], round(shares[largest])))
+    smallest = max(1, events_per_task // MIN_RANGE_SHARE)
+    tasks: list[list[EntryRange]] = [[] for _ in range(n_tasks)]
+    for label, (offsets, edges) in axes.items():
+        events = int(offsets[-1])
+        slices = min(n_tasks, max(1, events // smallest))
+        cuts = _snapped_cuts(edges, events, slices)
+        for k, (begin, end) in enumerate(zip(cuts[:-1], cuts[1:])):
+            tasks[(2 * k + 1) * n_tasks // (2 * slices)] += _file_ranges(groups[label], offsets, label, begin, end)
+    return [task for task in tasks if task]
+
+
+def _laid_end_to_end(files: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """A group's files one after the other: where each file starts (and the total last), and every
+    basket/cluster boundary and file end on that axis."""
+    sizes = [int(boundaries[-1]) if len(boundaries) else 0 for _, boundaries in files]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    edges = [boundaries + offset for (_, boundaries), offset in zip(files, offsets) if len(boundaries)]
+    return offsets, np.unique(np.concatenate([offsets, *edges]))
+
+
+def _snapped_cuts(edges: np.ndarray, events: int, slices: int) -> np.ndarray:
+    """`slices` + 1 cuts of [0, events) into equal parts, each moved to the nearest edge within SNAP
+    of a part (so the cuts stay in order and every part keeps >= 1 - 2 SNAP of its size)."""
+    exact = np.rint(np.arange(slices + 1) * (events / slices)).astype(np.int64)
+    right = np.clip(np.searchsorted(edges, exact), 1, len(edges) - 1)
+    left = right - 1
+    nearest = np.where(exact - edges[left] <= edges[right] - exact, edges[left], edges[right])
+    return np.where(np.abs(nearest - exact) <= SNAP * events / slices, nearest, exact)
+
+
+def _file_ranges(files: list[tuple[str, np.ndarray]], offsets: np.ndarray, label: int | None,
+                 begin: int, end: int) -> list[EntryRange]:
+    """The entry ranges of [begin, end) on a group's laid-out axis: one per file it crosses."""
+    ranges = []
+    for index in range(int(np.searchsorted(offsets, begin, side="right")) - 1, len(files)):
+        start, stop = max(begin, offsets[index]), min(end, offsets[index + 1])
+        if start >= end:
+            break
+        if stop > start:
+            ranges.append(EntryRange(files[index][0], label, int(start - offsets[index]), int(stop - offsets[index])))
+    return ranges
 
 
 # ------------------------------------------------------------------ reading (in Ray tasks)
@@ -153,7 +220,8 @@ class EventReader:
     split: str | None
     ledger: str | None = None  # SkipLedger actor name, for on_error: skip
     extra: dict[str, str] = field(default_factory=dict)  # column -> expression (e.g. baseline)
-    shuffle: bool = False  # permute events within each read task (training)
+    shuffle: bool = False  # training: permute events within each read task and the tasks' order, anew each epoch
+    seed: int | None = None  # the shuffles' seed (train.seed), with the epoch; None: data.split.seed
     flag_cut: bool = False  # keep every event and add a pass_cut column instead of dropping (friend trees)
     file_column: bool = False  # add file_key(path) per event, so per-file outputs can regroup events
     with_inputs: bool = True  # False: labels, observers and extra columns only (fitting baselines)
@@ -207,7 +275,16 @@ class EventReader:
         return sum(4 * int(np.prod(encoder.spec.shape())) // (8 if name in self.sparse_inputs else 1)
                    for name, encoder in self.encoders.items()) + 8 * (2 + len(self.columns)) + 4 * 3 * self.tracks
 
-    def read(self, ranges: list[EntryRange]) -> Iterator:
+    def shuffled(self, *words: int) -> np.random.Generator:
+        """The generator of a training shuffle: seeded by (seed, epoch, ...), the same on every run."""
+        seed = self.spec.split.seed if self.seed is None else self.seed
+        return np.random.default_rng([word % 2**64 for word in (seed, *words)])
+
+    def task_order(self, tasks: int, epoch: int) -> np.ndarray:
+        """The order the read tasks are handed to Ray Data in: shuffled per epoch for training, else plan order."""
+        return self.shuffled(epoch).permutation(tasks) if self.shuffle else np.arange(tasks)
+
+    def read(self, ranges: list[EntryRange], epoch: int = 0) -> Iterator:
         batches = []
         for entry_range in ranges:
             started = time.perf_counter()
@@ -228,11 +305,10 @@ class EventReader:
                  else np.concatenate([b[key] for b in batches]) for key in batches[0]}
         n = len(batch[ENTRY])
         if self.shuffle:
-            # Seeded by the task's first range, by file name as the split is: the same order every
-            # run, whether the file is read from disk or from a URL.
+            # Seeded by (seed, epoch) and the task's first range, by file name as the split is: another
+            # order each epoch, the same on every run, whether the file is read from disk or from a URL.
             first = ranges[0]
-            seed = [zlib.crc32(Path(first.path).name.encode()), first.start, self.spec.split.seed]
-            order = np.random.default_rng(seed).permutation(n)
+            order = self.shuffled(epoch, zlib.crc32(Path(first.path).name.encode()), first.start).permutation(n)
             batch = {key: value.take(order) if key in self.sparse_inputs else value[order] for key, value in batch.items()}
         step = max(1, BLOCK_BYTES * n // max(1, sum(value.nbytes for value in batch.values())))
         specs = {name: self.encoders[name].spec for name in self.sparse_inputs}
@@ -512,21 +588,47 @@ class SkipLedger:
 
 
 class RootDatasource(Datasource):
+    """The plan's read tasks; for training, in another order and each shuffled anew every epoch.
+
+    How the epoch is known: Ray Data plans a dataset again each time it is executed, and every
+    execution calls get_read_tasks once with its DataContext, when its input operator starts
+    (Ray 2.60: planner/plan_read_op.py, InputDataBuffer.start). Other calls look at the plan without
+    reading it and pass no DataContext: read_datasource in the driver, and in each execution
+    the optimizer (SetReadParallelismRule; metadata inference, once). So `executions` counts the
+    calls with a DataContext, and the epoch of a call is the count before it.
+    A dataset fed to Ray Train is split by streaming_split (DataConfig.configure): one
+    SplitCoordinator actor per dataset receives a pickled copy of the dataset, this object
+    included, and at every epoch's start_epoch builds a new executor over it, so its copy's count
+    is 0, 1, 2, ... for epochs 0, 1, 2 (tests/test_mixing.py). Each copy counts its own
+    executions: iterating a dataset in the driver advances the driver's copy, which (if that
+    happens before training) is the count the trainer's copy starts from; a run Ray Train
+    restarts (max_failures) or resumes gets a new coordinator, whose count starts again from the
+    dataset's as it was handed to the trainer. Either way the same job gives the same sequence of
+    orders on every run.
+    Validation and test datasets (shuffle off) are read in plan order every time.
+    """
+
     def __init__(self, plan: ReadPlan, reader: EventReader):
         self.plan = plan
         self.reader = reader
+        self.executions = 0  # get_read_tasks calls that started an execution (the epochs read so far)
 
     def estimate_inmemory_data_size(self) -> int:
         return self.plan.events * self.reader.bytes_per_event()
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+        epoch = self.executions
+        if data_context is not None:  # an execution starting, not a look at the plan (see the class)
+            self.executions += 1
         reader = self.reader
         tasks = []
-        for ranges in self.plan.tasks:
+        for index in reader.task_order(len(self.plan.tasks), epoch):
+            ranges = self.plan.tasks[index]
             n = sum(r.stop - r.start for r in ranges)
             metadata = BlockMetadata(num_rows=None, size_bytes=n * reader.bytes_per_event(),
                                      input_files=sorted({r.path for r in ranges}), exec_stats=None)
-            tasks.append(ReadTask(lambda ranges=ranges: reader.read(ranges), metadata, per_task_row_limit=per_task_row_limit))
+            tasks.append(ReadTask(lambda ranges=ranges: reader.read(ranges, epoch), metadata,
+                                  per_task_row_limit=per_task_row_limit))
         return tasks
 
     def get_name(self) -> str:

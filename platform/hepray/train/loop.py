@@ -179,7 +179,7 @@ class WorkerRun:
         self.meter.start_epoch(epoch)
         loss_sum, seen, self.kept = 0.0, 0, []
         started = time.perf_counter()
-        batches = self.batches(self.train_shard, "training", local_shuffle_buffer_size=4 * self.job.train.batch_size,
+        batches = self.batches(self.train_shard, "training", local_shuffle_buffer_size=self.job.train.shuffle_buffer or None,
                                local_shuffle_seed=self.job.train.seed + epoch)
         for number, batch in enumerate(batches):
             self.meter.waited()

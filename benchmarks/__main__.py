@@ -125,8 +125,13 @@ def modules(names: list[str]) -> list[str]:
 def run(module: str) -> tuple[list[dict], str]:
     """The module's JSON lines, and its error text if it failed."""
     try:
-        done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}"], cwd=HERE.parent, capture_output=True,
-                              text=True, timeout=TIMEOUT_SECONDS)
+        done = subprocess.run(
+            [sys.executable, "-m", f"benchmarks.{module}"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_SECONDS,
+        )
     except subprocess.TimeoutExpired:
         return [], f"timed out after {TIMEOUT_SECONDS} s"
     lines = []
@@ -181,21 +186,27 @@ def write_results(results: dict[str, tuple[list[dict], str]], started: float, lo
         found = [line for line in lines if line["figure"] == figure]
         note = ""
         if figure == "dataset_over_read_x_cores" and ceiling:
-            note = (f"; ceiling {ceiling[0]['ratio']}: the same work serially in one process, no Ray, "
-                    f"runs at {ceiling[0]['ratio']} x the bare read per core")
+            note = (
+                f"; ceiling {ceiling[0]['ratio']}: the same work serially in one process, no Ray, "
+                f"runs at {ceiling[0]['ratio']} x the bare read per core"
+            )
         out.append(f"| {text} | {verdict(found[0]) if found else 'not run'}{note} |")
     memory = [line for line in lines if line["figure"] == "memory_while_streaming"]
     if memory:
         m = memory[0]
-        out.append(f"| 5. RSS bounded over a dataset {m['dataset_dense_mb']} MB through a {m['object_store_mb']} MB object store "
-                   f"| driver peak {m['driver_rss_peak_mid_mb']} -> {m['driver_rss_peak_late_mb']} MB, workers "
-                   f"{m['workers_rss_peak_mid_mb']} -> {m['workers_rss_peak_late_mb']} MB (middle third -> last third) |")
+        out.append(
+            f"| 5. RSS bounded over a dataset {m['dataset_dense_mb']} MB through a {m['object_store_mb']} MB object store "
+            f"| driver peak {m['driver_rss_peak_mid_mb']} -> {m['driver_rss_peak_late_mb']} MB, workers "
+            f"{m['workers_rss_peak_mid_mb']} -> {m['workers_rss_peak_late_mb']} MB (middle third -> last third) |"
+        )
     transport = {line["transport"]: line for line in lines if line["figure"] == "object_store_bytes_per_event"}
     if len(transport) == 2:
         dense, sparse = transport["dense"], transport["sparse"]
-        out.append(f"| 6. object-store bytes per event, {dense['image_kind']} | dense {dense['bytes_per_event']}, "
-                   f"sparse {sparse['bytes_per_event']} ({sparse['points_per_event']} points/event): sparse is "
-                   f"{dense['bytes_per_event'] / sparse['bytes_per_event']:.1f}x smaller and is what `hepray run` ships |")
+        out.append(
+            f"| 6. object-store bytes per event, {dense['image_kind']} | dense {dense['bytes_per_event']}, "
+            f"sparse {sparse['bytes_per_event']} ({sparse['points_per_event']} points/event): sparse is "
+            f"{dense['bytes_per_event'] / sparse['bytes_per_event']:.1f}x smaller and is what `hepray run` ships |"
+        )
     out += ["", "## Every figure (the JSON lines)", ""]
     for module, (module_lines, error) in results.items():
         out.append(f"`benchmarks/{module}.py`" + (f" — **failed**: {error}" if error else ""))

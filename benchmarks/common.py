@@ -22,10 +22,16 @@ EVENTS_PER_CLASS = int(os.environ.get("HEPRAY_BENCH_EVENTS", 50000))  # 20 files
 def electron_id_job(events: int = EVENTS_PER_CLASS, *overrides: str) -> JobSpec:
     """jobs/electron_id.yaml on its own generated data in benchmarks/.data (made once, then reused)."""
     out = HERE / ".data" / f"electron_id_{events}"
-    job = load_job(ROOT / "jobs" / "electron_id.yaml", [
-        f"data.generate.out={out}", f"data.generate.events={events}",
-        f"data.files.electron={out}/electron_*.root", f"data.files.fake={out}/fake_*.root", *overrides,
-    ])
+    job = load_job(
+        ROOT / "jobs" / "electron_id.yaml",
+        [
+            f"data.generate.out={out}",
+            f"data.generate.events={events}",
+            f"data.files.electron={out}/electron_*.root",
+            f"data.files.fake={out}/fake_*.root",
+            *overrides,
+        ],
+    )
     ensure_data(job.data)
     return job
 

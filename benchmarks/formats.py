@@ -24,8 +24,13 @@ def format_jobs(events: int = EVENTS_PER_CLASS) -> dict[str, JobSpec]:
     out = HERE / ".data" / f"electron_id_{events}_rntuple"
     return {
         "ttree": electron_id_job(events),
-        "rntuple": electron_id_job(events, f"data.generate.out={out}", "data.generate.format=rntuple",
-                                   f"data.files.electron={out}/electron_*.root", f"data.files.fake={out}/fake_*.root"),
+        "rntuple": electron_id_job(
+            events,
+            f"data.generate.out={out}",
+            "data.generate.format=rntuple",
+            f"data.files.electron={out}/electron_*.root",
+            f"data.files.fake={out}/fake_*.root",
+        ),
     }
 
 
@@ -69,10 +74,20 @@ def main() -> None:
     rates = {}
     for fmt, job in jobs.items():
         rates[fmt], events = dataset_rate(job)
-        emit("format_dataset_iteration", format=fmt, events_per_s=round(rates[fmt]), events_per_pass=events,
-             cores=n_cores, load=load())
-    emit("format_rntuple_over_ttree", bare_read_ratio=round(read["rntuple"] / read["ttree"], 3),
-         dataset_ratio=round(rates["rntuple"] / rates["ttree"], 3), cores=n_cores)
+        emit(
+            "format_dataset_iteration",
+            format=fmt,
+            events_per_s=round(rates[fmt]),
+            events_per_pass=events,
+            cores=n_cores,
+            load=load(),
+        )
+    emit(
+        "format_rntuple_over_ttree",
+        bare_read_ratio=round(read["rntuple"] / read["ttree"], 3),
+        dataset_ratio=round(rates["rntuple"] / rates["ttree"], 3),
+        cores=n_cores,
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import bare_read_rate, cores, electron_id_job, emit, load, start_ray
+from hepray.app.predict import default_concurrency, predict_files
 from hepray.data.root_source import labelled_files
 from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, save_model
-from hepray.app.predict import default_concurrency, predict_files
 from hepray.models import build_model
 from hepray.models.export import export_onnx
 
@@ -56,18 +56,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         run_dir = Path(directory)
         model = make_run_dir(job, run_dir)
-        emit("inference_model_only", model=job.model.name, events_per_s_per_thread=round(model_only_rate(model, job)),
-             batch=256, load=load())
+        emit(
+            "inference_model_only",
+            model=job.model.name,
+            events_per_s_per_thread=round(model_only_rate(model, job)),
+            batch=256,
+            load=load(),
+        )
         start_ray(n_cores)
         actors = default_concurrency(job)
         predict_files(run_dir, files[:1], run_dir / "warm-up")  # first-run imports and file cache, not throughput
         for engine in ("torch", "onnx"):
             report = predict_files(run_dir, files, run_dir / engine, engine=engine, batch_size=BATCH)
             rate = report.events / report.seconds
-            emit("inference_events_per_s", engine=engine, events_per_s=round(rate), events=report.events,
-                 files=len(files), actors=actors, cores=n_cores, ratio_to_read=round(rate / read, 3),
-                 ratio_to_read_x_cores=round(rate / (read * n_cores), 3), seconds=round(report.seconds, 2),
-                 load=load(), note="end to end: planning, actor start-up, read, rasterize, model, write")
+            emit(
+                "inference_events_per_s",
+                engine=engine,
+                events_per_s=round(rate),
+                events=report.events,
+                files=len(files),
+                actors=actors,
+                cores=n_cores,
+                ratio_to_read=round(rate / read, 3),
+                ratio_to_read_x_cores=round(rate / (read * n_cores), 3),
+                seconds=round(report.seconds, 2),
+                load=load(),
+                note="end to end: planning, actor start-up, read, rasterize, model, write",
+            )
 
 
 if __name__ == "__main__":

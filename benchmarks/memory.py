@@ -54,16 +54,24 @@ def main() -> None:
     stop.set()
     sampler.join()
     third = max(1, len(samples) // 3)
-    early, late = samples[third:2 * third], samples[2 * third:]  # the first third is start-up
+    early, late = samples[third : 2 * third], samples[2 * third :]  # the first third is start-up
 
     def peak(part, column):
         return max(sample[column] for sample in part) / MB
 
-    series = [(round(t, 1), round(d / MB), round(w / MB)) for t, d, w in samples[::max(1, len(samples) // 12)]]
-    emit("memory_while_streaming", events=events, dataset_dense_mb=round(2 * dense_bytes / MB),
-         object_store_mb=OBJECT_STORE // MB, driver_rss_peak_mid_mb=round(peak(early, 1)),
-         driver_rss_peak_late_mb=round(peak(late, 1)), workers_rss_peak_mid_mb=round(peak(early, 2)),
-         workers_rss_peak_late_mb=round(peak(late, 2)), series_s_driver_mb_workers_mb=series, load=load())
+    series = [(round(t, 1), round(d / MB), round(w / MB)) for t, d, w in samples[:: max(1, len(samples) // 12)]]
+    emit(
+        "memory_while_streaming",
+        events=events,
+        dataset_dense_mb=round(2 * dense_bytes / MB),
+        object_store_mb=OBJECT_STORE // MB,
+        driver_rss_peak_mid_mb=round(peak(early, 1)),
+        driver_rss_peak_late_mb=round(peak(late, 1)),
+        workers_rss_peak_mid_mb=round(peak(early, 2)),
+        workers_rss_peak_late_mb=round(peak(late, 2)),
+        series_s_driver_mb_workers_mb=series,
+        load=load(),
+    )
 
 
 if __name__ == "__main__":

@@ -63,13 +63,16 @@ def training_iterator(ds):
     not in the process that trains."""
     from hepray.train.trainer import ordered_ingest
 
-    return ordered_ingest().configure({"train": ds}, world_size=1, worker_handles=None, worker_node_ids=None)[0]["train"]
+    return ordered_ingest().configure({"train": ds}, world_size=1, worker_handles=None, worker_node_ids=None)[0][
+        "train"
+    ]
 
 
 def batches(iterator):
     """Training-ready batches exactly as the training loop gets them (dense, normalised tensors)."""
-    return iterator.iter_torch_batches(batch_size=BATCH, collate_fn=ModelBatch(), prefetch_batches=2,
-                                       local_shuffle_buffer_size=4096)
+    return iterator.iter_torch_batches(
+        batch_size=BATCH, collate_fn=ModelBatch(), prefetch_batches=2, local_shuffle_buffer_size=4096
+    )
 
 
 def iteration_rate(iterator, epochs: int = 3) -> tuple[float, int]:
@@ -101,8 +104,9 @@ def batch_waits(job, iterator) -> np.ndarray:
         waits.append(time.perf_counter() - started)
         if batch is None:
             break
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model({"image": batch["image"]})[:, 0],
-                                                                    batch["label"].float())
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            model({"image": batch["image"]})[:, 0], batch["label"].float()
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -126,14 +130,24 @@ def main() -> None:
     read = bare_read_rate(job)
     emit("bare_uproot_read", events_per_s_per_core=round(read), branches=branches(job), load=load())
     serial = serial_rate(job)
-    emit("serial_pipeline_over_read", serial_events_per_s_per_core=round(serial), ratio=round(serial / read, 3),
-         meaning="ceiling of dataset_over_read_x_cores", load=load())
+    emit(
+        "serial_pipeline_over_read",
+        serial_events_per_s_per_core=round(serial),
+        ratio=round(serial / read, 3),
+        meaning="ceiling of dataset_over_read_x_cores",
+        load=load(),
+    )
 
     for sparse in (False, True):
         total, image, points = block_bytes(job, sparse)
-        emit("object_store_bytes_per_event", image_kind="etaphi 1x47x47", transport="sparse" if sparse else "dense",
-             bytes_per_event=round(total), image_bytes_per_event=round(image),
-             **({"points_per_event": round(points, 1)} if sparse else {}))
+        emit(
+            "object_store_bytes_per_event",
+            image_kind="etaphi 1x47x47",
+            transport="sparse" if sparse else "dense",
+            bytes_per_event=round(total),
+            image_bytes_per_event=round(image),
+            **({"points_per_event": round(points, 1)} if sparse else {}),
+        )
 
     start_ray(n_cores)
     rates = {}
@@ -141,22 +155,49 @@ def main() -> None:
         ds, _ = dataset(job, sparse)
         rate, events = iteration_rate(training_iterator(ds))
         rates[sparse] = rate
-        emit("dataset_iteration", transport="sparse" if sparse else "dense", ingest="training", events_per_s=round(rate),
-             events_per_epoch=events, cores=n_cores, load=load())
+        emit(
+            "dataset_iteration",
+            transport="sparse" if sparse else "dense",
+            ingest="training",
+            events_per_s=round(rate),
+            events_per_epoch=events,
+            cores=n_cores,
+            load=load(),
+        )
     driver_rate, _ = iteration_rate(dataset(job, sparse=True)[0].iterator())
-    emit("dataset_iteration", transport="sparse", ingest="driver", events_per_s=round(driver_rate),
-         meaning="ds.iterator(): the streaming executor runs in the iterating process", load=load())
-    emit("dataset_over_read_x_cores", ratio=round(rates[True] / (read * n_cores), 3), target=0.8,
-         dense_transport_ratio=round(rates[False] / (read * n_cores), 3),
-         driver_ingest_ratio=round(driver_rate / (read * n_cores), 3), cores=n_cores)
+    emit(
+        "dataset_iteration",
+        transport="sparse",
+        ingest="driver",
+        events_per_s=round(driver_rate),
+        meaning="ds.iterator(): the streaming executor runs in the iterating process",
+        load=load(),
+    )
+    emit(
+        "dataset_over_read_x_cores",
+        ratio=round(rates[True] / (read * n_cores), 3),
+        target=0.8,
+        dense_transport_ratio=round(rates[False] / (read * n_cores), 3),
+        driver_ingest_ratio=round(driver_rate / (read * n_cores), 3),
+        cores=n_cores,
+    )
 
     for ingest in ("training", "driver"):
         ds, _ = dataset(job, sparse=True)
         waits = batch_waits(job, training_iterator(ds) if ingest == "training" else ds.iterator())
         median, p99 = np.percentile(waits, [50, 99])
-        emit("next_batch_wait", ingest=ingest, batches=len(waits), files=len(labelled_files(job.data)),
-             median_ms=round(1e3 * median, 3), p99_ms=round(1e3 * p99, 3), max_ms=round(1e3 * waits.max(), 3),
-             p99_over_median=round(p99 / median, 2), target=2.0, load=load())
+        emit(
+            "next_batch_wait",
+            ingest=ingest,
+            batches=len(waits),
+            files=len(labelled_files(job.data)),
+            median_ms=round(1e3 * median, 3),
+            p99_ms=round(1e3 * p99, 3),
+            max_ms=round(1e3 * waits.max(), 3),
+            p99_over_median=round(p99 / median, 2),
+            target=2.0,
+            load=load(),
+        )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,15 @@ EVENTS_PER_CLASS = 20000
 
 def jets_job(name: str) -> JobSpec:
     out = HERE / ".data" / f"jets_{EVENTS_PER_CLASS}"
-    job = load_job(ROOT / "jobs" / f"{name}.yaml", [
-        f"data.generate.out={out}", f"data.generate.events={EVENTS_PER_CLASS}",
-        f"data.files.qcd={out}/qcd_*.root", f"data.files.hbb={out}/hbb_*.root"])
+    job = load_job(
+        ROOT / "jobs" / f"{name}.yaml",
+        [
+            f"data.generate.out={out}",
+            f"data.generate.events={EVENTS_PER_CLASS}",
+            f"data.files.qcd={out}/qcd_*.root",
+            f"data.files.hbb={out}/hbb_*.root",
+        ],
+    )
     ensure_data(job.data)
     return job
 
@@ -61,11 +67,19 @@ def main() -> None:
         nbytes = sum(block.nbytes for block in blocks) / sum(len(block) for block in blocks)
         figures[name] = (read, decode_rate(blocks), nbytes)
     (points_read, points_decode, points_bytes), (image_read, image_decode, image_bytes) = figures.values()
-    emit("points_vs_jet_image_per_core", points="64 x (1 + 4), sorted by pT", image="jet 1x33x33 l1",
-         points_read_events_per_s=round(points_read), image_read_events_per_s=round(image_read),
-         points_over_image_read=round(points_read / image_read, 2),
-         points_decode_events_per_s=round(points_decode), image_decode_events_per_s=round(image_decode),
-         points_bytes_per_event=round(points_bytes), image_bytes_per_event=round(image_bytes), load=load())
+    emit(
+        "points_vs_jet_image_per_core",
+        points="64 x (1 + 4), sorted by pT",
+        image="jet 1x33x33 l1",
+        points_read_events_per_s=round(points_read),
+        image_read_events_per_s=round(image_read),
+        points_over_image_read=round(points_read / image_read, 2),
+        points_decode_events_per_s=round(points_decode),
+        image_decode_events_per_s=round(image_decode),
+        points_bytes_per_event=round(points_bytes),
+        image_bytes_per_event=round(image_bytes),
+        load=load(),
+    )
 
 
 if __name__ == "__main__":

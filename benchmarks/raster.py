@@ -15,8 +15,8 @@ import awkward as ak
 import numpy as np
 
 from benchmarks.common import bare_read_rate, electron_id_job, emit, load
-from hepray.inputs import densify, make_input, make_sparse
 from hepray.data.root_source import RASTER_EVENTS
+from hepray.inputs import densify, make_input, make_sparse
 
 TOWERS = 150
 EVENTS = 2 * 8192
@@ -36,8 +36,13 @@ def tower_batch(n_events: int, towers: int, seed: int = 1) -> dict[str, ak.Array
     def jagged(values):
         return ak.unflatten(values.astype(np.float32), counts)
 
-    return {"tower_eta": jagged(eta), "tower_phi": jagged(phi), "tower_e": jagged(energy),
-            "ele_eta": ele_eta.astype(np.float32), "ele_phi": ele_phi.astype(np.float32)}
+    return {
+        "tower_eta": jagged(eta),
+        "tower_phi": jagged(phi),
+        "tower_e": jagged(energy),
+        "ele_eta": ele_eta.astype(np.float32),
+        "ele_phi": ele_phi.astype(np.float32),
+    }
 
 
 def rate(kernel, arrays, n_events: int, repeats: int = 5) -> float:
@@ -46,15 +51,17 @@ def rate(kernel, arrays, n_events: int, repeats: int = 5) -> float:
     for _ in range(repeats):
         started = time.perf_counter()
         for begin in range(0, n_events, RASTER_EVENTS):
-            kernel({key: value[begin:begin + RASTER_EVENTS] for key, value in arrays.items()})
+            kernel({key: value[begin : begin + RASTER_EVENTS] for key, value in arrays.items()})
         best = max(best, n_events / (time.perf_counter() - started))
     return best
 
 
 def study_000_loop(arrays, n_events: int) -> float:
     """Events/s of the study's notebook: a Python loop per event and per tower, int(22 + d / 0.0174)."""
-    columns = {key: ak.to_numpy(value) if value.ndim == 1 else np.array(ak.to_list(value), dtype=object)
-               for key, value in ((k, ak.Array(v)) for k, v in arrays.items())}
+    columns = {
+        key: ak.to_numpy(value) if value.ndim == 1 else np.array(ak.to_list(value), dtype=object)
+        for key, value in ((k, ak.Array(v)) for k, v in arrays.items())
+    }
     started = time.perf_counter()
     for event in range(n_events):
         image = np.zeros((47, 47))
@@ -74,18 +81,26 @@ def main() -> None:
     towers = float(ak.mean(ak.num(arrays["tower_e"])))
     sparse = rate(lambda part: make_sparse(spec, part), arrays, EVENTS)
     dense = rate(lambda part: make_input(spec, part), arrays, EVENTS)
-    images = [make_sparse(spec, {k: v[b:b + 256] for k, v in arrays.items()}) for b in range(0, EVENTS, 256)]
+    images = [make_sparse(spec, {k: v[b : b + 256] for k, v in arrays.items()}) for b in range(0, EVENTS, 256)]
     started = time.perf_counter()
     for part in images:
         densify(part, spec.norm)
     densified = EVENTS / (time.perf_counter() - started)
     loop = study_000_loop(arrays, 500)
     read = bare_read_rate(job)
-    emit("raster_kernel_per_core", towers_per_event=round(towers, 1), image="etaphi 1x47x47 max norm",
-         sparse_kernel_events_per_s=round(sparse), dense_kernel_events_per_s=round(dense),
-         densify_256_batches_events_per_s=round(densified), study_000_loop_events_per_s=round(loop),
-         bare_read_events_per_s=round(read), sparse_kernel_over_bare_read=round(sparse / read, 2),
-         target=300000, load=load())
+    emit(
+        "raster_kernel_per_core",
+        towers_per_event=round(towers, 1),
+        image="etaphi 1x47x47 max norm",
+        sparse_kernel_events_per_s=round(sparse),
+        dense_kernel_events_per_s=round(dense),
+        densify_256_batches_events_per_s=round(densified),
+        study_000_loop_events_per_s=round(loop),
+        bare_read_events_per_s=round(read),
+        sparse_kernel_over_bare_read=round(sparse / read, 2),
+        target=300000,
+        load=load(),
+    )
 
 
 if __name__ == "__main__":

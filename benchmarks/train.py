@@ -16,17 +16,25 @@ import time
 import torch
 
 from benchmarks.common import cores, electron_id_job, emit, load, start_ray
+from hepray.app.job_data import build_job_data
 from hepray.data.augment import augment
 from hepray.data.batches import ModelBatch
-from hepray.app.job_data import build_job_data
 from hepray.models import build_model
 from hepray.train.loop import make_optimizer
 from hepray.train.tasks import Task
 
 EPOCHS = 3  # the first warms up (worker start-up, first read tasks); the best of the others is the figure
-SMALL = ["model.filters=16", "model.blocks=2", "model.dense=32", "train.batch_size=128",
-         f"train.epochs={EPOCHS}", "train.early_stopping=null", "scaling.num_workers=1", "scaling.use_gpu=false",
-         "scaling.cpus_per_worker=1"]  # Ray then runs the worker's torch on 1 thread (OMP_NUM_THREADS=1)
+SMALL = [
+    "model.filters=16",
+    "model.blocks=2",
+    "model.dense=32",
+    "train.batch_size=128",
+    f"train.epochs={EPOCHS}",
+    "train.early_stopping=null",
+    "scaling.num_workers=1",
+    "scaling.use_gpu=false",
+    "scaling.cpus_per_worker=1",
+]  # Ray then runs the worker's torch on 1 thread (OMP_NUM_THREADS=1)
 
 
 def ray_train_rate(job) -> tuple[float, float]:
@@ -42,8 +50,10 @@ def ray_train_rate(job) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as storage:
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"job": job.model_dump(mode="json", by_alias=True),
-                               "train_events": int(data.plan.events * 0.7)},
+            train_loop_config={
+                "job": job.model_dump(mode="json", by_alias=True),
+                "train_events": int(data.plan.events * 0.7),
+            },
             scaling_config=scaling_config(job),
             datasets={"train": data.datasets["train"], "val": data.datasets["val"]},
             run_config=RunConfig(storage_path=storage, name="bench"),
@@ -60,15 +70,16 @@ def plain_rate(job) -> float:
     torch.set_num_threads(int(job.scaling.cpus_per_worker))  # what Ray gives the training worker
     torch.manual_seed(job.train.seed)
     data = build_job_data(job, splits=("train",))
-    batches = list(data.datasets["train"].iterator().iter_torch_batches(batch_size=job.train.batch_size,
-                                                                         collate_fn=ModelBatch()))
+    batches = list(
+        data.datasets["train"].iterator().iter_torch_batches(batch_size=job.train.batch_size, collate_fn=ModelBatch())
+    )
     shapes = job.data.input_shapes()
     task = Task(job.task)
     model = build_model(job.model, shapes, job.n_outputs)
     optimizer = make_optimizer(job, model)
     generator = torch.Generator().manual_seed(job.train.seed)
     rates = []
-    for epoch in range(EPOCHS):
+    for _ in range(EPOCHS):
         started, seen = time.perf_counter(), 0
         for batch in batches:
             inputs = augment({name: batch[name] for name in shapes}, list(shapes), job.data.augment, generator)
@@ -86,15 +97,27 @@ def main() -> None:
     job = electron_id_job()
     # 8 of the 20 files (40k events, 28k to train on): the figure is a ratio, not a long training.
     out = job.data.generate.out
-    job = electron_id_job(job.data.generate.events, *SMALL, f"data.files.electron={out}/electron_00[0-3].root",
-                          f"data.files.fake={out}/fake_00[0-3].root")
+    job = electron_id_job(
+        job.data.generate.events,
+        *SMALL,
+        f"data.files.electron={out}/electron_00[0-3].root",
+        f"data.files.fake={out}/fake_00[0-3].root",
+    )
     start_ray(cores())
     plain = plain_rate(job)
     ray_rate, loss = ray_train_rate(job)
-    emit("ray_train_epoch_vs_plain_torch", model="seed_cnn filters=16 blocks=2 dense=32", batch_size=job.train.batch_size,
-         torch_threads=int(job.scaling.cpus_per_worker), plain_events_per_s=round(plain),
-         ray_train_events_per_s=round(ray_rate), ratio=round(ray_rate / plain, 3), target=0.9,
-         last_epoch_train_loss=round(loss, 4), load=load())
+    emit(
+        "ray_train_epoch_vs_plain_torch",
+        model="seed_cnn filters=16 blocks=2 dense=32",
+        batch_size=job.train.batch_size,
+        torch_threads=int(job.scaling.cpus_per_worker),
+        plain_events_per_s=round(plain),
+        ray_train_events_per_s=round(ray_rate),
+        ratio=round(ray_rate / plain, 3),
+        target=0.9,
+        last_epoch_train_loss=round(loss, 4),
+        load=load(),
+    )
 
 
 if __name__ == "__main__":

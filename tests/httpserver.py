@@ -53,7 +53,9 @@ class FileServer:
     """Serves `root` on 127.0.0.1 at a free port from a daemon thread; `url` is its base URL."""
 
     def __init__(self, root: Path):
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(root)))
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(root))
+        )
         self.httpd.bytes_sent = 0
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -63,7 +65,7 @@ class FileServer:
     def bytes_sent(self) -> int:
         return self.httpd.bytes_sent
 
-    def __enter__(self) -> "FileServer":
+    def __enter__(self) -> FileServer:
         self.thread.start()
         return self
 

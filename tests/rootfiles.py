@@ -19,7 +19,9 @@ def write_tree(path: Path, branches: dict, tree: str = "events") -> Path:
     return path
 
 
-def towers(n: int, first_id: int, seed: int, mean_towers: float = 6.0, energy: float = 2.0, spread: float = 0.05) -> dict:
+def towers(
+    n: int, first_id: int, seed: int, mean_towers: float = 6.0, energy: float = 2.0, spread: float = 0.05
+) -> dict:
     """n events: candidate (eta, phi), jagged towers near it, a unique event id, a flat x, and
     the summed tower energy; classes made with other `energy`/`spread` are learnable."""
     rng = np.random.default_rng(seed)
@@ -47,9 +49,15 @@ def etaphi_job(files: dict, **data) -> dict:
         "data": {
             "files": files,
             "observers": ["evt", "x"],
-            "inputs": {"image": {"kind": "etaphi", "size": 9, "cell": 0.05,
-                                 "center": {"eta": "cand_eta", "phi": "cand_phi"},
-                                 "points": [{"eta": "tower_eta", "phi": "tower_phi", "value": "tower_e"}]}},
+            "inputs": {
+                "image": {
+                    "kind": "etaphi",
+                    "size": 9,
+                    "cell": 0.05,
+                    "center": {"eta": "cand_eta", "phi": "cand_phi"},
+                    "points": [{"eta": "tower_eta", "phi": "tower_phi", "value": "tower_e"}],
+                }
+            },
             **data,
         },
         "model": {"name": "seed_cnn", "filters": 4, "blocks": 2, "dense": 8},

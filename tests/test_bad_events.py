@@ -38,8 +38,9 @@ def with_nan(data: dict, branch: str, events: list[int]) -> dict:
 
 def one_file_job(path, **data) -> JobSpec:
     """A binary job over one file with a label branch (one range of N entries: events_per_task N)."""
-    return JobSpec.model_validate(etaphi_job([str(path)], label_branch="is_signal", classes=["bkg", "sig"],
-                                             events_per_task=N, **data))
+    return JobSpec.model_validate(
+        etaphi_job([str(path)], label_branch="is_signal", classes=["bkg", "sig"], events_per_task=N, **data)
+    )
 
 
 def labelled(seed: int = 1) -> dict:
@@ -58,7 +59,9 @@ def read_all(job: JobSpec, split: str | None = None) -> dict[str, np.ndarray]:
     reader = EventReader(job.data, split)
     plan = plan_reads(job.data, reader.branches())
     blocks = [block for task in plan.tasks for block in reader.read(task)]
-    return {name: np.concatenate([block[name].to_numpy() for block in blocks]) for name in ("obs_evt", "obs_x", "label")}
+    return {
+        name: np.concatenate([block[name].to_numpy() for block in blocks]) for name in ("obs_evt", "obs_x", "label")
+    }
 
 
 # ------------------------------------------------------------------ labels
@@ -68,8 +71,11 @@ def test_label_out_of_range_names_file_range_and_value(tmp_path):
     data = labelled()
     data["is_signal"][[42, 200]] = 11
     write_tree(tmp_path / "labels.root", data)
-    with pytest.raises(DataError, match=r"labels.root: entries \[0, 300\): label branch 'is_signal' has value 11 at "
-                                        r"entry 42 \(2 events outside 0..1, the classes bkg, sig\)"):
+    with pytest.raises(
+        DataError,
+        match=r"labels.root: entries \[0, 300\): label branch 'is_signal' has value 11 at "
+        r"entry 42 \(2 events outside 0..1, the classes bkg, sig\)",
+    ):
         read_all(one_file_job(tmp_path / "labels.root"))
 
 
@@ -82,7 +88,8 @@ def test_fractional_and_negative_labels_are_skipped_with_skip(tmp_path):
         read_all(one_file_job(tmp_path / "labels.root"))
     batch, skips = read_range(one_file_job(tmp_path / "labels.root", on_error="skip"))
     assert {reason: list(entries) for reason, entries in skips.by_reason.items()} == {
-        "label branch 'is_signal' not in 0..1": [3, 5]}
+        "label branch 'is_signal' not in 0..1": [3, 5]
+    }
     assert np.array_equal(batch["entry"], np.delete(np.arange(N), [3, 5]))
     assert set(batch["label"]) == {0, 1}
 
@@ -98,8 +105,11 @@ def test_nan_in_an_event_the_cut_removes_is_no_error_and_no_skip(tmp_path):
     assert np.array_equal(np.sort(out["obs_evt"]), np.flatnonzero(data["x"] > 0.5))
     batch, skips = read_range(one_file_job(tmp_path / "cut.root", cut="x > 0.5", on_error="skip"))
     assert skips is None and len(batch["entry"]) == int((data["x"] > 0.5).sum())
-    with pytest.raises(DataError, match=rf"cut.root: entries \[0, 300\): branch 'tower_e' has 1 NaN/inf values "
-                                        rf"\(first at entry {removed}\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"cut.root: entries \[0, 300\): branch 'tower_e' has 1 NaN/inf values "
+        rf"\(first at entry {removed}\)",
+    ):
         read_all(one_file_job(tmp_path / "cut.root"))  # no cut: the event is used
 
 
@@ -121,7 +131,9 @@ def test_skip_drops_exactly_the_bad_event(tmp_path):
     assert np.array_equal(batch["entry"], np.delete(np.arange(N), 57))
     assert np.array_equal(batch["obs_evt"], np.delete(data["evt"], 57))
     assert len(batch["image"]) == N - 1
-    assert {reason: list(entries) for reason, entries in skips.by_reason.items()} == {"branch 'tower_e' is NaN/inf": [57]}
+    assert {reason: list(entries) for reason, entries in skips.by_reason.items()} == {
+        "branch 'tower_e' is NaN/inf": [57]
+    }
     assert skips.events == 1 and len(skips.observers) == 0
 
 
@@ -129,19 +141,27 @@ def test_fail_names_branch_and_the_first_bad_entry(tmp_path):
     data = with_nan(with_nan(labelled(), "tower_e", [57, 250]), "cand_eta", [120])
     data["tower_phi"] = ak.where(ak.local_index(data["tower_phi"]) == 1, np.inf, data["tower_phi"])  # every event
     write_tree(tmp_path / "two.root", data)
-    with pytest.raises(DataError, match=r"two.root: entries \[0, 300\): branch 'tower_phi' has \d+ NaN/inf values "
-                                        r"\(first at entry (\d+)\)") as error:
+    with pytest.raises(
+        DataError,
+        match=r"two.root: entries \[0, 300\): branch 'tower_phi' has \d+ NaN/inf values "
+        r"\(first at entry (\d+)\)",
+    ) as error:
         read_all(one_file_job(tmp_path / "two.root"))
     first = int(np.flatnonzero(ak.to_numpy(ak.num(data["tower_phi"])) > 1)[0])
     assert f"first at entry {first})" in str(error.value)
     data["tower_phi"] = towers(N, 0, seed=1)["tower_phi"]
     write_tree(tmp_path / "two.root", data)
-    with pytest.raises(DataError, match=r"two.root: entries \[0, 300\): branch 'tower_e' has 2 NaN/inf values "
-                                        r"\(first at entry 57\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"two.root: entries \[0, 300\): branch 'tower_e' has 2 NaN/inf values "
+        r"\(first at entry 57\)$",
+    ):
         read_all(one_file_job(tmp_path / "two.root"))
     batch, skips = read_range(one_file_job(tmp_path / "two.root", on_error="skip"))
     assert {reason: list(entries) for reason, entries in skips.by_reason.items()} == {
-        "branch 'cand_eta' is NaN/inf": [120], "branch 'tower_e' is NaN/inf": [57, 250]}
+        "branch 'cand_eta' is NaN/inf": [120],
+        "branch 'tower_e' is NaN/inf": [57, 250],
+    }
 
 
 def test_derived_values_are_checked_after_the_cut(tmp_path):
@@ -153,11 +173,16 @@ def test_derived_values_are_checked_after_the_cut(tmp_path):
     raw["task"] = {"kind": "regression"}
     raw["data"]["inputs"]["vars"] = {"kind": "scalars", "branches": ["e_sum", "1 / x"]}
     job = JobSpec.model_validate(raw)
-    with pytest.raises(DataError, match=r"derived.root: entries \[0, 300\): target 'log\(x\)' is NaN/inf in 2 events "
-                                        r"\(first at entry 7\)"):
+    with pytest.raises(
+        DataError,
+        match=r"derived.root: entries \[0, 300\): target 'log\(x\)' is NaN/inf in 2 events "
+        r"\(first at entry 7\)",
+    ):
         read_all(job)
     batch, skips = read_range(JobSpec.model_validate({**raw, "data": {**raw["data"], "on_error": "skip"}}))
-    assert {reason: list(entries) for reason, entries in skips.by_reason.items()} == {"target 'log(x)' is NaN/inf": [7, 8]}
+    assert {reason: list(entries) for reason, entries in skips.by_reason.items()} == {
+        "target 'log(x)' is NaN/inf": [7, 8]
+    }
     assert np.isfinite(batch["target"]).all() and np.isfinite(batch["vars"]).all() and len(batch["vars"]) == N - 2
     no_target = JobSpec.model_validate({**raw, "data": {**raw["data"], "target": "e_sum", "cut": "evt != 7"}})
     with pytest.raises(DataError, match=r"input 'vars': '1 / x' is NaN/inf in 1 event \(first at entry 8\)"):
@@ -186,17 +211,28 @@ def test_skipped_events_counted_once_across_splits_and_epochs(ray_session, tmp_p
     sig = with_nan(with_nan(towers(N, 0, seed=1), "tower_e", [57, 58]), "x", [100])
     write_tree(tmp_path / "sig.root", sig)
     write_tree(tmp_path / "bkg.root", towers(N, 1000, seed=2))
-    job = JobSpec.model_validate(etaphi_job({"bkg": str(tmp_path / "bkg.root"), "sig": str(tmp_path / "sig.root")},
-                                            on_error="skip", events_per_task=2 * N))
+    job = JobSpec.model_validate(
+        etaphi_job(
+            {"bkg": str(tmp_path / "bkg.root"), "sig": str(tmp_path / "sig.root")},
+            on_error="skip",
+            events_per_task=2 * N,
+        )
+    )
     data = build_job_data(job, splits=("train", "val", "test"))
     for _ in range(2):  # two epochs
-        ids = np.concatenate([batch["obs_evt"] for split in ("train", "val", "test")
-                              for batch in data.datasets[split].iter_batches(batch_format="numpy")])
+        ids = np.concatenate(
+            [
+                batch["obs_evt"]
+                for split in ("train", "val", "test")
+                for batch in data.datasets[split].iter_batches(batch_format="numpy")
+            ]
+        )
         assert np.array_equal(np.sort(ids), np.delete(np.arange(N), [57, 58]).tolist() + list(range(1000, 1000 + N)))
     report = data.skip_report()
     assert report["events_skipped"] == 2 and report["ranges_skipped"] == 0 and report["observers_nonfinite"] == 1
-    assert report["skipped"] == [f"{tmp_path}/sig.root: entries [0, {N}): 2 events skipped: branch 'tower_e' is NaN/inf "
-                                 f"(first at entry 57)"]
+    assert report["skipped"] == [
+        f"{tmp_path}/sig.root: entries [0, {N}): 2 events skipped: branch 'tower_e' is NaN/inf (first at entry 57)"
+    ]
 
 
 # ------------------------------------------------------------------ unreadable data: ranges
@@ -208,14 +244,14 @@ def write_baskets(path, data: dict, basket: int) -> None:
     with uproot.recreate(path) as file:
         file.mktree("events", types)
         for start in range(0, N, basket):
-            file["events"].extend({name: value[start:start + basket] for name, value in data.items()})
+            file["events"].extend({name: value[start : start + basket] for name, value in data.items()})
 
 
 def corrupt_basket(path, branch: str, index: int) -> None:
     with uproot.open(path) as file:
         seek = int(file["events"][branch].member("fBasketSeek")[index])
     data = bytearray(path.read_bytes())
-    data[seek + 200:seek + 260] = bytes(b ^ 0x5A for b in data[seek + 200:seek + 260])
+    data[seek + 200 : seek + 260] = bytes(b ^ 0x5A for b in data[seek + 200 : seek + 260])
     path.write_bytes(bytes(data))
 
 
@@ -230,10 +266,17 @@ def test_a_corrupt_basket_is_a_bad_range(ray_session, tmp_path):
         read_all(fail)
     from hepray.app.job_data import build_job_data
 
-    data = build_job_data(fail.model_copy(update={"data": fail.data.model_copy(update={"on_error": "skip"})}),
-                          splits=("train", "val", "test"))
-    ids = np.concatenate([batch["obs_evt"] for split in ("train", "val", "test")
-                          for batch in data.datasets[split].iter_batches(batch_format="numpy")])
+    data = build_job_data(
+        fail.model_copy(update={"data": fail.data.model_copy(update={"on_error": "skip"})}),
+        splits=("train", "val", "test"),
+    )
+    ids = np.concatenate(
+        [
+            batch["obs_evt"]
+            for split in ("train", "val", "test")
+            for batch in data.datasets[split].iter_batches(batch_format="numpy")
+        ]
+    )
     assert np.array_equal(np.sort(ids), list(range(100)) + list(range(200, N)) + list(range(1000, 1000 + N)))
     report = data.skip_report()
     assert report["events_skipped"] == 100 and report["ranges_skipped"] == 1
@@ -250,8 +293,12 @@ class FlakyHandler(RangeHandler):
         server = self.server
         match = RANGE.fullmatch(self.headers.get("Range", "").strip())
         with server.lock:
-            hit = match is not None and server.failures > 0 and int(match.group(1)) <= server.poison and (
-                not match.group(2) or server.poison <= int(match.group(2)))
+            hit = (
+                match is not None
+                and server.failures > 0
+                and int(match.group(1)) <= server.poison
+                and (not match.group(2) or server.poison <= int(match.group(2)))
+            )
             if hit:
                 server.failures -= 1
                 server.refused += 1
@@ -283,8 +330,11 @@ def test_transient_errors_are_retried(flaky, monkeypatch):
     assert flaky.httpd.refused == 2 and np.array_equal(batch["entry"], np.arange(N)) and skips is None
     monkeypatch.setattr(rootio, "RETRY_DELAYS", (0.01, 0.01, 0.01))
     flaky.httpd.failures = 10
-    with pytest.raises(DataError, match=rf"^{url}: entries \[0, 300\): reading \[.*\] failed \(ClientResponseError: 503.*"
-                                        r"\) after 4 attempts$"):
+    with pytest.raises(
+        DataError,
+        match=rf"^{url}: entries \[0, 300\): reading \[.*\] failed \(ClientResponseError: 503.*"
+        r"\) after 4 attempts$",
+    ):
         read_range(job)
     assert flaky.httpd.refused == 2 + 4
     with pytest.raises(DataError, match=rf"^{flaky.url}/gone.root: entries \[0, 300\): no such file$"):
@@ -307,7 +357,9 @@ def test_retry_with_back_off_then_success(monkeypatch, tmp_path):
     arrays = rootio.read_arrays("https://example.org/a.root", "events", ["x"], 0, N)
     assert len(arrays["x"]) == N and len(calls) == 3 and slept == [0.5, 1.0]
     calls.clear()
-    with pytest.raises(DataError, match=r"^/local/a.root: entries \[0, 300\): cannot be opened as a ROOT file \(OSError"):
+    with pytest.raises(
+        DataError, match=r"^/local/a.root: entries \[0, 300\): cannot be opened as a ROOT file \(OSError"
+    ):
         rootio.read_arrays("/local/a.root", "events", ["x"], 0, N)  # local files are not retried
     assert len(calls) == 1
 

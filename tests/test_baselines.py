@@ -27,8 +27,10 @@ def test_cuts_reach_the_efficiency_with_the_least_background():
 
 
 def job_with(baselines: dict, task: str = "binary") -> JobSpec:
-    raw = etaphi_job({"a": "a.root", "b": "b.root"} if task == "binary" else ["a.root"],
-                     **({} if task == "binary" else {"target": "e_sum"}))
+    raw = etaphi_job(
+        {"a": "a.root", "b": "b.root"} if task == "binary" else ["a.root"],
+        **({} if task == "binary" else {"target": "e_sum"}),
+    )
     raw["evaluate"] = {"baselines": baselines}
     if task == "regression":
         raw["task"] = {"kind": "regression"}
@@ -42,11 +44,13 @@ def test_fitted_baselines_apply_to_other_events():
     width = rng.normal(1.0 - 0.5 * label, 0.3)
     iso = rng.exponential(1.0 - 0.6 * label)
     batch = {"label": label, column("width"): width, column("iso"): iso, column("x"): rng.normal(size=n)}
-    job = job_with({
-        "cuts": {"kind": "cuts", "vars": {"width": "below", "iso": "below"}, "efficiency": 0.9},
-        "bdt": {"kind": "gbdt", "features": ["width", "iso"], "max_iter": 50},
-        "x": "x",
-    })
+    job = job_with(
+        {
+            "cuts": {"kind": "cuts", "vars": {"width": "below", "iso": "below"}, "efficiency": 0.9},
+            "bdt": {"kind": "gbdt", "features": ["width", "iso"], "max_iter": 50},
+            "x": "x",
+        }
+    )
     scores = Baselines(job, batch).apply(batch)
     assert scores["cuts"].dtype == np.bool_ and scores["cuts"][label == 1].mean() == pytest.approx(0.9, abs=0.01)
     result = metrics.binary_metrics(np.zeros((n, 1)), label, ["b", "s"], scores)
@@ -67,12 +71,18 @@ def test_linear_calibration_recovers_the_scale():
     assert np.median(estimate / truth) == pytest.approx(1.0, abs=0.02)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"c": {"kind": "cuts", "vars": {"x": "below"}}}, "cuts need a binary task"),
-    ({"l": {"kind": "linear", "expr": "x"}}, "needs a regression task"),
-    ({"c": {"kind": "cuts", "vars": {"x": "sideways"}}}, r"^job.yaml: invalid job\n  evaluate.baselines.c.vars.x: Input should be 'below' or 'above'$"),
-    ({"c": {"kind": "cut"}}, "evaluate.baselines.c: Input tag 'cut' found using"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"c": {"kind": "cuts", "vars": {"x": "below"}}}, "cuts need a binary task"),
+        ({"l": {"kind": "linear", "expr": "x"}}, "needs a regression task"),
+        (
+            {"c": {"kind": "cuts", "vars": {"x": "sideways"}}},
+            r"^job.yaml: invalid job\n  evaluate.baselines.c.vars.x: Input should be 'below' or 'above'$",
+        ),
+        ({"c": {"kind": "cut"}}, "evaluate.baselines.c: Input tag 'cut' found using"),
+    ],
+)
 def test_baseline_spec_errors(bad, message):
     from hepray.spec import SpecError, validate_job
 

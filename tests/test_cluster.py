@@ -38,8 +38,8 @@ def free_port() -> int:
 
 
 def _psutil():
-    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
     import psutil
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 
     return psutil
 
@@ -52,30 +52,71 @@ class LocalCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="hr-", dir="/tmp")  # short: Ray's socket paths have a length limit
         self.token = secrets.token_hex(16)
         self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                        RAY_USAGE_STATS_ENABLED="0", RAY_metrics_report_interval_ms="1000",
-                        # Ray's memory monitor counts the whole machine's memory: here that includes the test
-                        # session's own Ray, whose use must not get this cluster's workers killed.
-                        RAY_memory_monitor_refresh_ms="0")
+        self.env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=self.token,
+            PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            RAY_USAGE_STATS_ENABLED="0",
+            RAY_metrics_report_interval_ms="1000",
+            # Ray's memory monitor counts the whole machine's memory: here that includes the test
+            # session's own Ray, whose use must not get this cluster's workers killed.
+            RAY_memory_monitor_refresh_ms="0",
+        )
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
 
     def _start(self, *args: str) -> None:
-        ports = {flag: str(free_port()) for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
-                                                     "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                                                     "--runtime-env-agent-port")}
-        started = subprocess.run([str(BIN / "ray"), "start", *args, "--node-ip-address", "127.0.0.1", "--temp-dir",
-                                  self.temp_dir, "--num-cpus", str(NODE_CPUS), "--object-store-memory", str(256 * 2**20),
-                                  "--disable-usage-stats", *[item for pair in ports.items() for item in pair]],
-                                 env=self.env, capture_output=True, text=True, timeout=300)
-        assert started.returncode == 0, f"ray start {' '.join(args)} failed:\n{started.stdout[-2000:]}\n{started.stderr[-3000:]}"
+        ports = {
+            flag: str(free_port())
+            for flag in (
+                "--node-manager-port",
+                "--object-manager-port",
+                "--metrics-export-port",
+                "--dashboard-agent-listen-port",
+                "--dashboard-agent-grpc-port",
+                "--runtime-env-agent-port",
+            )
+        }
+        started = subprocess.run(
+            [
+                str(BIN / "ray"),
+                "start",
+                *args,
+                "--node-ip-address",
+                "127.0.0.1",
+                "--temp-dir",
+                self.temp_dir,
+                "--num-cpus",
+                str(NODE_CPUS),
+                "--object-store-memory",
+                str(256 * 2**20),
+                "--disable-usage-stats",
+                *[item for pair in ports.items() for item in pair],
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert started.returncode == 0, (
+            f"ray start {' '.join(args)} failed:\n{started.stdout[-2000:]}\n{started.stderr[-3000:]}"
+        )
 
-    def start(self, attempts: int = 3) -> "LocalCluster":
+    def start(self, attempts: int = 3) -> LocalCluster:
         """Ray gives a node 30 s to register: on a saturated machine, start again on fresh ports."""
         for attempt in range(attempts):
             try:
-                self._start("--head", "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
-                            "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()))
+                self._start(
+                    "--head",
+                    "--port",
+                    str(self.gcs_port),
+                    "--dashboard-host",
+                    "127.0.0.1",
+                    "--dashboard-port",
+                    str(self.dashboard_port),
+                    "--ray-client-server-port",
+                    str(free_port()),
+                )
                 self._start("--address", f"127.0.0.1:{self.gcs_port}")
                 return self
             except AssertionError:
@@ -97,8 +138,11 @@ class LocalCluster:
     def own_processes(self):
         """Ray's processes started for this cluster: their command lines name its temp dir."""
         psutil = _psutil()
-        return [process for process in psutil.process_iter(["cmdline"])
-                if any(self.temp_dir in part for part in process.info["cmdline"] or [])]
+        return [
+            process
+            for process in psutil.process_iter(["cmdline"])
+            if any(self.temp_dir in part for part in process.info["cmdline"] or [])
+        ]
 
     def workers(self, title_prefix: str):
         """Live worker processes of this cluster whose Ray process title starts with the prefix."""
@@ -162,7 +206,9 @@ def file_overrides(files) -> list[str]:
 
 def hepray(cluster, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_TOKEN": cluster.token}
-    return subprocess.run([str(BIN / "hepray"), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=PROJECT)
+    return subprocess.run(
+        [str(BIN / "hepray"), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=PROJECT
+    )
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -234,12 +280,18 @@ def test_kuberay_manifests_and_grafana_dashboard():
     assert job["spec"]["entrypoint"].split("&& ")[1].startswith("hepray run jobs/")
 
     # Every series the dashboard plots is one hepray exports (Ray adds `ray_`; counters get `_total`).
-    exported = {f"ray_{m._name}" + ("_total" if type(m).__name__ == "Counter" else "")
-                for m in [*metrics._read_metrics().values(), *metrics._train_metrics().values()]}
+    exported = {
+        f"ray_{m._name}" + ("_total" if type(m).__name__ == "Counter" else "")
+        for m in [*metrics._read_metrics().values(), *metrics._train_metrics().values()]
+    }
     dashboard = json.loads((PROJECT / "deploy/grafana/hepray.json").read_text())
-    plotted = {word for panel in dashboard["panels"] for target in panel["targets"]
-               for word in target["expr"].replace("(", " ").replace(")", " ").replace("[", " ").split()
-               if word.startswith("ray_hepray")}
+    plotted = {
+        word
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for word in target["expr"].replace("(", " ").replace(")", " ").replace("[", " ").split()
+        if word.startswith("ray_hepray")
+    }
     assert plotted == exported
 
 
@@ -272,13 +324,26 @@ def multinode_run(cluster, files, tmp_path_factory):
     """`hepray submit` of the tiny job (2 training workers, one per node); `hepray logs --follow`
     until it ends, scraping every node's metrics endpoint meanwhile."""
     out = tmp_path_factory.mktemp("multinode") / "run"
-    submitted = hepray(cluster, "submit", str(JOB_FILE.relative_to(PROJECT)), "--address", cluster.address,
-                       "--out", str(out), *[arg for o in file_overrides(files) for arg in ("--set", o)])
+    submitted = hepray(
+        cluster,
+        "submit",
+        str(JOB_FILE.relative_to(PROJECT)),
+        "--address",
+        cluster.address,
+        "--out",
+        str(out),
+        *[arg for o in file_overrides(files) for arg in ("--set", o)],
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     env = {**os.environ, "RAY_AUTH_TOKEN": cluster.token}
-    follower = subprocess.Popen([str(BIN / "hepray"), "logs", job_id, "--follow", "--address", cluster.address],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(
+        [str(BIN / "hepray"), "logs", job_id, "--follow", "--address", cluster.address],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ports = {node["nodeId"]: node["metricsExportPort"] for node in cluster.nodes()}
     seen: dict[str, dict[str, float]] = {node: {} for node in ports}
 
@@ -337,8 +402,9 @@ def test_metrics_exported_and_both_nodes_did_work(cluster, files, multinode_run)
     samples = sum(series["ray_hepray_train_samples_total"] for series in per_node.values())
     assert 0 < samples <= 2 * len(train_events(files, load_job(JOB_FILE, file_overrides(files))))
 
-    workers = cluster.get("/api/v0/actors?detail=1&limit=1000&filter_keys=class_name&filter_predicates=%3D"
-                          "&filter_values=RayTrainWorker")["result"]["result"]
+    workers = cluster.get(
+        "/api/v0/actors?detail=1&limit=1000&filter_keys=class_name&filter_predicates=%3D&filter_values=RayTrainWorker"
+    )["result"]["result"]
     assert {worker["node_id"] for worker in workers} == set(per_node)
 
 
@@ -370,8 +436,9 @@ def test_stop_a_running_job(cluster, files, token):
 @pytest.mark.slow  # starts a two-node cluster
 def test_training_resumes_from_checkpoint_after_a_worker_is_killed(cluster, files, token, tmp_path):
     out = tmp_path / "run"
-    job_id = jobs.submit(JOB_FILE, cluster.address, [*file_overrides(files), "train.epochs=3", "scaling.num_workers=1"],
-                         out=str(out))
+    job_id = jobs.submit(
+        JOB_FILE, cluster.address, [*file_overrides(files), "train.epochs=3", "scaling.num_workers=1"], out=str(out)
+    )
     snapshot = out / "checkpoints" / "checkpoint_manager_snapshot.json"
 
     def first_checkpoint_registered():
@@ -434,8 +501,14 @@ def test_killed_read_task_is_retried_without_losing_or_repeating_events(cluster,
     delivers every (file, entry) of the split exactly once."""
     job = load_job(JOB_FILE, [*file_overrides(files), "data.events_per_task=100"])
     env = {**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}", "TEST_RAY_TEMP_DIR": cluster.temp_dir}
-    driver = subprocess.run([sys.executable, "-c", READ_DRIVER, job.model_dump_json(by_alias=True)],
-                            env=env, cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    driver = subprocess.run(
+        [sys.executable, "-c", READ_DRIVER, job.model_dump_json(by_alias=True)],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert driver.returncode == 0, driver.stderr[-3000:]
     result = json.loads(driver.stdout.strip().splitlines()[-1])
     assert result["killed"], "no read task was caught running in 3 epochs"

@@ -31,8 +31,10 @@ from hepray.spec import JobSpec
 from rootfiles import etaphi_job, towers, write_tree
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nobody listens on it
-RAY_ADVICE = ("\nFailed to apply UDF transform after 1/1 attempts (total backoff 0.0s).\nTo change retry attempts, "
-              "backoff, or which errors are retried, configure `ray.data.DataContext.get_current()`")
+RAY_ADVICE = (
+    "\nFailed to apply UDF transform after 1/1 attempts (total backoff 0.0s).\nTo change retry attempts, "
+    "backoff, or which errors are retried, configure `ray.data.DataContext.get_current()`"
+)
 
 
 def error_lines(output: str) -> list[str]:
@@ -64,23 +66,28 @@ def with_nan(branches: dict, entries: list[int]) -> dict:
 # ------------------------------------------------------------------ expressions
 
 
-@pytest.mark.parametrize("text", ["x ** 2", "x ** -3", "x ** 0.5", "x ** (1/3)", "2 ** 64", "(x ** 2) ** 3",
-                                  "x ** y", "10 ** x", "x > 1e-3 ** 2"])
+@pytest.mark.parametrize(
+    "text",
+    ["x ** 2", "x ** -3", "x ** 0.5", "x ** (1/3)", "2 ** 64", "(x ** 2) ** 3", "x ** y", "10 ** x", "x > 1e-3 ** 2"],
+)
 def test_ordinary_powers_pass(text):
     Expression(text).evaluate({"x": np.array([2.0]), "y": np.array([3.0])})
 
 
-@pytest.mark.parametrize("text, message", [
-    ("x ** 65", "exponent '65' = 65 is too large"),
-    ("x ** -100", "exponent '-100' = -100 is too large"),
-    ("x ** (40 * 2)", "exponent '40 * 2' = 80 is too large"),
-    ("x ** exp(5)", "exponent 'exp(5)' = 148.413 is too large"),
-    ("e_sum > 9 ** 9 ** 9", "nested constant powers"),
-    ("x ** 2 ** 3", "nested constant powers"),
-    ("(2 ** 60) ** 60 < x", "nested constant powers"),
-    ("x ** (1 / 0)", "cannot be computed"),
-    ("x > 1e10 ** 64", "cannot be computed"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("x ** 65", "exponent '65' = 65 is too large"),
+        ("x ** -100", "exponent '-100' = -100 is too large"),
+        ("x ** (40 * 2)", "exponent '40 * 2' = 80 is too large"),
+        ("x ** exp(5)", "exponent 'exp(5)' = 148.413 is too large"),
+        ("e_sum > 9 ** 9 ** 9", "nested constant powers"),
+        ("x ** 2 ** 3", "nested constant powers"),
+        ("(2 ** 60) ** 60 < x", "nested constant powers"),
+        ("x ** (1 / 0)", "cannot be computed"),
+        ("x > 1e10 ** 64", "cannot be computed"),
+    ],
+)
 def test_constant_powers_that_could_hang_a_read_task_are_rejected(text, message):
     started = time.perf_counter()
     with pytest.raises(ExpressionError, match=re.escape(message)) as raised:
@@ -120,8 +127,12 @@ def test_data_error_in_finds_the_error_in_every_ray_wrapper():
     assert isinstance(task_error, DataError)  # Ray's class is a DataError too, but with the traceback as message
     chained = RuntimeError("evaluation failed")
     chained.__cause__ = task_error
-    for wrapped in (task_error, chained, ControllerError(task_error),
-                    WorkerGroupError("Training failed", {1: RuntimeError("other rank"), 0: task_error})):
+    for wrapped in (
+        task_error,
+        chained,
+        ControllerError(task_error),
+        WorkerGroupError("Training failed", {1: RuntimeError("other rank"), 0: task_error}),
+    ):
         found = data_error_in(wrapped)
         assert type(found) is DataError and str(found) == MESSAGE  # Ray's retry advice cut off
 
@@ -130,12 +141,16 @@ def test_data_error_in_reads_the_traceback_text_when_only_that_survived():
     class Opaque(Exception):
         pass
 
-    text = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
-            '  File "root_source.py", line 276, in _validate\n'
-            f"\x1b[31mhepray.data.rootio.DataError: {MESSAGE}{RAY_ADVICE}")
+    text = (
+        "Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
+        '  File "root_source.py", line 276, in _validate\n'
+        f"\x1b[31mhepray.data.rootio.DataError: {MESSAGE}{RAY_ADVICE}"
+    )
     found = data_error_in(Opaque(text))
     assert type(found) is DataError and str(found) == MESSAGE
-    expression = data_error_in(Opaque("...\nhepray.expr.ExpressionError: 'x **': not a valid expression (invalid syntax)"))
+    expression = data_error_in(
+        Opaque("...\nhepray.expr.ExpressionError: 'x **': not a valid expression (invalid syntax)")
+    )
     assert type(expression) is ExpressionError and str(expression).startswith("'x **'")
     assert data_error_in(RuntimeError("a bug, not the user's data")) is None
     assert data_error_in(KeyError("hepray.data.rootio.DataErrors: no")) is None
@@ -174,7 +189,9 @@ def write_broken(kind: str, path: Path, job: JobSpec) -> None:
     elif kind == "list":
         torch.save([raw, state], path)
     elif kind == "old job":
-        torch.save({"job": {**raw, "train": {**raw["train"], "epochs": 0}, "retired_key": 1}, "state_dict": state}, path)
+        torch.save(
+            {"job": {**raw, "train": {**raw["train"], "epochs": 0}, "retired_key": 1}, "state_dict": state}, path
+        )
     elif kind == "other shapes":
         save_model(path, job, model_state(job, filters=8))
     elif kind == "other keys":
@@ -236,8 +253,10 @@ def invoke_timed(*args: str, seconds: float = 10):
     return result
 
 
-@pytest.mark.parametrize("command", [["status", "somejob"], ["status"], ["logs", "somejob"],
-                                     ["logs", "somejob", "--follow"], ["stop", "somejob"]])
+@pytest.mark.parametrize(
+    "command",
+    [["status", "somejob"], ["status"], ["logs", "somejob"], ["logs", "somejob", "--follow"], ["stop", "somejob"]],
+)
 def test_an_address_nobody_listens_at_is_one_line(command):
     result = invoke_timed(*command, "--address", UNREACHABLE)
     assert_one_error_line(result, UNREACHABLE, "cannot reach the Ray Jobs API", max_lines=3)
@@ -270,8 +289,11 @@ class FakeJobsAPI(http.server.BaseHTTPRequestHandler):
         if self.path == "/api/version":
             import ray
 
-            return self._answer(200, json.dumps({"version": "4", "ray_version": ray.__version__, "ray_commit": "x",
-                                                 "session_name": "s"}), "application/json")
+            return self._answer(
+                200,
+                json.dumps({"version": "4", "ray_version": ray.__version__, "ray_commit": "x", "session_name": "s"}),
+                "application/json",
+            )
         job = self.path.split("/")[3] if self.path.startswith("/api/jobs/") else "?"
         self._answer(404, f"Job {job} does not exist")
 
@@ -288,8 +310,10 @@ def fake_jobs_api():
     server.server_close()
 
 
-@pytest.mark.parametrize("command", [["status", "nosuchjob"], ["logs", "nosuchjob"], ["logs", "nosuchjob", "--follow"],
-                                     ["stop", "nosuchjob"]])
+@pytest.mark.parametrize(
+    "command",
+    [["status", "nosuchjob"], ["logs", "nosuchjob"], ["logs", "nosuchjob", "--follow"], ["stop", "nosuchjob"]],
+)
 def test_a_missing_job_is_one_line(fake_jobs_api, command):
     result = invoke_timed(*command, "--address", fake_jobs_api)
     line = assert_one_error_line(result, max_lines=3)
@@ -302,11 +326,24 @@ def test_a_missing_job_on_a_real_ray_head_is_one_line(monkeypatch):
 
     head = LocalCluster()
     try:
-        head._start("--head", "--port", str(head.gcs_port), "--dashboard-host", "127.0.0.1",
-                    "--dashboard-port", str(head.dashboard_port), "--ray-client-server-port", str(free_port()))
+        head._start(
+            "--head",
+            "--port",
+            str(head.gcs_port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(head.dashboard_port),
+            "--ray-client-server-port",
+            str(free_port()),
+        )
         monkeypatch.setenv("RAY_AUTH_TOKEN", head.token)
-        for command in (["status", "nosuchjob"], ["logs", "nosuchjob"], ["logs", "nosuchjob", "--follow"],
-                        ["stop", "nosuchjob"]):
+        for command in (
+            ["status", "nosuchjob"],
+            ["logs", "nosuchjob"],
+            ["logs", "nosuchjob", "--follow"],
+            ["stop", "nosuchjob"],
+        ):
             result = invoke_timed(*command, "--address", head.address, seconds=30)
             assert error_lines(result.output) == [f"error: job nosuchjob: no such job at {head.address}"], result.output
             assert len(result.output.splitlines()) == 1
@@ -338,8 +375,9 @@ def exception_chain(result) -> list[BaseException]:
 
 @pytest.mark.slow
 def test_bad_values_found_while_training_end_in_one_line(ray_session, nan_files, tmp_path):
-    raw = etaphi_job({"narrow": str(nan_files / "narrow.root"), "wide": str(nan_files / "wide.root")},
-                     events_per_task=100)
+    raw = etaphi_job(
+        {"narrow": str(nan_files / "narrow.root"), "wide": str(nan_files / "wide.root")}, events_per_task=100
+    )
     raw["train"] = {"epochs": 1, "batch_size": 64}
     raw["evaluate"] = {"plots": False}
     raw["scaling"] = {"max_failures": 0}  # a retry would fail alike, only later
@@ -347,8 +385,11 @@ def test_bad_values_found_while_training_end_in_one_line(ray_session, nan_files,
     result = CliRunner().invoke(app, ["run", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run")])
     line = assert_one_error_line(result, str(nan_files / "wide.root"), "branch 'tower_e'", "NaN/inf")
     assert "Failed to apply UDF" not in result.output and "WorkerGroupError" not in result.output
-    assert re.fullmatch(rf"error: {re.escape(str(nan_files / 'wide.root'))}: entries \[\d+, \d+\): branch 'tower_e' "
-                        r"has 2 NaN/inf values \(first at entry 450\)", line), line
+    assert re.fullmatch(
+        rf"error: {re.escape(str(nan_files / 'wide.root'))}: entries \[\d+, \d+\): branch 'tower_e' "
+        r"has 2 NaN/inf values \(first at entry 450\)",
+        line,
+    ), line
     # Found while training, by a read task (not at planning): Ray Train's error is what the command caught.
     assert any(type(error).__name__ == "WorkerGroupError" for error in exception_chain(result))
 
@@ -363,11 +404,15 @@ def untrained_run(tmp_path_factory, job):
 
 @pytest.mark.slow
 def test_bad_values_found_while_predicting_end_in_one_line(ray_session, untrained_run, nan_files, tmp_path):
-    result = CliRunner().invoke(app, ["predict", str(untrained_run), "--files", str(nan_files / "wide.root"),
-                                      "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["predict", str(untrained_run), "--files", str(nan_files / "wide.root"), "--out", str(tmp_path)]
+    )
     line = assert_one_error_line(result, str(nan_files / "wide.root"), "branch 'tower_e'", "NaN/inf")
-    assert re.fullmatch(rf"error: {re.escape(str(nan_files / 'wide.root'))}: entries \[\d+, \d+\): branch 'tower_e' "
-                        r"has 2 NaN/inf values \(first at entry 450\)", line), line
+    assert re.fullmatch(
+        rf"error: {re.escape(str(nan_files / 'wide.root'))}: entries \[\d+, \d+\): branch 'tower_e' "
+        r"has 2 NaN/inf values \(first at entry 450\)",
+        line,
+    ), line
     assert "Ray Data or Ray Core internal code" not in result.output  # Ray Data's own report kept off the console
     assert not list(tmp_path.glob("*.root"))  # no output for a failed input
 
@@ -376,8 +421,9 @@ def test_bad_values_found_while_predicting_end_in_one_line(ray_session, untraine
 def test_weights_that_do_not_fit_fail_before_the_actors_start(ray_session, job, nan_files, tmp_path):
     run_dir = tmp_path / "run"
     write_broken("other keys", run_dir / MODEL_FILE, job)
-    result = CliRunner().invoke(app, ["predict", str(run_dir), "--files", str(nan_files / "narrow.root"),
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app, ["predict", str(run_dir), "--files", str(nan_files / "narrow.root"), "--out", str(tmp_path / "out")]
+    )
     assert_one_error_line(result, f"{run_dir / MODEL_FILE}: ", BROKEN["other keys"])
     assert "(raylet)" not in result.output and "actor" not in result.output.lower()
 
@@ -387,6 +433,10 @@ def test_backquoted_branch_names_and_names_that_shadow_functions():
 
     cut = Expression("`Jet.PT` > 20 and log > 0 and abs(`nJet.size` - 1) < 0.5")
     assert cut.branches == {"Jet.PT", "log", "nJet.size"}
-    arrays = {"Jet.PT": np.array([10.0, 30.0, 40.0]), "log": np.array([1.0, 1.0, -1.0]), "nJet.size": np.array([1, 1, 1])}
+    arrays = {
+        "Jet.PT": np.array([10.0, 30.0, 40.0]),
+        "log": np.array([1.0, 1.0, -1.0]),
+        "nJet.size": np.array([1, 1, 1]),
+    }
     np.testing.assert_array_equal(cut.evaluate(arrays), [False, True, False])
     assert Expression("log(`Jet.PT`)").branches == {"Jet.PT"}

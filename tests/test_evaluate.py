@@ -1,4 +1,5 @@
 """hepray.evaluate: metrics with known answers on synthetic data, bins, resolution fit, plots."""
+
 from __future__ import annotations
 
 import json
@@ -145,8 +146,10 @@ def test_binned_keys_and_values(tmp_path):
     for lo, hi in ((10, 30), (30, 100)):
         sfx = f"@ele_pt[{lo},{hi})"
         keys = {k for k in r if k.endswith(sfx)}
-        assert keys == {f"test_{m}{sfx}" for m in ("events", "events_bkg", "events_sig", "auc", "accuracy",
-                                                   "rej50", "rej80", "rej90")}
+        assert keys == {
+            f"test_{m}{sfx}"
+            for m in ("events", "events_bkg", "events_sig", "auc", "accuracy", "rej50", "rej80", "rej90")
+        }
         m = (pt >= lo) & (pt < hi)
         assert r["test_events" + sfx] == m.sum()
         assert r["test_auc" + sfx] == pytest.approx(roc_auc_score(y[m], s[m]))
@@ -220,8 +223,17 @@ def test_calo_fit_recovers_abc(tmp_path, explicit_bins):
     rng = np.random.default_rng(8)
     pred, base, energy = calo_sample(rng, 60_000, a, b, c)
     bins = {"E_true": list(np.geomspace(10, 500.01, 15))} if explicit_bins else {}
-    r = ev("regression", pred[:, None], energy, tmp_path, observers={"E_true": energy}, class_names=[],
-           bins=bins, baselines={"b": base}, energy="E_true")
+    r = ev(
+        "regression",
+        pred[:, None],
+        energy,
+        tmp_path,
+        observers={"E_true": energy},
+        class_names=[],
+        bins=bins,
+        baselines={"b": base},
+        energy="E_true",
+    )
     assert r["test_fit_a"] == pytest.approx(a, abs=1.5)
     assert r["test_fit_b"] == pytest.approx(b, abs=0.2)
     assert r["test_fit_c"] == pytest.approx(c, abs=8.0)
@@ -247,15 +259,22 @@ def test_rIQR_sign(tmp_path):
     worse = ev("regression", bad[:, None], truth, tmp_path, class_names=[], baselines={"b": good})
     assert better["test_rIQR_vs_b"] == pytest.approx(0.5, abs=0.05)
     assert worse["test_rIQR_vs_b"] == pytest.approx(-1.0, abs=0.1)
-    assert better["test_rIQR_vs_b"] == pytest.approx(
-        1 - better["test_iqr_rel"] / better["baseline_b_iqr_rel"])
+    assert better["test_rIQR_vs_b"] == pytest.approx(1 - better["test_iqr_rel"] / better["baseline_b_iqr_rel"])
     assert "test_rIQR_vs_b" not in ev("regression", good[:, None], truth, tmp_path, class_names=[])
 
 
 def test_regression_degenerate(tmp_path):
     truth = np.array([10.0, 20.0, 0.0])
-    r = ev("regression", np.array([[11.0], [19.0], [1.0]]), truth, tmp_path, class_names=[],
-           observers={"E": truth}, bins={"E": [0, 5, 100, 200]}, energy="E")
+    r = ev(
+        "regression",
+        np.array([[11.0], [19.0], [1.0]]),
+        truth,
+        tmp_path,
+        class_names=[],
+        observers={"E": truth},
+        bins={"E": [0, 5, 100, 200]},
+        energy="E",
+    )
     assert r["test_mse"] == pytest.approx((1 + 1 + 1) / 3)
     assert math.isnan(r["test_resolution_sigma"])  # too few events for a core fit
     assert math.isnan(r["test_fit_a"])
@@ -276,8 +295,18 @@ def test_quantile_edges_cover():
 # ------------------------------------------------------------------ plots
 
 
-HISTORY = [{"epoch": i, "train_loss": 1 / (i + 1), "train_loss_eval": 0.9 / (i + 1), "val_loss": 1.1 / (i + 1),
-            "val_auc": 0.6 + 0.01 * i, "train_auc": 0.62 + 0.01 * i, "lr": 1e-3} for i in range(6)]
+HISTORY = [
+    {
+        "epoch": i,
+        "train_loss": 1 / (i + 1),
+        "train_loss_eval": 0.9 / (i + 1),
+        "val_loss": 1.1 / (i + 1),
+        "val_auc": 0.6 + 0.01 * i,
+        "train_auc": 0.62 + 0.01 * i,
+        "lr": 1e-3,
+    }
+    for i in range(6)
+]
 
 
 def assert_plots(tmp_path, names):
@@ -291,7 +320,15 @@ def assert_plots(tmp_path, names):
 def test_plots_binary(tmp_path):
     rng = np.random.default_rng(11)
     s, y = gaussian_binary(rng, 5000, 1.5)
-    ev("binary", s[:, None], y, tmp_path, baselines={"b": s + rng.normal(size=y.size)}, history=HISTORY, make_plots=True)
+    ev(
+        "binary",
+        s[:, None],
+        y,
+        tmp_path,
+        baselines={"b": s + rng.normal(size=y.size)},
+        history=HISTORY,
+        make_plots=True,
+    )
     assert_plots(tmp_path, ["roc.png", "score_hist.png", "loss.png", "metric.png"])
 
 
@@ -305,8 +342,18 @@ def test_plots_multiclass(tmp_path):
 def test_plots_regression(tmp_path):
     rng = np.random.default_rng(13)
     pred, base, energy = calo_sample(rng, 20_000, 18.7, 0.574, 111.0)
-    r = ev("regression", pred[:, None], energy, tmp_path, class_names=[], observers={"E_true": energy},
-           baselines={"b": base}, energy="E_true", history=HISTORY[:1], make_plots=True)
+    r = ev(
+        "regression",
+        pred[:, None],
+        energy,
+        tmp_path,
+        class_names=[],
+        observers={"E_true": energy},
+        baselines={"b": base},
+        energy="E_true",
+        history=HISTORY[:1],
+        make_plots=True,
+    )
     assert_plots(tmp_path, ["pred_vs_true.png", "response.png", "resolution_vs_energy.png", "loss.png"])
     summary = json.loads((tmp_path / "evaluation.json").read_text())
     assert summary["metrics"]["test_fit_a"] == pytest.approx(r["test_fit_a"])

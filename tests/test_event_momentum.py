@@ -12,8 +12,8 @@ import torch
 import uproot
 
 from hepray.data.batches import to_tensors
-from hepray.inputs import make_input
 from hepray.data.root_source import DataError, EventReader, plan_reads
+from hepray.inputs import make_input
 from hepray.inputs.hits_xy import HitsXYImage
 from hepray.spec import SpecError, TaskSpec, load_job
 from hepray.train.tasks import Task
@@ -26,22 +26,23 @@ JOB = Path(__file__).resolve().parents[1] / "jobs" / "drift_chamber_event_moment
 
 # Two events of two track slots. Event 0: slot 0 predicted 0.5 GeV high in px, slot 1 0.2 GeV off
 # in py, so the predicted momenta sum to (0.5, 0.2, 0). Event 1: predicted exactly.
-TRUTH = torch.tensor([[[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]],
-                      [[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]])
-OUTPUTS = torch.tensor([[1.5, 0.0, 0.0, -1.0, 0.2, 0.0],
-                        [0.0, 0.0, 1.0, 0.0, 0.0, -1.0]])
+TRUTH = torch.tensor([[[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]])
+OUTPUTS = torch.tensor([[1.5, 0.0, 0.0, -1.0, 0.2, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0, -1.0]])
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    # per track |dp|^2: 0.25 and 0.04, mean 0.145 in event 0, 0 in event 1; batch mean 0.0725
-    (dict(), 0.145 / 2),
-    # + 2 * |(0.5, 0.2, 0)|^2 = 0.58 in event 0
-    (dict(conservation_weight=2.0), (0.145 + 0.58) / 2),
-    # against an initial state (0.5, 0, 0): event 0 is off by (0, 0.2, 0), event 1 by (-0.5, 0, 0)
-    (dict(conservation_weight=2.0, initial_momentum=(0.5, 0.0, 0.0)), (0.145 + 0.08 + 0.5) / 2),
-    # Huber per component (0.5 * d^2 below 1): 0.125 and 0.02 in event 0
-    (dict(loss="huber"), 0.0725 / 2),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        # per track |dp|^2: 0.25 and 0.04, mean 0.145 in event 0, 0 in event 1; batch mean 0.0725
+        (dict(), 0.145 / 2),
+        # + 2 * |(0.5, 0.2, 0)|^2 = 0.58 in event 0
+        (dict(conservation_weight=2.0), (0.145 + 0.58) / 2),
+        # against an initial state (0.5, 0, 0): event 0 is off by (0, 0.2, 0), event 1 by (-0.5, 0, 0)
+        (dict(conservation_weight=2.0, initial_momentum=(0.5, 0.0, 0.0)), (0.145 + 0.08 + 0.5) / 2),
+        # Huber per component (0.5 * d^2 below 1): 0.125 and 0.02 in event 0
+        (dict(loss="huber"), 0.0725 / 2),
+    ],
+)
 def test_loss_is_per_track_error_plus_weighted_momentum_imbalance(spec, expected):
     task = Task(TaskSpec(kind="regression", **spec))
     assert task.loss(OUTPUTS, TRUTH).item() == pytest.approx(expected, rel=1e-6)
@@ -68,22 +69,32 @@ def test_epoch_metrics_report_track_pt_response_and_event_imbalance():
 
 # --- inputs and target -------------------------------------------------------------------------
 
+
 def track_hits() -> dict[str, ak.Array]:
     # size 4, extent 2: cell 1, pixel floor(x + 2). Event 0: track 1 has a hit at (0.5, -0.5) and one
     # outside the window, track 2 one at (1.5, 1.5); a noise hit (TRK 0) and a hit of track 3 (no
     # slot with tracks: 2) share the first pixel. Event 1: one hit of track 2 at (-0.5, 0.5).
     x = ak.Array([[0.5, 5.0, 1.5, 0.5, 0.5], [-0.5]])
     y = ak.Array([[-0.5, 0.0, 1.5, -0.5, -0.5], [0.5]])
-    return {"XE": x, "XW": x, "YE": y, "YW": y, "RC": ak.Array([[10.0, 30.0, 20.0, 99.0, 7.0], [4.0]]),
-            "TRK": ak.Array([[1, 1, 2, 0, 3], [2]])}
+    return {
+        "XE": x,
+        "XW": x,
+        "YE": y,
+        "YW": y,
+        "RC": ak.Array([[10.0, 30.0, 20.0, 99.0, 7.0], [4.0]]),
+        "TRK": ak.Array([[1, 1, 2, 0, 3], [2]]),
+    }
 
 
-@pytest.mark.parametrize(("encoding", "track_1", "track_2"), [
-    ("binary", 1.0, 1.0),
-    ("per_hit", 10.0, 20.0),
-    ("total", 40.0, 20.0),  # the track's hits only, its hit outside the window too
-    ("average", 20.0, 20.0),
-])
+@pytest.mark.parametrize(
+    ("encoding", "track_1", "track_2"),
+    [
+        ("binary", 1.0, 1.0),
+        ("per_hit", 10.0, 20.0),
+        ("total", 40.0, 20.0),  # the track's hits only, its hit outside the window too
+        ("average", 20.0, 20.0),
+    ],
+)
 def test_track_channels_hold_each_tracks_hits_alone(encoding, track_1, track_2):
     spec = HitsXYImage(kind="hits_xy", size=4, extent=2.0, encoding=encoding, track_branch="TRK", tracks=2)
     expected = np.zeros((2, 2, 4, 4), np.float32)
@@ -96,20 +107,29 @@ def test_track_channels_hold_each_tracks_hits_alone(encoding, track_1, track_2):
 
 
 def tiny_job(path, **overrides):
-    settings = [f"data.files=[{path}]", "data.generate=null", "data.target.tracks=2",
-                "data.inputs.image={kind: hits_xy, size: 4, extent: 2.0, track_branch: TRK, tracks: 2}",
-                *(f"{key}={value}" for key, value in overrides.items())]
+    settings = [
+        f"data.files=[{path}]",
+        "data.generate=null",
+        "data.target.tracks=2",
+        "data.inputs.image={kind: hits_xy, size: 4, extent: 2.0, track_branch: TRK, tracks: 2}",
+        *(f"{key}={value}" for key, value in overrides.items()),
+    ]
     return load_job(JOB, settings)
 
 
 def test_target_is_every_slots_momentum_and_a_missing_slot_is_an_error(tmp_path):
-    branches = {**track_hits(), "trk_px": ak.Array([[1.0, -1.0], [0.5, -0.5]]),
-                "trk_py": ak.Array([[0.1, 0.2], [0.3, 0.4]]), "trk_pz": ak.Array([[2.0, -2.0], [0.0, 0.0]])}
+    branches = {
+        **track_hits(),
+        "trk_px": ak.Array([[1.0, -1.0], [0.5, -0.5]]),
+        "trk_py": ak.Array([[0.1, 0.2], [0.3, 0.4]]),
+        "trk_pz": ak.Array([[2.0, -2.0], [0.0, 0.0]]),
+    }
     job = tiny_job(write_tree(tmp_path / "ok.root", branches))
     reader = EventReader(job.data, None)
     batch = to_tensors(next(reader.read(plan_reads(job.data, reader.branches()).tasks[0])))
-    np.testing.assert_allclose(batch["target"].numpy(), [[[1.0, 0.1, 2.0], [-1.0, 0.2, -2.0]],
-                                                         [[0.5, 0.3, 0.0], [-0.5, 0.4, 0.0]]], rtol=1e-6)
+    np.testing.assert_allclose(
+        batch["target"].numpy(), [[[1.0, 0.1, 2.0], [-1.0, 0.2, -2.0]], [[0.5, 0.3, 0.0], [-0.5, 0.4, 0.0]]], rtol=1e-6
+    )
     assert batch["image"].shape == (2, 2, 4, 4) and job.n_outputs == 6
 
     branches.update(trk_px=ak.Array([[1.0, -1.0], [0.5]]))
@@ -119,12 +139,15 @@ def test_target_is_every_slots_momentum_and_a_missing_slot_is_an_error(tmp_path)
         next(reader.read(plan_reads(job.data, reader.branches()).tasks[0]))
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("data.target=trk_px", "task.conservation_weight: needs a regression of track momenta"),
-    ("task.loss=relative", "task.loss: relative divides by the target"),
-    ("data.augment=[hflip]", "data.augment: a mirrored image would need mirrored momenta"),
-    ("evaluate.baselines={pt: trk_px}", "evaluate.baselines: baselines give one number per event"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("data.target=trk_px", "task.conservation_weight: needs a regression of track momenta"),
+        ("task.loss=relative", "task.loss: relative divides by the target"),
+        ("data.augment=[hflip]", "data.augment: a mirrored image would need mirrored momenta"),
+        ("evaluate.baselines={pt: trk_px}", "evaluate.baselines: baselines give one number per event"),
+    ],
+)
 def test_job_rejects_what_track_momenta_cannot_go_with(setting, message):
     with pytest.raises(SpecError, match=message):
         load_job(JOB, ["task.conservation_weight=1", setting])
@@ -132,15 +155,23 @@ def test_job_rejects_what_track_momenta_cannot_go_with(setting, message):
 
 # --- one tiny run ---------------------------------------------------------------------------------
 
+
 def test_event_momentum_job_runs_one_tiny_epoch(ray_session, tmp_path):
     from hepray.app.predict import predict_files
     from hepray.app.run import run_job
 
     data = tmp_path / "data"
-    overrides = [f"data.generate.out={data}", "data.generate.events=100",
-                 f"data.files=[{data}/psip_ee_*.root, {data}/psip_mumu_*.root, {data}/continuum_*.root]",
-                 "data.inputs.image.size=32", "model.filters=8", "model.blocks=2", "model.dense=16",
-                 "train.epochs=1", "task.conservation_weight=1"]
+    overrides = [
+        f"data.generate.out={data}",
+        "data.generate.events=100",
+        f"data.files=[{data}/psip_ee_*.root, {data}/psip_mumu_*.root, {data}/continuum_*.root]",
+        "data.inputs.image.size=32",
+        "model.filters=8",
+        "model.blocks=2",
+        "model.dense=16",
+        "train.epochs=1",
+        "task.conservation_weight=1",
+    ]
     metrics = run_job(load_job(JOB, overrides), tmp_path / "run")
     assert metrics["events_read"] == 300 and metrics["epochs_run"] == 1
     assert metrics["test_events"] == 4 * metrics["test_event_count"]  # the per-track numbers count tracks

@@ -39,7 +39,7 @@ def write_nested_rntuple(path, data: dict, cluster: int = 10**9) -> None:
     with uproot.recreate(path) as file:
         ntuple = file.mkrntuple("events", table.layout.form)
         for start in range(0, len(table), cluster):
-            ntuple.extend(table[start:start + cluster])
+            ntuple.extend(table[start : start + cluster])
 
 
 def tower_job(path, **data) -> JobSpec:
@@ -60,9 +60,15 @@ def electron_id(tmp_path_factory):
 
 def electron_job(root, fmt: str, *overrides: str) -> JobSpec:
     """The repository's electron-ID job over the files in root/fmt (a directory or a base URL)."""
-    return load_job(JOBS / "electron_id.yaml", [
-        f"data.files.electron={root}/{fmt}/electron_*.root", f"data.files.fake={root}/{fmt}/fake_*.root",
-        "data.generate=null", *overrides])
+    return load_job(
+        JOBS / "electron_id.yaml",
+        [
+            f"data.files.electron={root}/{fmt}/electron_*.root",
+            f"data.files.fake={root}/{fmt}/fake_*.root",
+            "data.generate=null",
+            *overrides,
+        ],
+    )
 
 
 def test_generator_writes_ttree_by_default_and_rntuple_on_request(electron_id):
@@ -117,9 +123,18 @@ def test_nested_rntuple_fields_answer_to_ttree_branch_names(tmp_path):
 
 def test_entry_ranges_sit_on_boundaries_near_the_target_size():
     assert entry_ranges(np.array([0, 300, 600, 900, 1000]), 500) == [(0, 600), (600, 1000)]
-    assert entry_ranges(np.array([0, 300, 600, 900, 1000]), 100) == [(0, 100), (100, 200), (200, 300), (300, 400),
-                                                                      (400, 500), (500, 600), (600, 700), (700, 800),
-                                                                      (800, 900), (900, 1000)]
+    assert entry_ranges(np.array([0, 300, 600, 900, 1000]), 100) == [
+        (0, 100),
+        (100, 200),
+        (200, 300),
+        (300, 400),
+        (400, 500),
+        (500, 600),
+        (600, 700),
+        (700, 800),
+        (800, 900),
+        (900, 1000),
+    ]
     # A cluster much longer than the target is cut into equal parts; one of 1.4x is kept whole.
     assert entry_ranges(np.array([0, 1000]), 300) == [(0, 333), (333, 666), (666, 1000)]
     assert entry_ranges(np.array([0, 1400, 1500]), 1000) == [(0, 1400), (1400, 1500)]
@@ -131,7 +146,7 @@ def test_read_tasks_follow_baskets_and_clusters(tmp_path, fmt):
     """Files written in chunks of 250 (one basket or cluster each): ranges start and stop on
     chunk boundaries, and every entry is read exactly once per label group."""
     data = towers(1000, 0, seed=12)
-    chunks = [{k: v[s:s + 250] for k, v in data.items()} for s in range(0, 1000, 250)]
+    chunks = [{k: v[s : s + 250] for k, v in data.items()} for s in range(0, 1000, 250)]
     if fmt == "ttree":
         write_file(tmp_path / "f.root", chunks)
     else:
@@ -162,10 +177,14 @@ def test_rntuple_bad_input_names_file_field_and_range(tmp_path):
 
     energy = ak.to_numpy(ak.flatten(data["tower_e"])).copy()
     energy[int(ak.sum(ak.num(data["tower_e"])[:57]))] = np.inf
-    write_nested_rntuple(tmp_path / "inf.root", {**data, "tower_e": ak.unflatten(energy, ak.num(data["tower_e"]))},
-                         cluster=100)
-    with pytest.raises(DataError, match=r"inf.root: entries \[0, 100\): branch 'tower_e' has 1 NaN/inf values "
-                                        r"\(first at entry 57\)"):
+    write_nested_rntuple(
+        tmp_path / "inf.root", {**data, "tower_e": ak.unflatten(energy, ak.num(data["tower_e"]))}, cluster=100
+    )
+    with pytest.raises(
+        DataError,
+        match=r"inf.root: entries \[0, 100\): branch 'tower_e' has 1 NaN/inf values "
+        r"\(first at entry 57\)",
+    ):
         columns(tower_job(tmp_path / "inf.root", events_per_task=200), None)
 
     whole = (tmp_path / "good.root").read_bytes()
@@ -189,8 +208,16 @@ def test_electron_id_job_on_ttree_and_on_rntuple_over_http(ray_session, electron
     metric agrees: the data's, the baseline's and the network's."""
     from hepray.app.run import run_job
 
-    tiny = ["model.filters=4", "model.blocks=1", "model.dense=8", "train.epochs=2", "train.batch_size=64",
-            "data.events_per_task=100", "scaling.num_workers=1", "evaluate.robustness=null"]
+    tiny = [
+        "model.filters=4",
+        "model.blocks=1",
+        "model.dense=8",
+        "train.epochs=2",
+        "train.batch_size=64",
+        "data.events_per_task=100",
+        "scaling.num_workers=1",
+        "evaluate.robustness=null",
+    ]
     run_job(electron_job(electron_id, "ttree", *tiny), tmp_path / "ttree")
     with FileServer(electron_id) as server:
         run_job(electron_job(server.url, "rntuple", *tiny), tmp_path / "rntuple")

@@ -18,7 +18,7 @@ LAYERS = [
     {"cli"},
 ]
 RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
-LONGEST_FUNCTION = 60  # lines
+LONGEST_FUNCTION = 60  # lines of body: a parameter list the formatter puts one per line is not a long function
 
 
 def modules():
@@ -62,7 +62,7 @@ def test_functions_are_short():
     for path, _ in modules():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lines = node.end_lineno - node.lineno + 1
+                lines = node.end_lineno - node.body[0].lineno + 1
                 if lines > LONGEST_FUNCTION:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {lines} lines")
     assert not long, "\n".join(long)

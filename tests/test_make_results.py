@@ -24,14 +24,29 @@ def make_results(tmp_path, monkeypatch):
 def test_runs_replace_their_entry_and_absent_runs_come_from_measured(tmp_path, make_results):
     runs = tmp_path / "runs"
     (runs / "jets_cvn").mkdir(parents=True)
-    (runs / "jets_cvn" / "metrics.json").write_text(json.dumps(
-        {"test_auc": 0.9, "baseline_tau21_auc": 0.7, "baseline_mass_auc": 0.8, "events_read": 100,
-         "epochs_run": 2, "not_shown_anywhere": 1.0}))
-    make_results.MEASURED.write_text(json.dumps({
-        "deepcalo": {"measured": "2026-01-01", "metrics": {"test_rIQR_vs_bdt": -0.05, "test_iqr_rel": 0.04,
-                                                           "baseline_bdt_iqr_rel": 0.038}},
-        "jets_cvn": {"measured": "2026-01-01", "metrics": {"test_auc": 0.5, "baseline_tau21_auc": 0.6}},
-    }))
+    (runs / "jets_cvn" / "metrics.json").write_text(
+        json.dumps(
+            {
+                "test_auc": 0.9,
+                "baseline_tau21_auc": 0.7,
+                "baseline_mass_auc": 0.8,
+                "events_read": 100,
+                "epochs_run": 2,
+                "not_shown_anywhere": 1.0,
+            }
+        )
+    )
+    make_results.MEASURED.write_text(
+        json.dumps(
+            {
+                "deepcalo": {
+                    "measured": "2026-01-01",
+                    "metrics": {"test_rIQR_vs_bdt": -0.05, "test_iqr_rel": 0.04, "baseline_bdt_iqr_rel": 0.038},
+                },
+                "jets_cvn": {"measured": "2026-01-01", "metrics": {"test_auc": 0.5, "baseline_tau21_auc": 0.6}},
+            }
+        )
+    )
 
     loaded = make_results.load_runs(runs)
     table = make_results.table(loaded)
@@ -46,12 +61,19 @@ def test_runs_replace_their_entry_and_absent_runs_come_from_measured(tmp_path, m
     verdicts = dict(line.removeprefix("- ").rsplit(": ", 1) for line in checks.splitlines())
     assert verdicts["jets CVN: AUC above τ21 alone"] == "holds"
     assert verdicts["DeepCalo: rIQR of the FiLM model vs the BDT is positive"] == "**does not hold**"
-    assert verdicts["electron ID: the CNN beats the cut-based baseline's rejection at its efficiency in both "
-                    "pT bins"] == "not run"
+    assert (
+        verdicts["electron ID: the CNN beats the cut-based baseline's rejection at its efficiency in both pT bins"]
+        == "not run"
+    )
 
     saved = json.loads(make_results.MEASURED.read_text())
-    assert saved["jets_cvn"]["metrics"] == {"test_auc": 0.9, "baseline_tau21_auc": 0.7, "baseline_mass_auc": 0.8,
-                                            "events_read": 100, "epochs_run": 2}
+    assert saved["jets_cvn"]["metrics"] == {
+        "test_auc": 0.9,
+        "baseline_tau21_auc": 0.7,
+        "baseline_mass_auc": 0.8,
+        "events_read": 100,
+        "epochs_run": 2,
+    }
     assert saved["jets_cvn"]["measured"] != "2026-01-01"
     assert saved["deepcalo"]["measured"] == "2026-01-01"
     assert saved["deepcalo"]["metrics"]["test_rIQR_vs_bdt"] == -0.05

@@ -32,7 +32,7 @@ def write_baskets(path, data: dict, basket: int) -> None:
     with uproot.recreate(path) as file:
         file.mktree("events", types)
         for start in range(0, n, basket):
-            file["events"].extend({name: value[start:start + basket] for name, value in data.items()})
+            file["events"].extend({name: value[start : start + basket] for name, value in data.items()})
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,9 @@ def sample(tmp_path_factory):
 
 
 def sample_job(root) -> JobSpec:
-    return JobSpec.model_validate(etaphi_job({"bkg": str(root / "bkg_*.root"), "sig": str(root / "sig_*.root")},
-                                             events_per_task=EVENTS_PER_TASK))
+    return JobSpec.model_validate(
+        etaphi_job({"bkg": str(root / "bkg_*.root"), "sig": str(root / "sig_*.root")}, events_per_task=EVENTS_PER_TASK)
+    )
 
 
 def planned(root):
@@ -74,8 +75,10 @@ def test_every_read_task_holds_the_overall_class_fractions(sample):
     assert np.all(np.abs(signal / sizes / overall - 1) <= TASK_BAND), signal / sizes / overall
     assert np.all(np.abs(sizes / EVENTS_PER_TASK - 1) <= 0.25), sizes
     # Every entry in exactly one range; most background cuts on basket boundaries (1000s).
-    for path, n in [*((sample / f"sig_{k}.root", n) for k, n in enumerate(SIGNAL)),
-                    *((sample / f"bkg_{k}.root", n) for k, n in enumerate(BACKGROUND))]:
+    for path, n in [
+        *((sample / f"sig_{k}.root", n) for k, n in enumerate(SIGNAL)),
+        *((sample / f"bkg_{k}.root", n) for k, n in enumerate(BACKGROUND)),
+    ]:
         ranges = sorted((r.start, r.stop) for task in plan.tasks for r in task if r.path == str(path))
         assert ranges[0][0] == 0 and ranges[-1][1] == n and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     cuts = [r.stop for task in plan.tasks for r in task if r.label == 0]
@@ -94,8 +97,12 @@ def test_read_task_order_and_shuffle_change_per_execution(sample):
     for epoch in range(2):
         tasks = train.get_read_tasks(1, data_context=DataContext.get_current())
         assert train.executions == epoch + 1
-        by_epoch.append([np.concatenate([BlockAccessor.for_block(block).to_numpy()["obs_evt"] for block in task()])
-                         for task in tasks])
+        by_epoch.append(
+            [
+                np.concatenate([BlockAccessor.for_block(block).to_numpy()["obs_evt"] for block in task()])
+                for task in tasks
+            ]
+        )
     assert [task.metadata.input_files for task in RootDatasource(plan, train.reader).get_read_tasks(1)] == first_inputs
     zero, one = (np.concatenate(tasks) for tasks in by_epoch)
     assert np.array_equal(np.sort(zero), np.sort(one)) and not np.array_equal(zero, one)
@@ -108,8 +115,10 @@ def test_read_task_order_and_shuffle_change_per_execution(sample):
     assert np.array_equal(np.sort(events[0]), np.sort(events[1]))
     # Validation: plan order, every time.
     val = RootDatasource(plan, EventReader(job.data, "val"))
-    orders = [[list(task.metadata.input_files) for task in val.get_read_tasks(1, data_context=DataContext.get_current())]
-              for _ in range(3)]
+    orders = [
+        [list(task.metadata.input_files) for task in val.get_read_tasks(1, data_context=DataContext.get_current())]
+        for _ in range(3)
+    ]
     assert orders[0] == orders[1] == orders[2] == [sorted({r.path for r in task}) for task in plan.tasks]
 
 
@@ -130,8 +139,14 @@ def epochs_as_trained(root, split: str, epochs: int, buffer: int | None, seed: i
     [shard] = dataset.streaming_split(1, equal=True)
     out = []
     for epoch in range(epochs):
-        batches = list(shard.iter_batches(batch_size=BATCH, batch_format="numpy", local_shuffle_buffer_size=buffer,
-                                          local_shuffle_seed=seed + epoch))
+        batches = list(
+            shard.iter_batches(
+                batch_size=BATCH,
+                batch_format="numpy",
+                local_shuffle_buffer_size=buffer,
+                local_shuffle_seed=seed + epoch,
+            )
+        )
         out.append({key: np.concatenate([batch[key] for batch in batches]) for key in ("obs_evt", "label")})
     return out
 
@@ -140,8 +155,11 @@ def epochs_as_trained(root, split: str, epochs: int, buffer: int | None, seed: i
 def trained(ray_session, sample):
     """Two epochs of two datasets built alike, and of one without the local shuffle buffer."""
     buffer = TrainSpec().shuffle_buffer
-    return {"first": epochs_as_trained(sample, "train", 2, buffer), "again": epochs_as_trained(sample, "train", 2, buffer),
-            "unbuffered": epochs_as_trained(sample, "train", 2, None)}
+    return {
+        "first": epochs_as_trained(sample, "train", 2, buffer),
+        "again": epochs_as_trained(sample, "train", 2, buffer),
+        "unbuffered": epochs_as_trained(sample, "train", 2, None),
+    }
 
 
 def window_fractions(labels: np.ndarray) -> np.ndarray:
@@ -175,8 +193,11 @@ def test_epochs_differ_and_a_rebuilt_dataset_repeats_them(sample, trained):
     job, plan = planned(sample)
     reader = EventReader(job.data, "train", shuffle=True, seed=SEED)
     for epoch, streamed in enumerate(trained["unbuffered"]):
-        expected = [BlockAccessor.for_block(block).to_numpy()["obs_evt"]
-                    for index in reader.task_order(len(plan.tasks), epoch) for block in reader.read(plan.tasks[index], epoch)]
+        expected = [
+            BlockAccessor.for_block(block).to_numpy()["obs_evt"]
+            for index in reader.task_order(len(plan.tasks), epoch)
+            for block in reader.read(plan.tasks[index], epoch)
+        ]
         assert np.array_equal(streamed["obs_evt"], np.concatenate(expected)), epoch
     assert len(np.intersect1d(zero[:1000], one[:1000])) < 400
 
@@ -187,5 +208,7 @@ def test_validation_order_is_the_same_every_epoch(ray_session, sample):
     assert np.array_equal(epochs[0]["obs_evt"], epochs[1]["obs_evt"])
     job, plan = planned(sample)
     reader = EventReader(job.data, "val")
-    expected = [BlockAccessor.for_block(block).to_numpy()["obs_evt"] for task in plan.tasks for block in reader.read(task)]
+    expected = [
+        BlockAccessor.for_block(block).to_numpy()["obs_evt"] for task in plan.tasks for block in reader.read(task)
+    ]
     assert np.array_equal(epochs[0]["obs_evt"], np.concatenate(expected))

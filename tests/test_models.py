@@ -24,8 +24,17 @@ TINY = {
     "resnet": {"name": "resnet", "widths": [4, 8], "depth": 1},
     "deepsets": {"name": "deepsets", "phi": [8, 8], "head": [8]},
     "particlenet": {"name": "particlenet", "k": 3, "blocks": [[8, 8], [8, 16]], "head": [8]},
-    "transformer": {"name": "transformer", "dim": 8, "heads": 2, "layers": 1, "class_layers": 1, "ffn": 16,
-                    "head": [8], "pair_features": {"eta": 0, "phi": 1, "pt": 2}, "pair_hidden": [4]},
+    "transformer": {
+        "name": "transformer",
+        "dim": 8,
+        "heads": 2,
+        "layers": 1,
+        "class_layers": 1,
+        "ffn": 16,
+        "head": [8],
+        "pair_features": {"eta": 0, "phi": 1, "pt": 2},
+        "pair_hidden": [4],
+    },
 }
 
 # (family, input shapes): odd sizes, with and without scalars where the family allows it.
@@ -219,9 +228,11 @@ ONNX_CASES = [
 
 
 @pytest.mark.filterwarnings(  # legacy exporter chatter; LRN's `numel() == 0` check is traced as a constant
-    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::torch.jit.TracerWarning")
-@pytest.mark.parametrize("family,shapes", ONNX_CASES,
-                         ids=["seed_cnn", "calo3d", "cvn", "cvn-unequal-views", "film", "resnet"])
+    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::torch.jit.TracerWarning"
+)
+@pytest.mark.parametrize(
+    "family,shapes", ONNX_CASES, ids=["seed_cnn", "calo3d", "cvn", "cvn-unequal-views", "film", "resnet"]
+)
 def test_onnx_export_matches_torch(family, shapes):
     ort = pytest.importorskip("onnxruntime")
     names = list(shapes)
@@ -229,8 +240,12 @@ def test_onnx_export_matches_torch(family, shapes):
     example = make_inputs(shapes, 2)
     buffer = io.BytesIO()
     torch.onnx.export(
-        model, tuple(example[n] for n in names), buffer, dynamo=False,
-        input_names=names, output_names=["output"],
+        model,
+        tuple(example[n] for n in names),
+        buffer,
+        dynamo=False,
+        input_names=names,
+        output_names=["output"],
         dynamic_axes={name: {0: "batch"} for name in [*names, "output"]},
     )
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])

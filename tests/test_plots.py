@@ -21,6 +21,7 @@ with itself); without it a missing reference is a failure. On a failure compare_
 ``<name>-failed-diff.png`` beside the new image in the test's tmp_path. An upgrade of matplotlib or
 mplhep (neither is pinned) that restyles the plots fails here too: look, then regenerate.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,18 +94,33 @@ def energy_scans():
     for name, k, shift in (("model", 1.0, 0.0), ("baseline", 1.3, 0.02)):
         sigma = k * resolution.calo_resolution(energy, A, B, C) / 100
         scans[name] = resolution.EnergyScan(
-            edges=edges, energy=energy, events=np.full(energy.size, 600),
-            response_median=1 + shift - 0.03 * np.log10(energy / 100), sigma_rel=sigma,
-            sigma_rel_err=0.04 * sigma, iqr_rel68=1.1 * sigma, rms_rel=1.3 * sigma,
-            fit={"fit_a": k * A, "fit_b": k * B, "fit_c": k * C})
+            edges=edges,
+            energy=energy,
+            events=np.full(energy.size, 600),
+            response_median=1 + shift - 0.03 * np.log10(energy / 100),
+            sigma_rel=sigma,
+            sigma_rel_err=0.04 * sigma,
+            iqr_rel68=1.1 * sigma,
+            rms_rel=1.3 * sigma,
+            fit={"fit_a": k * A, "fit_b": k * B, "fit_c": k * C},
+        )
     return scans
 
 
 def history(val_loss_bump=1.0):
-    return [{"epoch": i, "train_loss": 1 / (i + 1), "train_loss_eval": 0.9 / (i + 1),
-             "val_loss": 1.1 / (i + 1) * (val_loss_bump if i == 3 else 1.0),
-             "val_auc": 0.6 + 0.01 * i, "train_auc": 0.62 + 0.01 * i,
-             "val_accuracy": 0.55 + 0.02 * i - 0.002 * i * i, "lr": 1e-3} for i in range(8)]
+    return [
+        {
+            "epoch": i,
+            "train_loss": 1 / (i + 1),
+            "train_loss_eval": 0.9 / (i + 1),
+            "val_loss": 1.1 / (i + 1) * (val_loss_bump if i == 3 else 1.0),
+            "val_auc": 0.6 + 0.01 * i,
+            "train_auc": 0.62 + 0.01 * i,
+            "val_accuracy": 0.55 + 0.02 * i - 0.002 * i * i,
+            "lr": 1e-3,
+        }
+        for i in range(8)
+    ]
 
 
 PLOTS = {

@@ -30,11 +30,28 @@ TINY = {
     "deepsets_mean": {"name": "deepsets", "phi": [16, 16], "head": [16], "pool": "mean"},
     "particlenet": {"name": "particlenet", "k": 3, "blocks": [[8, 8], [16, 16]], "head": [16], "dropout": 0},
     "particlenet_k7": {"name": "particlenet", "blocks": [[8, 8, 8], [16, 16, 16]], "head": [16], "dropout": 0},
-    "transformer": {"name": "transformer", "dim": 16, "heads": 2, "layers": 2, "class_layers": 1, "ffn": 32,
-                    "head": [16], "dropout": 0},
-    "transformer_pairs": {"name": "transformer", "dim": 16, "heads": 2, "layers": 2, "class_layers": 1, "ffn": 32,
-                          "head": [16], "dropout": 0, "pair_features": {"eta": 0, "phi": 1, "pt": 2},
-                          "pair_hidden": [8, 8]},
+    "transformer": {
+        "name": "transformer",
+        "dim": 16,
+        "heads": 2,
+        "layers": 2,
+        "class_layers": 1,
+        "ffn": 32,
+        "head": [16],
+        "dropout": 0,
+    },
+    "transformer_pairs": {
+        "name": "transformer",
+        "dim": 16,
+        "heads": 2,
+        "layers": 2,
+        "class_layers": 1,
+        "ffn": 32,
+        "head": [16],
+        "dropout": 0,
+        "pair_features": {"eta": 0, "phi": 1, "pt": 2},
+        "pair_hidden": [8, 8],
+    },
 }
 FAMILIES = sorted(TINY)
 
@@ -204,8 +221,10 @@ def count(model: torch.nn.Module) -> int:
 
 def test_default_sizes():
     shapes = {"cands": (50, 1 + N_FEATURES)}
-    sizes = {name: count(build_model(ADAPTER.validate_python({"name": name}), shapes, 2))
-             for name in ("deepsets", "particlenet", "transformer")}
+    sizes = {
+        name: count(build_model(ADAPTER.validate_python({"name": name}), shapes, 2))
+        for name in ("deepsets", "particlenet", "transformer")
+    }
     assert sizes == {"deepsets": 56838, "particlenet": 26122, "transformer": 313162}
     # The paper's ParticleNet-Lite, on its 7 input features: 26k parameters.
     lite = build_model(ADAPTER.validate_python({"name": "particlenet"}), {"cands": (100, 8)}, 2)
@@ -227,8 +246,11 @@ def test_choosing_the_points_input():
     with pytest.raises(ValueError, match="unknown input 'trk'"):
         build("deepsets", points="trk")
     with pytest.raises(ValueError, match="expected points"):
-        build_model(ADAPTER.validate_python({**TINY["transformer"], "points": "image"}),
-                    {"image": (1, 8, 8), "cands": (10, 5)}, 2)
+        build_model(
+            ADAPTER.validate_python({**TINY["transformer"], "points": "image"}),
+            {"image": (1, 8, 8), "cands": (10, 5)},
+            2,
+        )
     with pytest.raises(ValueError, match="points input"):
         build_model(ADAPTER.validate_python(TINY["deepsets"]), {"image": (1, 8, 8), "jet": (2,)}, 2)
 

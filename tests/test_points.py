@@ -29,8 +29,10 @@ def reference(arrays: dict, features, sort_by: str | None, size: int) -> np.ndar
     pt, eta, charge = (ak.to_list(arrays[name]) for name in ("pt", "eta", "charge"))
     out = np.zeros((len(pt), size, 1 + len(features)), np.float32)
     for event in range(len(pt)):
-        rows = [{"pt": p, "eta": e, "charge": c, "log(pt)": np.log(p)}
-                for p, e, c in zip(pt[event], eta[event], charge[event])]
+        rows = [
+            {"pt": p, "eta": e, "charge": c, "log(pt)": np.log(p)}
+            for p, e, c in zip(pt[event], eta[event], charge[event])
+        ]
         if sort_by:
             rows = sorted(rows, key=lambda row: -row[sort_by])  # stable: ties keep the file's order
         for slot, row in enumerate(rows[:size]):
@@ -68,10 +70,13 @@ def test_points_name_what_is_wrong():
     arrays = constituents()
     spec = PointCloud(kind="points", features=["eta", "log(pt)"], max=8)
     with pytest.raises(ValueError, match="one value per event"):
-        make_input(PointCloud(kind="points", features=["ak_sum_is_not_needed"], max=4),
-                   {"ak_sum_is_not_needed": np.ones(3)})
-    bad = dict(arrays, pt=ak.unflatten(np.where(ak.flatten(arrays["pt"]) > 9, -1.0, ak.flatten(arrays["pt"])),
-                                       ak.num(arrays["pt"])))
+        make_input(
+            PointCloud(kind="points", features=["ak_sum_is_not_needed"], max=4), {"ak_sum_is_not_needed": np.ones(3)}
+        )
+    bad = dict(
+        arrays,
+        pt=ak.unflatten(np.where(ak.flatten(arrays["pt"]) > 9, -1.0, ak.flatten(arrays["pt"])), ak.num(arrays["pt"])),
+    )
     with pytest.raises(ValueError, match=r"'log\(pt\)'.*NaN"):
         make_input(spec, bad)
     other = dict(arrays, eta=ak.unflatten(np.zeros(5), [5] + [0] * 39))
@@ -87,10 +92,16 @@ def test_point_cloud_job_trains_and_predicts(ray_session, tmp_path):
     from hepray.app.run import run_job
     from hepray.spec import load_job
 
-    overrides = [f"data.generate.out={tmp_path}/jets", f"data.files.qcd={tmp_path}/jets/qcd_*.root",
-                 f"data.files.hbb={tmp_path}/jets/hbb_*.root", "data.generate.events=300", "train.epochs=1",
-                 "model={name: deepsets, phi: [16, 16], head: [16]}", "evaluate.plots=false",
-                 "data.inputs.cands.max=24"]
+    overrides = [
+        f"data.generate.out={tmp_path}/jets",
+        f"data.files.qcd={tmp_path}/jets/qcd_*.root",
+        f"data.files.hbb={tmp_path}/jets/hbb_*.root",
+        "data.generate.events=300",
+        "train.epochs=1",
+        "model={name: deepsets, phi: [16, 16], head: [16]}",
+        "evaluate.plots=false",
+        "data.inputs.cands.max=24",
+    ]
     job = load_job("jobs/jets_particlenet.yaml", overrides)
     metrics = run_job(job, tmp_path / "run")
     assert metrics["test_events"] > 100 and 0.5 < metrics["test_auc"] <= 1.0

@@ -13,12 +13,12 @@ import torch
 import uproot
 from typer.testing import CliRunner
 
-from hepray.cli import app
-from hepray.inputs import make_input
-from hepray.evaluate.inference import load_model
 from hepray.app.predict import TREE, OrderedOutputs, OutputSchema, predict_files
-from hepray.spec import JobSpec
 from hepray.app.run import run_job
+from hepray.cli import app
+from hepray.evaluate.inference import load_model
+from hepray.inputs import make_input
+from hepray.spec import JobSpec
 from rootfiles import etaphi_job, towers, write_tree
 
 CUT = "x > 0.3"
@@ -30,8 +30,12 @@ def run_dir(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     write_tree(root / "narrow.root", towers(300, 0, seed=1, energy=4.0, spread=0.02))
     write_tree(root / "wide.root", towers(300, 1000, seed=2, energy=2.0, spread=0.12))
-    raw = etaphi_job({"narrow": str(root / "narrow.root"), "wide": str(root / "wide.root")},
-                     cut=CUT, on_error="skip", events_per_task=100)
+    raw = etaphi_job(
+        {"narrow": str(root / "narrow.root"), "wide": str(root / "wide.root")},
+        cut=CUT,
+        on_error="skip",
+        events_per_task=100,
+    )
     raw["train"] = {"epochs": 1, "batch_size": 64}
     raw["evaluate"] = {"plots": False}
     out = tmp_path_factory.mktemp("run")
@@ -96,9 +100,25 @@ def test_friend_tree_join_in_uproot(inputs, predicted):
 
 def test_onnx_engine_and_parquet_via_cli(run_dir, inputs, predicted, tmp_path):
     out, _ = predicted
-    result = CliRunner().invoke(app, ["predict", str(run_dir), "--files", str(inputs / "a.root"),
-                                      "--files", str(inputs / "b.root"), "--out", str(tmp_path),
-                                      "--format", "parquet", "--engine", "onnx", "--batch-size", "64"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(run_dir),
+            "--files",
+            str(inputs / "a.root"),
+            "--files",
+            str(inputs / "b.root"),
+            "--out",
+            str(tmp_path),
+            "--format",
+            "parquet",
+            "--engine",
+            "onnx",
+            "--batch-size",
+            "64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for name in ("a", "b"):
         onnx = pq.read_table(tmp_path / f"{name}.parquet").to_pydict()
@@ -128,8 +148,12 @@ def test_ordered_outputs_split_batches_across_files_and_fill_gaps(tmp_path):
 
     def batch(file_index, entry):
         n = len(entry)
-        return np.array(file_index), {"entry": np.array(entry), "score_wide": np.full(n, 0.5, np.float32),
-                                      "pass_cut": np.ones(n, bool), "evt": np.arange(n, dtype=np.float32)}
+        return np.array(file_index), {
+            "entry": np.array(entry),
+            "score_wide": np.full(n, 0.5, np.float32),
+            "pass_cut": np.ones(n, bool),
+            "evt": np.arange(n, dtype=np.float32),
+        }
 
     ordered.write(*batch([0, 0], [0, 1]))
     ordered.write(*batch([0, 2, 2], [4, 0, 1]))  # entries 2, 3 of a.root never arrived; spans into b.root

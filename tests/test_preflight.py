@@ -29,8 +29,12 @@ def data(tmp_path_factory):
     del without_x["x"]
     write_tree(root / "without_x.root", without_x)
     rntuple = towers(100, 4000, seed=6)
-    table = ak.Array({**{k: v for k, v in rntuple.items() if not k.startswith("tower_")},
-                      "tower": ak.zip({k.removeprefix("tower_"): v for k, v in rntuple.items() if k.startswith("tower_")})})
+    table = ak.Array(
+        {
+            **{k: v for k, v in rntuple.items() if not k.startswith("tower_")},
+            "tower": ak.zip({k.removeprefix("tower_"): v for k, v in rntuple.items() if k.startswith("tower_")}),
+        }
+    )
     with uproot.recreate(root / "ntuple.root") as file:
         file.mkrntuple("events", table.layout.form).extend(table)
     return root
@@ -39,7 +43,10 @@ def data(tmp_path_factory):
 def job_raw(data, **changes) -> dict:
     raw = etaphi_job({"narrow": str(data / "narrow_*.root"), "wide": str(data / "wide.root")}, cut="e_sum > 0.5")
     raw["train"] = {"early_stopping": {"metric": "val_auc", "mode": "max"}}
-    raw["evaluate"] = {"bins": {"x": [0, 0.5, 1]}, "baselines": {"sum": "e_sum", "cuts": {"kind": "cuts", "vars": {"x": "above"}}}}
+    raw["evaluate"] = {
+        "bins": {"x": [0, 0.5, 1]},
+        "baselines": {"sum": "e_sum", "cuts": {"kind": "cuts", "vars": {"x": "above"}}},
+    }
     for key, value in changes.items():
         node = raw
         *parents, last = key.split(".")
@@ -69,8 +76,10 @@ def one_error_line(result) -> str:
 
 def test_misspelt_branch_is_one_line_naming_file_branch_key_and_the_close_name(data, tmp_path):
     line = one_error_line(invoke(tmp_path, job_raw(data, **{"data.cut": "e_summ > 0.5"}))[0])
-    assert line == (f"error: {data / 'narrow_0.root'} (and 2 more files): tree 'events' has no branch 'e_summ' "
-                    "(data.cut; did you mean 'e_sum'?)")
+    assert line == (
+        f"error: {data / 'narrow_0.root'} (and 2 more files): tree 'events' has no branch 'e_summ' "
+        "(data.cut; did you mean 'e_sum'?)"
+    )
     line = one_error_line(invoke(tmp_path, job_raw(data, **{"data.observers": ["evt", "x", "foo", "tower_ee"]}))[0])
     assert "has no branches 'foo' (data.observers), 'tower_ee' (data.observers; did you mean 'tower_e'?)" in line
     raw = job_raw(data)
@@ -83,25 +92,34 @@ def test_misspelt_branch_is_one_line_naming_file_branch_key_and_the_close_name(d
 def test_every_file_is_checked_extra_samples_too(data, tmp_path):
     raw = job_raw(data, **{"data.files": {"narrow": str(data / "narrow_*.root"), "wide": str(data / "without_x.root")}})
     line = one_error_line(invoke(tmp_path, raw)[0])
-    assert line == (f"error: {data / 'without_x.root'}: tree 'events' has no branch 'x' "
-                    "(data.observers, evaluate.baselines.cuts.vars)")
+    assert line == (
+        f"error: {data / 'without_x.root'}: tree 'events' has no branch 'x' "
+        "(data.observers, evaluate.baselines.cuts.vars)"
+    )
     raw = job_raw(data, **{"data.label_branch": "evt", "evaluate.samples": {"other": str(data / "without_x.root")}})
-    assert f"error: {data / 'without_x.root'}: tree 'events' has no branch 'x'" in one_error_line(invoke(tmp_path, raw)[0])
+    assert f"error: {data / 'without_x.root'}: tree 'events' has no branch 'x'" in one_error_line(
+        invoke(tmp_path, raw)[0]
+    )
     raw = job_raw(data, **{"data.files": {"narrow": str(data / "narow_*.root"), "wide": str(data / "wide.root")}})
-    assert one_error_line(invoke(tmp_path, raw)[0]) == \
-        f"error: data.files.narrow: {data / 'narow_*.root'}: no such file (no file matches the glob)"
+    assert (
+        one_error_line(invoke(tmp_path, raw)[0])
+        == f"error: data.files.narrow: {data / 'narow_*.root'}: no such file (no file matches the glob)"
+    )
 
 
 def test_tree_in_a_subdirectory(data, tmp_path):
     raw = job_raw(data, **{"data.files": {"a": str(data / "nested.root"), "b": str(data / "nested.root")}})
     line = one_error_line(invoke(tmp_path, raw)[0])
-    assert line == (f"error: {data / 'nested.root'}: no tree 'events' (trees in the file: dir/events); "
-                    "did you mean 'dir/events'?")
+    assert line == (
+        f"error: {data / 'nested.root'}: no tree 'events' (trees in the file: dir/events); did you mean 'dir/events'?"
+    )
     result, _ = invoke(tmp_path, {**raw, "data": {**raw["data"], "tree": "dir/events"}})
     assert result.exit_code == 0, result.output
     assert "# plan: tree 'dir/events', 2 files, 200 entries" in result.output
     raw["data"]["tree"], raw["data"]["cut"] = "dir/events", "e_sun > 1"
-    assert "tree 'dir/events' has no branch 'e_sun' (data.cut; did you mean 'e_sum'?)" in one_error_line(invoke(tmp_path, raw)[0])
+    assert "tree 'dir/events' has no branch 'e_sun' (data.cut; did you mean 'e_sum'?)" in one_error_line(
+        invoke(tmp_path, raw)[0]
+    )
 
 
 def test_rntuple_fields_answer_to_branch_names(data, tmp_path):
@@ -110,42 +128,68 @@ def test_rntuple_fields_answer_to_branch_names(data, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"# {data / 'ntuple.root'}  100 entries (RNTuple)" in result.output.replace("#     ", "# ")
     line = one_error_line(invoke(tmp_path, job_raw(data, **{"data.files": files, "data.cut": "tower_ee > 0"}))[0])
-    assert line.startswith(f"error: {data / 'ntuple.root'}: RNTuple 'events' has no field 'tower_ee' (data.cut; did you mean")
+    assert line.startswith(
+        f"error: {data / 'ntuple.root'}: RNTuple 'events' has no field 'tower_ee' (data.cut; did you mean"
+    )
 
 
 def test_on_error_skip_warns_about_a_bad_file_instead(data, tmp_path):
-    raw = job_raw(data, **{"data.on_error": "skip",
-                           "data.files": {"narrow": [str(data / "narrow_*.root"), str(data / "without_x.root")],
-                                          "wide": str(data / "wide.root")}})
+    raw = job_raw(
+        data,
+        **{
+            "data.on_error": "skip",
+            "data.files": {
+                "narrow": [str(data / "narrow_*.root"), str(data / "without_x.root")],
+                "wide": str(data / "wide.root"),
+            },
+        },
+    )
     result, _ = invoke(tmp_path, raw)
     assert result.exit_code == 0, result.output
-    assert (f"warning: {data / 'without_x.root'}: tree 'events' has no branch 'x' (data.observers, "
-            "evaluate.baselines.cuts.vars) (skipped: data.on_error is skip)") in result.output
+    assert (
+        f"warning: {data / 'without_x.root'}: tree 'events' has no branch 'x' (data.observers, "
+        "evaluate.baselines.cuts.vars) (skipped: data.on_error is skip)"
+    ) in result.output
     assert "narrow (label 0): 2 files, 500 entries" in result.output
     raw["data"]["files"]["wide"] = str(data / "without_x.root")
     result, _ = invoke(tmp_path, raw)
-    assert result.exit_code == 2 and "error: data.files.wide: no events to read: all 1 files are skipped" in result.output
+    assert (
+        result.exit_code == 2 and "error: data.files.wide: no events to read: all 1 files are skipped" in result.output
+    )
 
 
 # ------------------------------------------------------------------ what the YAML alone decides (spec.py)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"data.cut": "e_sum >"}, "data.cut: 'e_sum >': not a valid expression (invalid syntax)"),
-    ({"data.observers": ["evt", "abs(x"]}, "data.observers: 'abs(x': not a valid expression"),
-    ({"evaluate.baselines": {"lin": "x.real"}}, "evaluate.baselines.lin: 'x.real': 'x.real' is not supported"),
-    ({"data.generate": {"kind": "electron", "out": "somewhere"}},
-     "data.generate.kind: unknown sample kind 'electron' (known: calo3d, "),
-    ({"train.early_stopping": {"metric": "val_auc_macro"}},
-     "train.early_stopping.metric: 'val_auc_macro' is not reported each epoch by this binary job (one of: "
-     "train_loss, train_eval_loss, val_loss, train_eval_auc, train_eval_accuracy, val_auc, val_accuracy); "
-     "did you mean 'val_auc'?"),
-    ({"evaluate.bins": {"xx": [0, 1]}}, "evaluate.bins.xx: 'xx' is not an observer (data.observers: evt, x); did you mean 'x'?"),
-    ({"evaluate.energy": "e_sum"}, "evaluate.energy: 'e_sum' is not an observer (data.observers: evt, x)"),
-    ({"name": "../x"}, "name: '../x' is not a safe directory name: one path component, no '/', not '..', not empty"),
-    ({"name": ""}, "name: '' is not a safe directory name"),
-    ({"name": "a/b"}, "name: 'a/b' is not a safe directory name"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"data.cut": "e_sum >"}, "data.cut: 'e_sum >': not a valid expression (invalid syntax)"),
+        ({"data.observers": ["evt", "abs(x"]}, "data.observers: 'abs(x': not a valid expression"),
+        ({"evaluate.baselines": {"lin": "x.real"}}, "evaluate.baselines.lin: 'x.real': 'x.real' is not supported"),
+        (
+            {"data.generate": {"kind": "electron", "out": "somewhere"}},
+            "data.generate.kind: unknown sample kind 'electron' (known: calo3d, ",
+        ),
+        (
+            {"train.early_stopping": {"metric": "val_auc_macro"}},
+            "train.early_stopping.metric: 'val_auc_macro' is not reported each epoch by this binary job (one of: "
+            "train_loss, train_eval_loss, val_loss, train_eval_auc, train_eval_accuracy, val_auc, val_accuracy); "
+            "did you mean 'val_auc'?",
+        ),
+        (
+            {"evaluate.bins": {"xx": [0, 1]}},
+            "evaluate.bins.xx: 'xx' is not an observer (data.observers: evt, x); did you mean 'x'?",
+        ),
+        ({"evaluate.energy": "e_sum"}, "evaluate.energy: 'e_sum' is not an observer (data.observers: evt, x)"),
+        (
+            {"name": "../x"},
+            "name: '../x' is not a safe directory name: one path component, no '/', not '..', not empty",
+        ),
+        ({"name": ""}, "name: '' is not a safe directory name"),
+        ({"name": "a/b"}, "name: 'a/b' is not a safe directory name"),
+    ],
+)
 def test_config_errors_name_the_job_file_and_key_path(data, tmp_path, changes, message):
     result, path = invoke(tmp_path, job_raw(data, **changes))
     assert result.exit_code == 2
@@ -158,8 +202,14 @@ def test_config_errors_name_the_job_file_and_key_path(data, tmp_path, changes, m
 def test_track_momenta_bins_may_name_the_per_track_observers(data):
     from hepray.evaluate.momentum import track_observers
 
-    raw = job_raw(data, **{"task.kind": "regression", "train.early_stopping": {"metric": "val_imbalance"},
-                           "evaluate.bins": {"track_pt": [0, 1], "track_slot": [0, 1, 2]}})
+    raw = job_raw(
+        data,
+        **{
+            "task.kind": "regression",
+            "train.early_stopping": {"metric": "val_imbalance"},
+            "evaluate.bins": {"track_pt": [0, 1], "track_slot": [0, 1, 2]},
+        },
+    )
     raw["data"]["target"] = {"tracks": 2, "px": "tower_e", "py": "tower_e", "pz": "tower_e"}
     raw["evaluate"].pop("baselines")
     job = validate_job(raw)
@@ -229,16 +279,23 @@ def test_epoch_metrics_are_those_the_training_loop_reports():
     from hepray.train.tasks import Task
 
     rng = np.random.default_rng(1)
-    cases = {"binary": (rng.normal(size=(20, 1)), np.arange(20) % 2),
-             "multiclass": (rng.normal(size=(30, 3)), np.arange(30) % 3),
-             "regression": (rng.normal(size=(20, 1)) + 5, rng.normal(size=20) + 5),
-             "track_momenta": (rng.normal(size=(20, 6)), rng.normal(size=(20, 2, 3)))}
+    cases = {
+        "binary": (rng.normal(size=(20, 1)), np.arange(20) % 2),
+        "multiclass": (rng.normal(size=(30, 3)), np.arange(30) % 3),
+        "regression": (rng.normal(size=(20, 1)) + 5, rng.normal(size=20) + 5),
+        "track_momenta": (rng.normal(size=(20, 6)), rng.normal(size=(20, 2, 3))),
+    }
     for kind, (outputs, truth) in cases.items():
         job = job_of_kind(kind)
         task = Task(job.task)
         # train/loop.py: the losses, then Task.epoch_metrics of the train_eval and val events
-        reported = ["train_loss", "train_eval_loss", "val_loss",
-                    *task.epoch_metrics(outputs, truth, "train_eval"), *task.epoch_metrics(outputs, truth, "val")]
+        reported = [
+            "train_loss",
+            "train_eval_loss",
+            "val_loss",
+            *task.epoch_metrics(outputs, truth, "train_eval"),
+            *task.epoch_metrics(outputs, truth, "val"),
+        ]
         assert sorted(reported) == sorted(job.epoch_metrics()), kind
 
 
@@ -256,11 +313,21 @@ def test_run_submit_and_tune_check_the_files_before_ray(data, tmp_path, monkeypa
     monkeypatch.setattr(jobs, "submit", no)
     bad = job_raw(data, **{"data.cut": "e_summ > 1"})
     for command in ("run", "submit"):
-        assert "has no branch 'e_summ' (data.cut; did you mean 'e_sum'?)" in one_error_line(invoke(tmp_path, bad, command)[0])
+        assert "has no branch 'e_summ' (data.cut; did you mean 'e_sum'?)" in one_error_line(
+            invoke(tmp_path, bad, command)[0]
+        )
     _, job_file = invoke(tmp_path, bad)
     search = tmp_path / "search.yaml"
-    search.write_text(yaml.safe_dump({"base_job": str(job_file), "metric": "val_loss", "mode": "min",
-                                      "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}))
+    search.write_text(
+        yaml.safe_dump(
+            {
+                "base_job": str(job_file),
+                "metric": "val_loss",
+                "mode": "min",
+                "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}},
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["tune", str(search)])
     assert "has no branch 'e_summ' (data.cut; did you mean 'e_sum'?)" in one_error_line(result)
 

@@ -225,8 +225,9 @@ def test_etaphi_centroid_matches_reference_loop_on_random_events():
     for etas, phis, values in zip(*(arrays[name].tolist() for name in ("tower_eta", "tower_phi", "tower_e"))):
         total = sum(values)
         eta_center = sum(v * e for v, e in zip(values, etas)) / total if total else 0.0
-        phi_center = math.atan2(sum(v * math.sin(p) for v, p in zip(values, phis)),
-                                sum(v * math.cos(p) for v, p in zip(values, phis)))
+        phi_center = math.atan2(
+            sum(v * math.sin(p) for v, p in zip(values, phis)), sum(v * math.cos(p) for v, p in zip(values, phis))
+        )
         centers.append((eta_center, phi_center))
 
     expected, closest_to_edge = reference_etaphi(spec, arrays, centers)
@@ -268,8 +269,9 @@ def test_points_of_one_set_must_have_equal_counts():
 
 def test_branches_for_each_kind():
     assert branches_for(etaphi_spec()) == {"tower_eta", "tower_phi", "tower_e"}
-    assert branches_for(etaphi_spec(center={"eta": "el_eta", "phi": "el_phi"}, channel_branch="layer", n_channels=3)) == {
-        "tower_eta", "tower_phi", "tower_e", "el_eta", "el_phi", "layer"}
+    assert branches_for(
+        etaphi_spec(center={"eta": "el_eta", "phi": "el_phi"}, channel_branch="layer", n_channels=3)
+    ) == {"tower_eta", "tower_phi", "tower_e", "el_eta", "el_phi", "layer"}
     assert branches_for(JetImage(kind="jet", eta="e", phi="p", value="pt")) == {"e", "p", "pt"}
     assert branches_for(HitsXYImage(kind="hits_xy", encoding="binary")) == {"XE", "XW", "YE", "YW"}
     assert branches_for(HitsXYImage(kind="hits_xy", encoding="total")) == {"XE", "XW", "YE", "YW", "RC"}
@@ -407,8 +409,12 @@ def test_voxel_cells_with_a_wrong_count_raise_naming_the_branch():
 
 
 def test_voxel_points_are_binned_over_half_open_ranges():
-    spec = VoxelImage(kind="voxels", shape=(2, 3, 4), points={"x": "x", "y": "y", "z": "z", "value": "e"},
-                      range=[(0.0, 2.0), (0.0, 3.0), (-4.0, 4.0)])
+    spec = VoxelImage(
+        kind="voxels",
+        shape=(2, 3, 4),
+        points={"x": "x", "y": "y", "z": "z", "value": "e"},
+        range=[(0.0, 2.0), (0.0, 3.0), (-4.0, 4.0)],
+    )
     arrays = {  # bins of width 1, 1, 2
         "x": jagged([[0.5, 0.6, 1.0, 2.0, -0.01], []]),
         "y": jagged([[0.5, 0.7, 2.99, 1.0, 1.0], []]),
@@ -437,8 +443,7 @@ def test_scalars_are_stacked_and_checked():
 
 
 def test_norms_per_event_and_all_zero_images_stay_zero():
-    images = np.array([[[[1.0, -3.0], [2.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]], [[[0.5, 0.0], [0.0, 0.0]]]],
-                      np.float32)
+    images = np.array([[[[1.0, -3.0], [2.0, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]], [[[0.5, 0.0], [0.0, 0.0]]]], np.float32)
     original = images.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no division-by-zero warnings either
@@ -502,13 +507,22 @@ def test_spec_rejects_ambiguous_channels_and_empty_ranges():
     with pytest.raises(ValueError, match="channel_branch needs n_channels"):
         etaphi_spec(channel_branch="layer")
     with pytest.raises(ValueError, match="low < high"):
-        VoxelImage(kind="voxels", shape=(2, 2, 2), points={"x": "x", "y": "y", "z": "z", "value": "e"},
-                   range=[(0, 1), (1, 1), (0, 1)])
+        VoxelImage(
+            kind="voxels",
+            shape=(2, 2, 2),
+            points={"x": "x", "y": "y", "z": "z", "value": "e"},
+            range=[(0, 1), (1, 1), (0, 1)],
+        )
 
 
 def test_etaphi_phi_cell_can_differ_from_eta_cell():
     spec = etaphi_spec(center={"eta": "c_eta", "phi": "c_phi"}, size=3, cell=1.0, cell_phi=0.1)
-    arrays = {"c_eta": np.zeros(1), "c_phi": np.zeros(1), "tower_eta": jagged([[0.0]]),
-              "tower_phi": jagged([[0.12]]), "tower_e": jagged([[1.0]])}
+    arrays = {
+        "c_eta": np.zeros(1),
+        "c_phi": np.zeros(1),
+        "tower_eta": jagged([[0.0]]),
+        "tower_phi": jagged([[0.12]]),
+        "tower_e": jagged([[1.0]]),
+    }
     image = make_input(spec, arrays)[0, 0]
     assert image[1, 2] == 1.0 and image.sum() == 1.0  # 0.12 / 0.1 + 1.5 -> pixel 2 in phi

@@ -42,8 +42,11 @@ def read_ids(job: JobSpec) -> np.ndarray:
     """Every event id of the job's plan, read in-process as the read tasks do."""
     reader = EventReader(job.data, None)
     plan = plan_reads(job.data, reader.branches())
-    return np.sort(np.concatenate([BlockAccessor.for_block(block).to_numpy()["obs_evt"]
-                                   for task in plan.tasks for block in reader.read(task)]))
+    return np.sort(
+        np.concatenate(
+            [BlockAccessor.for_block(block).to_numpy()["obs_evt"] for task in plan.tasks for block in reader.read(task)]
+        )
+    )
 
 
 ALL_IDS = np.concatenate([np.arange(600), np.arange(1000, 1500), np.arange(5000, 5700)])
@@ -56,7 +59,9 @@ def test_file_urls_glob_and_read_like_local_paths(files):
 
 def test_http_glob_and_planning_read_metadata_only(server, files):
     assert expand_glob(f"{server.url}/sig_*.root") == [f"{server.url}/sig_0.root", f"{server.url}/sig_1.root"]
-    assert expand_glob(f"{server.url}/bkg_0.root?version=1") == [f"{server.url}/bkg_0.root?version=1"]  # a query, not a glob
+    assert expand_glob(f"{server.url}/bkg_0.root?version=1") == [
+        f"{server.url}/bkg_0.root?version=1"
+    ]  # a query, not a glob
     job = job_at(server.url, events_per_task=400)
     before = server.bytes_sent
     plan = plan_reads(job.data, EventReader(job.data, None).branches())
@@ -69,8 +74,11 @@ def test_http_glob_and_planning_read_metadata_only(server, files):
 def test_job_datasets_over_http_through_ray_data(ray_session, server):
     """The job's train/val/test datasets, read by Ray tasks from the loopback server: every event once."""
     data = build_job_data(job_at(server.url, events_per_task=500), splits=("train", "val", "test"))
-    ids = [batch["obs_evt"] for split in ("train", "val", "test")
-           for batch in data.datasets[split].iter_batches(batch_size=256, batch_format="numpy")]
+    ids = [
+        batch["obs_evt"]
+        for split in ("train", "val", "test")
+        for batch in data.datasets[split].iter_batches(batch_size=256, batch_format="numpy")
+    ]
     assert np.array_equal(np.sort(np.concatenate(ids)), ALL_IDS)
     assert data.plan.tasks[0][0].path.startswith(server.url)
 
@@ -97,7 +105,11 @@ def test_missing_files_and_unreachable_servers_are_named(server):
         expand_glob(f"{gone}/sig_*.root")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fsspec_xrootd") is not None, reason="fsspec-xrootd gives root:// a filesystem")
+@pytest.mark.skipif(
+    importlib.util.find_spec("fsspec_xrootd") is not None, reason="fsspec-xrootd gives root:// a filesystem"
+)
 def test_root_urls_need_the_xrootd_extra():
-    with pytest.raises(DataError, match=r'root://eos.example//data/a.root: no filesystem for this URL .*pip install "hepray\[xrootd\]"'):
+    with pytest.raises(
+        DataError, match=r'root://eos.example//data/a.root: no filesystem for this URL .*pip install "hepray\[xrootd\]"'
+    ):
         read_ids(two_files_job("root://eos.example//data/a.root", "root://eos.example//data/b.root"))

@@ -27,8 +27,11 @@ def test_auto_leaves_one_cpu_for_reading(ray_session):
 
 
 def test_a_request_that_cannot_fit_names_the_numbers(ray_session):
-    with pytest.raises(ResourceError, match=r"scaling: 2 workers x 1 CPU leave no CPU for reading on a 2-CPU cluster; "
-                                            r"set scaling.cpus_per_worker <= 0.5 or scaling.num_workers <= 1"):
+    with pytest.raises(
+        ResourceError,
+        match=r"scaling: 2 workers x 1 CPU leave no CPU for reading on a 2-CPU cluster; "
+        r"set scaling.cpus_per_worker <= 0.5 or scaling.num_workers <= 1",
+    ):
         check_scaling(ScalingSpec(num_workers=2, cpus_per_worker=1.0))
     with pytest.raises(ResourceError, match="add CPUs"):
         check_scaling(ScalingSpec(num_workers=4), trials=1, reserved=1.0)
@@ -50,8 +53,9 @@ def job_file(tmp_path, scaling: dict) -> str:
 
 def test_cli_stops_at_once_when_workers_take_every_cpu(ray_session, tmp_path):
     started = time.monotonic()
-    result = CliRunner().invoke(app, ["run", job_file(tmp_path, {"num_workers": 2, "cpus_per_worker": 1.0}),
-                                      "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app, ["run", job_file(tmp_path, {"num_workers": 2, "cpus_per_worker": 1.0}), "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2, result.output
     assert "error: scaling: 2 workers x 1 CPU leave no CPU for reading on a 2-CPU cluster" in result.output
     assert "Traceback" not in result.output

@@ -89,12 +89,18 @@ def test_photons_shower_later_and_pions_reach_the_hcal(sample):
         return np_(ak.sum(a["ecal_e"] * a["ecal_z"], axis=1) / ak.sum(a["ecal_e"], axis=1))
 
     assert np.mean(mean_depth(sample["photon"])) > np.mean(mean_depth(sample["electron"])) + 0.4
-    fraction = {kind: np.median(np_(sample[kind]["hcal_sum"]) / np_(sample[kind]["ecal_sum"] + sample[kind]["hcal_sum"]))
-                for kind in calo3d.PARTICLES}
-    assert fraction["chpi"] > 0.3 and fraction["chpi"] > 5 * max(fraction["electron"], fraction["photon"], fraction["pi0"])
+    fraction = {
+        kind: np.median(np_(sample[kind]["hcal_sum"]) / np_(sample[kind]["ecal_sum"] + sample[kind]["hcal_sum"]))
+        for kind in calo3d.PARTICLES
+    }
+    assert fraction["chpi"] > 0.3 and fraction["chpi"] > 5 * max(
+        fraction["electron"], fraction["photon"], fraction["pi0"]
+    )
     # non-compensation and leakage: charged pions read low and fluctuate much more than electrons
-    ratio = {kind: np_(sample[kind]["ecal_sum"] + sample[kind]["hcal_sum"]) / np_(sample[kind]["energy"])
-             for kind in ("electron", "chpi")}
+    ratio = {
+        kind: np_(sample[kind]["ecal_sum"] + sample[kind]["hcal_sum"]) / np_(sample[kind]["energy"])
+        for kind in ("electron", "chpi")
+    }
     assert np.median(ratio["chpi"]) < 0.9 * np.median(ratio["electron"])
     assert np.std(ratio["chpi"]) > 2 * np.std(ratio["electron"])
 
@@ -114,11 +120,19 @@ def test_pi0_photons_add_up_and_open_at_low_energy(sample):
         n = len(b)
         counts = ak.to_numpy(ak.num(b["ecal_e"]))
         columns = np.zeros((n, 25, 25))
-        np.add.at(columns, (np.repeat(np.arange(n), counts), ak.to_numpy(ak.flatten(b["ecal_x"])),
-                            ak.to_numpy(ak.flatten(b["ecal_y"]))), ak.to_numpy(ak.flatten(b["ecal_e"])))
+        np.add.at(
+            columns,
+            (
+                np.repeat(np.arange(n), counts),
+                ak.to_numpy(ak.flatten(b["ecal_x"])),
+                ak.to_numpy(ak.flatten(b["ecal_y"])),
+            ),
+            ak.to_numpy(ak.flatten(b["ecal_e"])),
+        )
         hot_x, hot_y = np.unravel_index(columns.reshape(n, -1).argmax(axis=1), (25, 25))
-        near = (np.abs(np.arange(25)[None, :, None] - hot_x[:, None, None]) <= 2) & \
-               (np.abs(np.arange(25)[None, None, :] - hot_y[:, None, None]) <= 2)
+        near = (np.abs(np.arange(25)[None, :, None] - hot_x[:, None, None]) <= 2) & (
+            np.abs(np.arange(25)[None, None, :] - hot_y[:, None, None]) <= 2
+        )
         return 1 - (columns * near).sum(axis=(1, 2)) / columns.sum(axis=(1, 2))
 
     low = {kind: sample[kind][np_(sample[kind]["energy"]) < 25] for kind in ("pi0", "photon")}
@@ -147,24 +161,40 @@ def test_rntuple_reads_back_the_same_arrays(tmp_path):
 
 
 def test_job_runs_one_epoch_with_baseline_and_samples(sample, tmp_path, ray_session):
-    from hepray.spec import load_job
     from hepray.app.run import run_job
+    from hepray.spec import load_job
 
     out = sample["out"]
-    job = load_job("jobs/calo3d.yaml", [
-        f"data.generate.out={out}", f"data.generate.events={EVENTS}",
-        f"data.files=[{out}/electron_*.root]",
-        *(f"evaluate.samples.{kind}={out}/{kind}_*.root" for kind in ("photon", "pi0", "chpi")),
-        "evaluate.bins.energy=[10, 50, 500]",
-        "evaluate.plots=false",
-        "model.filters=1", "model.dense=16", "train.epochs=1", "train.batch_size=32",
-    ])
+    job = load_job(
+        "jobs/calo3d.yaml",
+        [
+            f"data.generate.out={out}",
+            f"data.generate.events={EVENTS}",
+            f"data.files=[{out}/electron_*.root]",
+            *(f"evaluate.samples.{kind}={out}/{kind}_*.root" for kind in ("photon", "pi0", "chpi")),
+            "evaluate.bins.energy=[10, 50, 500]",
+            "evaluate.plots=false",
+            "model.filters=1",
+            "model.dense=16",
+            "train.epochs=1",
+            "train.batch_size=32",
+        ],
+    )
     metrics = run_job(job, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["events_read"] == EVENTS
-    for key in ("train_loss", "train_eval_loss", "val_loss", "test_iqr_rel", "baseline_linear_iqr_rel",
-                "test_rIQR_vs_linear", "photon_iqr_rel", "pi0_baseline_linear_iqr_rel", "chpi_iqr_rel",
-                "test_resolution_iqr@energy[10,50)"):
+    for key in (
+        "train_loss",
+        "train_eval_loss",
+        "val_loss",
+        "test_iqr_rel",
+        "baseline_linear_iqr_rel",
+        "test_rIQR_vs_linear",
+        "photon_iqr_rel",
+        "pi0_baseline_linear_iqr_rel",
+        "chpi_iqr_rel",
+        "test_resolution_iqr@energy[10,50)",
+    ):
         assert np.isfinite(metrics[key]), key
     # the summed energy, calibrated on electrons, reads charged pions low and broad
     assert metrics["chpi_baseline_linear_iqr_rel"] > 2 * metrics["baseline_linear_iqr_rel"]

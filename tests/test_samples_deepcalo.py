@@ -10,17 +10,33 @@ import pytest
 import uproot
 from scipy.stats import crystalball
 
-from hepray.samples import generate
-from hepray.samples import deepcalo as dc
+from hepray.app.run import run_job
 from hepray.evaluate.importance import scalar_columns
 from hepray.evaluate.resolution import crystal_ball_fit
+from hepray.samples import deepcalo as dc
+from hepray.samples import generate
 from hepray.spec import load_job
-from hepray.app.run import run_job
 from rootfiles import read_events
 
 EVENTS = 1500
-SCALARS = ["e_true", "e_acc", "eta", "abs_eta", "phi", "mu", "npv", "trk_pt", "conv", "particle",
-           "e_ps", "e_l1", "e_l2", "e_l3", "seed_eta", "seed_phi"]
+SCALARS = [
+    "e_true",
+    "e_acc",
+    "eta",
+    "abs_eta",
+    "phi",
+    "mu",
+    "npv",
+    "trk_pt",
+    "conv",
+    "particle",
+    "e_ps",
+    "e_l1",
+    "e_l2",
+    "e_l3",
+    "seed_eta",
+    "seed_phi",
+]
 CELLS = ["cell_eta", "cell_phi", "cell_e", "cell_layer"]
 
 
@@ -41,8 +57,12 @@ def iqr_rel(x):
 
 
 def test_files_and_schema(sample):
-    assert [p.name for p in sample["paths"]] == ["electron_000.root", "electron_001.root",
-                                                 "photon_000.root", "photon_001.root"]
+    assert [p.name for p in sample["paths"]] == [
+        "electron_000.root",
+        "electron_001.root",
+        "photon_000.root",
+        "photon_001.root",
+    ]
     with uproot.open(sample["paths"][0]) as f:
         tree = f["events"]
         assert set(tree.keys()) == set(SCALARS) | set(CELLS) | {"ncell"}
@@ -134,16 +154,31 @@ def test_importance_names_scalars_by_the_branch_they_read():
 
 def test_job_runs_one_tiny_epoch(ray_session, tmp_path):
     data = tmp_path / "data"
-    job = load_job("jobs/deepcalo.yaml", [
-        f"data.generate.out={data}", "data.generate.events=300",
-        f"data.files=[{data}/electron_*.root, {data}/photon_*.root]",
-        "train.epochs=1", "model.filters=8", "model.blocks=2", "model.dense=16",
-        "evaluate.baselines.bdt.max_iter=20", "evaluate.plots=false",
-    ])
+    job = load_job(
+        "jobs/deepcalo.yaml",
+        [
+            f"data.generate.out={data}",
+            "data.generate.events=300",
+            f"data.files=[{data}/electron_*.root, {data}/photon_*.root]",
+            "train.epochs=1",
+            "model.filters=8",
+            "model.blocks=2",
+            "model.dense=16",
+            "evaluate.baselines.bdt.max_iter=20",
+            "evaluate.plots=false",
+        ],
+    )
     metrics = run_job(job, tmp_path / "run")
     assert 550 < metrics["events_read"] <= 600
-    for key in ("test_iqr_rel", "baseline_bdt_iqr_rel", "test_rIQR_vs_bdt", "test_cb_sigma", "baseline_bdt_cb_sigma",
-                "test_iqr_rel@abs_eta[0,1.4)", "baseline_bdt_iqr_rel@abs_eta[1.4,2.5)"):
+    for key in (
+        "test_iqr_rel",
+        "baseline_bdt_iqr_rel",
+        "test_rIQR_vs_bdt",
+        "test_cb_sigma",
+        "baseline_bdt_cb_sigma",
+        "test_iqr_rel@abs_eta[0,1.4)",
+        "baseline_bdt_iqr_rel@abs_eta[1.4,2.5)",
+    ):
         assert np.isfinite(metrics[key]), key
     assert {f"importance_{name}" for name in ("eta", "mu", "npv", "trk_pt", "conv", "e_acc")} <= set(metrics)
     assert 0.8 < metrics["baseline_bdt_response_median"] < 1.2

@@ -25,7 +25,10 @@ JOBS = Path(__file__).resolve().parents[1] / "jobs"
 def sample(tmp_path_factory):
     out = tmp_path_factory.mktemp("drift_chamber")
     paths = generate("drift_chamber", out, EVENTS, seed=3, events_per_file=PER_FILE)
-    return {"paths": paths, **{kind: read_events([p for p in paths if p.name.startswith(kind + "_")]) for kind in dc.CLASSES}}
+    return {
+        "paths": paths,
+        **{kind: read_events([p for p in paths if p.name.startswith(kind + "_")]) for kind in dc.CLASSES},
+    }
 
 
 def flat(array):
@@ -46,6 +49,7 @@ def invariant_mass(p4):
 
 
 # --- files and schema ------------------------------------------------------------------
+
 
 def test_one_file_group_per_class(sample):
     assert "drift_chamber" in known_kinds()
@@ -91,6 +95,7 @@ def test_hits_sit_on_wires_of_their_layer(sample):
 
 # --- kinematics ---------------------------------------------------------------------------
 
+
 def test_momentum_and_energy_conserved(sample):
     for kind in dc.CLASSES:
         total = four_vectors(sample[kind]).sum(axis=1)
@@ -131,6 +136,7 @@ def test_phase_space_matches_the_three_body_dalitz_density():
 
 
 # --- detector response ---------------------------------------------------------------------
+
 
 def test_curvature_sign_follows_charge(sample):
     """In a 1 T field along +z a positive track turns clockwise: its hits lie to the right of its
@@ -198,10 +204,12 @@ def test_noise_hits_option(tmp_path):
 
 # --- reproducibility and formats -------------------------------------------------------------
 
+
 def test_same_seed_same_arrays_and_rntuple(tmp_path):
     a = read_events(generate("drift_chamber", tmp_path / "a", 300, seed=5, classes=("psip_ee",)))
-    b_paths = generate("drift_chamber", tmp_path / "b", 300, seed=5, fmt="rntuple", events_per_file=100,
-                       classes=("psip_ee",))
+    b_paths = generate(
+        "drift_chamber", tmp_path / "b", 300, seed=5, fmt="rntuple", events_per_file=100, classes=("psip_ee",)
+    )
     with uproot.open(b_paths[0]) as f:
         assert isinstance(f["events"], uproot.models.RNTuple.Model_ROOT_3a3a_RNTuple)
     b = read_events(b_paths)
@@ -212,6 +220,7 @@ def test_same_seed_same_arrays_and_rntuple(tmp_path):
 
 
 # --- one entry per track --------------------------------------------------------------------
+
 
 def test_tracks_carry_exactly_their_own_hits():
     chunk = dc.generate_chunk(np.random.default_rng(4), 300, "psip_mumu", noise_hits=3.0)
@@ -235,7 +244,20 @@ def test_track_files_one_class_each(tmp_path):
     paths = generate("drift_chamber_tracks", tmp_path, 300, seed=2)
     assert [p.name for p in paths] == ["track_e_000.root", "track_mu_000.root", "track_pi_000.root"]
     arrays = {p.name.rsplit("_", 1)[0]: read_events([p]) for p in paths}
-    assert set(arrays["track_e"].fields) >= {"layer", "wire", "XE", "YE", "XW", "YW", "RT", "RC", "px", "pt", "p", "pid"}
+    assert set(arrays["track_e"].fields) >= {
+        "layer",
+        "wire",
+        "XE",
+        "YE",
+        "XW",
+        "YW",
+        "RT",
+        "RC",
+        "px",
+        "pt",
+        "p",
+        "pid",
+    }
     for prefix, code in dct.PARTICLES.items():
         assert len(arrays[prefix]) == 300 and set(np.abs(ak.to_numpy(arrays[prefix]["pid"]))) == {code}
     p = {prefix: np.median(ak.to_numpy(a["p"])) for prefix, a in arrays.items()}
@@ -244,13 +266,20 @@ def test_track_files_one_class_each(tmp_path):
 
 # --- jobs ----------------------------------------------------------------------------------------
 
+
 def test_jobs_validate_and_encodings_are_overridable():
     from hepray.spec import load_job
 
     names = sorted(p.name for p in JOBS.glob("drift_chamber*.yaml"))
-    assert names == ["drift_chamber_ee_vs_continuum.yaml", "drift_chamber_ee_vs_mumu.yaml",
-                     "drift_chamber_event_momentum.yaml", "drift_chamber_multiclass.yaml", "drift_chamber_mumu_vs_continuum.yaml",
-                     "drift_chamber_track_momentum.yaml", "drift_chamber_tracks.yaml"]
+    assert names == [
+        "drift_chamber_ee_vs_continuum.yaml",
+        "drift_chamber_ee_vs_mumu.yaml",
+        "drift_chamber_event_momentum.yaml",
+        "drift_chamber_multiclass.yaml",
+        "drift_chamber_mumu_vs_continuum.yaml",
+        "drift_chamber_track_momentum.yaml",
+        "drift_chamber_tracks.yaml",
+    ]
     for name in names:
         for encoding in ("binary", "total", "average", "per_hit"):
             job = load_job(JOBS / name, [f"data.inputs.image.encoding={encoding}", "model.filters=8"])
@@ -260,14 +289,22 @@ def test_jobs_validate_and_encodings_are_overridable():
 
 
 def test_multiclass_job_runs_one_tiny_epoch(ray_session, tmp_path):
-    from hepray.spec import load_job
     from hepray.app.run import run_job
+    from hepray.spec import load_job
 
     data = tmp_path / "data"
-    overrides = [f"data.generate.out={data}", "data.generate.events=150",
-                 *(f"data.files.{kind}={data}/{kind}_*.root" for kind in dc.CLASSES),
-                 "data.inputs.image.size=32", "data.inputs.image.encoding=average",
-                 "model.filters=8", "model.blocks=2", "model.dense=16", "train.epochs=1", "train.batch_size=64"]
+    overrides = [
+        f"data.generate.out={data}",
+        "data.generate.events=150",
+        *(f"data.files.{kind}={data}/{kind}_*.root" for kind in dc.CLASSES),
+        "data.inputs.image.size=32",
+        "data.inputs.image.encoding=average",
+        "model.filters=8",
+        "model.blocks=2",
+        "model.dense=16",
+        "train.epochs=1",
+        "train.batch_size=64",
+    ]
     metrics = run_job(load_job(JOBS / "drift_chamber_multiclass.yaml", overrides), tmp_path / "run")
     assert metrics["events_read"] == 450 and metrics["epochs_run"] == 1
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["val_loss"])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import uproot
 
-from hepray.samples import generate, known_kinds
 from hepray.samples import electron_id as eid
+from hepray.samples import generate, known_kinds
 from hepray.samples.common import ttree_layout, write_file
 from rootfiles import read_events
 
@@ -37,6 +37,7 @@ def np_(array):
 
 
 # --- registry and files ------------------------------------------------------------
+
 
 def test_registry_finds_generators_and_names_known_kinds():
     assert "electron_id" in known_kinds() and "common" not in known_kinds()
@@ -67,6 +68,7 @@ def test_rerun_removes_stale_files(tmp_path):
 
 
 # --- schema -------------------------------------------------------------------------
+
 
 def test_ttree_schema_and_shared_counter(sample):
     with uproot.open(sample["paths"][0]) as f:
@@ -103,6 +105,7 @@ def test_ttree_layout_shares_counters_only_for_equal_counts(tmp_path):
 
 # --- reproducibility ------------------------------------------------------------------
 
+
 def test_same_seed_same_arrays_other_seed_differs(tmp_path):
     a = generate("electron_id", tmp_path / "a", 1200, seed=3)
     b = generate("electron_id", tmp_path / "b", 1200, seed=3, events_per_file=500)  # other split
@@ -131,13 +134,21 @@ def test_a_job_generates_its_data_again_when_asked_for_more_events(tmp_path, cap
     from hepray.spec import load_job
 
     def ensure(events):
-        job = load_job(Path(__file__).parents[1] / "jobs" / "electron_id.yaml", [
-            f"data.generate.out={tmp_path}", f"data.generate.events={events}",
-            f"data.files.electron={tmp_path}/electron_*.root", f"data.files.fake={tmp_path}/fake_*.root"])
+        job = load_job(
+            Path(__file__).parents[1] / "jobs" / "electron_id.yaml",
+            [
+                f"data.generate.out={tmp_path}",
+                f"data.generate.events={events}",
+                f"data.files.electron={tmp_path}/electron_*.root",
+                f"data.files.fake={tmp_path}/fake_*.root",
+            ],
+        )
         ensure_data(job.data)
         files = sorted(tmp_path.glob("*.root"))
-        return {cls: sum(uproot.open(f)["events"].num_entries for f in files if f.name.startswith(cls))
-                for cls in ("electron", "fake")}
+        return {
+            cls: sum(uproot.open(f)["events"].num_entries for f in files if f.name.startswith(cls))
+            for cls in ("electron", "fake")
+        }
 
     assert ensure(20) == {"electron": 20, "fake": 20}
     assert ensure(50) == {"electron": 50, "fake": 50}
@@ -146,14 +157,23 @@ def test_a_job_generates_its_data_again_when_asked_for_more_events(tmp_path, cap
     assert "generating" not in capsys.readouterr().out
     written = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.root")}
     elsewhere = tmp_path.parent / f"{tmp_path.name}_elsewhere"  # outside generate.out: not the generator's to write
-    ensure_data(load_job(Path(__file__).parents[1] / "jobs" / "electron_id.yaml", [
-        f"data.generate.out={tmp_path}", "data.generate.events=100", f"data.files.electron={elsewhere}/e_*.root",
-        f"data.files.fake={elsewhere}/f_*.root"]).data)
+    ensure_data(
+        load_job(
+            Path(__file__).parents[1] / "jobs" / "electron_id.yaml",
+            [
+                f"data.generate.out={tmp_path}",
+                "data.generate.events=100",
+                f"data.files.electron={elsewhere}/e_*.root",
+                f"data.files.fake={elsewhere}/f_*.root",
+            ],
+        ).data
+    )
     assert not elsewhere.exists()
     assert {path: path.stat().st_mtime_ns for path in tmp_path.glob("*.root")} == written
 
 
 # --- physics sanity ---------------------------------------------------------------------
+
 
 def test_towers_are_grid_cells_in_the_cone_above_threshold(sample):
     for kind in ("electron", "fake"):
@@ -211,8 +231,10 @@ def test_baseline_variables_match_the_towers(sample):
 
 def test_classes_differ_as_physics_says(sample):
     s, b = sample["electron"], sample["fake"]
-    med = {k: {v: np.median(np_(sample[k][v])) for v in ("ele_iso", "ele_width", "ele_hoe", "ele_pt")}
-           for k in ("electron", "fake")}
+    med = {
+        k: {v: np.median(np_(sample[k][v])) for v in ("ele_iso", "ele_width", "ele_hoe", "ele_pt")}
+        for k in ("electron", "fake")
+    }
     assert med["electron"]["ele_width"] < med["fake"]["ele_width"]
     assert med["electron"]["ele_iso"] < med["fake"]["ele_iso"]
     assert med["electron"]["ele_hoe"] < med["fake"]["ele_hoe"]
@@ -234,8 +256,16 @@ def test_task_is_neither_trivial_nor_impossible(sample):
     xs = np.stack([np_(s[v]) for v in names], axis=1)
     xb = np.stack([np_(b[v]) for v in names], axis=1)
     for pt_bin in (None, (0, 30), (30, 1000)):
-        ms = np.ones(len(xs), bool) if pt_bin is None else (np_(s["ele_pt"]) >= pt_bin[0]) & (np_(s["ele_pt"]) < pt_bin[1])
-        mb = np.ones(len(xb), bool) if pt_bin is None else (np_(b["ele_pt"]) >= pt_bin[0]) & (np_(b["ele_pt"]) < pt_bin[1])
+        ms = (
+            np.ones(len(xs), bool)
+            if pt_bin is None
+            else (np_(s["ele_pt"]) >= pt_bin[0]) & (np_(s["ele_pt"]) < pt_bin[1])
+        )
+        mb = (
+            np.ones(len(xb), bool)
+            if pt_bin is None
+            else (np_(b["ele_pt"]) >= pt_bin[0]) & (np_(b["ele_pt"]) < pt_bin[1])
+        )
         # cut-based selection: upper cuts at a common signal quantile, tuned to 90 % efficiency
         for q in np.linspace(0.9, 1.0, 201):
             cuts = np.quantile(xs[ms], q, axis=0)

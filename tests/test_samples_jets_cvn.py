@@ -9,10 +9,10 @@ import pytest
 import uproot
 from sklearn.metrics import roc_auc_score
 
+from hepray.app.run import run_job
 from hepray.samples import generate, known_kinds
 from hepray.samples import jets_cvn as jc
 from hepray.spec import load_job
-from hepray.app.run import run_job
 from rootfiles import read_events
 
 EVENTS = 1500
@@ -115,11 +115,18 @@ def test_same_seed_same_jets(tmp_path):
 
 def test_job_runs_one_tiny_epoch(ray_session, tmp_path):
     data = tmp_path / "data"
-    job = load_job("jobs/jets_cvn.yaml", [
-        f"data.generate.out={data}", "data.generate.events=300",
-        f"data.files.qcd={data}/qcd_*.root", f"data.files.hbb={data}/hbb_*.root",
-        "train.epochs=1", "model.width=0.0625", "data.inputs.jet.size=17",
-    ])
+    job = load_job(
+        "jobs/jets_cvn.yaml",
+        [
+            f"data.generate.out={data}",
+            "data.generate.events=300",
+            f"data.files.qcd={data}/qcd_*.root",
+            f"data.files.hbb={data}/hbb_*.root",
+            "train.epochs=1",
+            "model.width=0.0625",
+            "data.inputs.jet.size=17",
+        ],
+    )
     metrics = run_job(job, tmp_path / "run")
     assert metrics["events_read"] == 600
     for key in ("test_auc", "baseline_mass_auc", "baseline_tau21_auc"):

@@ -31,14 +31,17 @@ def test_every_shipped_job_validates(job):
     assert load_job(JOBS / job).name
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda r: r["model"].update(filters=0), "model.filters: must be > 0"),
-    (lambda r: r["train"].update(learning_rate=0.1), "train.learning_rate: unknown key"),
-    (lambda r: r["data"]["inputs"]["image"].update(norm="max2"), "data.inputs.image.norm: Input should be"),
-    (lambda r: r["data"]["split"].update(val=0.6, test=0.5), "data.split: val + test must be < 1"),
-    (lambda r: r.pop("task"), "task: required key is missing"),
-    (lambda r: r["data"]["inputs"]["image"].update(kind="polar"), "data.inputs.image: Input tag 'polar'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r["model"].update(filters=0), "model.filters: must be > 0"),
+        (lambda r: r["train"].update(learning_rate=0.1), "train.learning_rate: unknown key"),
+        (lambda r: r["data"]["inputs"]["image"].update(norm="max2"), "data.inputs.image.norm: Input should be"),
+        (lambda r: r["data"]["split"].update(val=0.6, test=0.5), "data.split: val + test must be < 1"),
+        (lambda r: r.pop("task"), "task: required key is missing"),
+        (lambda r: r["data"]["inputs"]["image"].update(kind="polar"), "data.inputs.image: Input tag 'polar'"),
+    ],
+)
 def test_bad_values_name_the_file_and_key_path(tmp_path, change, message):
     raw = electron_id_raw()
     change(raw)
@@ -50,8 +53,10 @@ def test_bad_values_name_the_file_and_key_path(tmp_path, change, message):
 
 
 def test_set_overrides_any_key_with_yaml_values(tmp_path):
-    job = load_job(JOBS / "electron_id.yaml", ["train.epochs=7", "data.inputs.image.norm=l2",
-                                               "evaluate.bins={ele_pt: [10, 50]}", "scaling.use_gpu=false"])
+    job = load_job(
+        JOBS / "electron_id.yaml",
+        ["train.epochs=7", "data.inputs.image.norm=l2", "evaluate.bins={ele_pt: [10, 50]}", "scaling.use_gpu=false"],
+    )
     assert job.train.epochs == 7 and job.data.inputs["image"].norm == "l2"
     assert job.evaluate.bins == {"ele_pt": [10.0, 50.0]} and job.scaling.use_gpu is False
     with pytest.raises(SpecError, match="model.filters: must be > 0"):
@@ -71,8 +76,12 @@ def test_cli_fails_before_ray_with_one_clear_error(tmp_path):
     raw = electron_id_raw()
     raw["model"]["filters"] = 0
     # A process of its own: the test session's Ray must not hide whether the command starts one.
-    result = subprocess.run([sys.executable, "-m", "hepray.cli", "run", str(write(tmp_path, raw))],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hepray.cli", "run", str(write(tmp_path, raw))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "model.filters: must be > 0" in result.stderr and "Traceback" not in result.stderr
     assert "Ray" not in result.stdout + result.stderr

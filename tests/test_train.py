@@ -9,9 +9,9 @@ import onnxruntime
 import pytest
 import torch
 
+from hepray.app.run import run_job
 from hepray.evaluate.inference import load_model
 from hepray.spec import JobSpec
-from hepray.app.run import run_job
 from rootfiles import etaphi_job, towers, write_tree
 
 
@@ -26,12 +26,16 @@ def classes(tmp_path_factory):
 
 
 def binary_job(root, **train) -> JobSpec:
-    raw = etaphi_job({"narrow": str(root / "narrow.root"), "wide": str(root / "wide.root")},
-                     split={"val": 0.2, "test": 0.3, "seed": 1})
+    raw = etaphi_job(
+        {"narrow": str(root / "narrow.root"), "wide": str(root / "wide.root")},
+        split={"val": 0.2, "test": 0.3, "seed": 1},
+    )
     raw["train"] = {"epochs": 2, "batch_size": 64, "lr": 3e-3, **train}
-    raw["evaluate"] = {"bins": {"x": [0, 0.5, 1]},
-                       "baselines": {"sum": "-e_sum", "cuts": {"kind": "cuts", "vars": {"e_sum": "below"}}},
-                       "robustness": {"split_seed": 2, "norms": ["l1"]}}
+    raw["evaluate"] = {
+        "bins": {"x": [0, 0.5, 1]},
+        "baselines": {"sum": "-e_sum", "cuts": {"kind": "cuts", "vars": {"e_sum": "below"}}},
+        "robustness": {"split_seed": 2, "norms": ["l1"]},
+    }
     return JobSpec.model_validate(raw)
 
 
@@ -47,7 +51,9 @@ def test_binary_run_writes_everything_and_learns(ray_session, classes, tmp_path)
     assert metrics["robust_split_auc"] > 0.7 and metrics["robust_split_events"] != metrics["test_events"]
     assert metrics["robust_norm_l1_delta_auc"] == pytest.approx(metrics["robust_norm_l1_auc"] - metrics["test_auc"])
     assert (tmp_path / "evaluations" / "robust_norm_l1" / "plots" / "roc.png").exists()
-    assert {"test_auc@x[0,0.5)", "test_auc@x[0.5,1)", "train_loss", "train_eval_loss", "val_loss", "val_auc"} <= set(metrics)
+    assert {"test_auc@x[0,0.5)", "test_auc@x[0.5,1)", "train_loss", "train_eval_loss", "val_loss", "val_auc"} <= set(
+        metrics
+    )
     assert 250 < metrics["test_events"] < 470
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test_auc"] == pytest.approx(metrics["test_auc"])
@@ -75,8 +81,13 @@ def test_multiclass_on_two_workers_with_early_stopping(ray_session, classes, tmp
     raw = etaphi_job({name: str(classes / f"{name}.root") for name in ("narrow", "mid", "wide")})
     raw["task"] = {"kind": "multiclass", "class_weights": [1.0, 1.0, 1.0]}
     # lr so small the validation loss cannot improve by the tolerance: patience 1 stops at epoch 2 of 6.
-    raw["train"] = {"epochs": 6, "batch_size": 64, "lr": 1e-12, "optimizer": "sgd",
-                    "early_stopping": {"metric": "val_loss", "mode": "min", "patience": 1}}
+    raw["train"] = {
+        "epochs": 6,
+        "batch_size": 64,
+        "lr": 1e-12,
+        "optimizer": "sgd",
+        "early_stopping": {"metric": "val_loss", "mode": "min", "patience": 1},
+    }
     raw["scaling"] = {"num_workers": 2, "cpus_per_worker": 0.5}
     metrics = run_job(JobSpec.model_validate(raw), tmp_path)
     assert metrics["stopped_early"] == 1.0 and metrics["epochs_run"] == 2
@@ -88,13 +99,15 @@ def test_multiclass_on_two_workers_with_early_stopping(ray_session, classes, tmp
 
 
 def test_regression_with_baseline(ray_session, classes, tmp_path):
-    raw = etaphi_job([str(classes / "narrow.root"), str(classes / "wide.root")], target="e_sum",
-                     observers=["e_sum"])
+    raw = etaphi_job([str(classes / "narrow.root"), str(classes / "wide.root")], target="e_sum", observers=["e_sum"])
     raw["data"]["inputs"]["image"]["norm"] = "none"
     raw["task"] = {"kind": "regression", "loss": "huber"}
     raw["train"] = {"epochs": 1, "batch_size": 64}
-    raw["evaluate"] = {"baselines": {"sum": "1.0 * e_sum", "calib": {"kind": "linear", "expr": "0.5 * e_sum + 3"}},
-                       "energy": "e_sum", "samples": {"wide": str(classes / "wide.root")}}
+    raw["evaluate"] = {
+        "baselines": {"sum": "1.0 * e_sum", "calib": {"kind": "linear", "expr": "0.5 * e_sum + 3"}},
+        "energy": "e_sum",
+        "samples": {"wide": str(classes / "wide.root")},
+    }
     metrics = run_job(JobSpec.model_validate(raw), tmp_path)
     assert metrics["baseline_sum_response_median"] == pytest.approx(1.0)
     # The linear calibration, fitted on the train split, undoes the scale and offset.

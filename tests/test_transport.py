@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hepray.data.batches import ModelBatch, to_tensors
-from hepray.inputs import Ragged, densify, encoder_for, make_input, make_sparse, sparse_supported
 from hepray.data.root_source import EventReader, RootDatasource, plan_reads
+from hepray.inputs import Ragged, densify, encoder_for, make_input, make_sparse, sparse_supported
 from hepray.inputs.etaphi import EtaPhiImage
 from hepray.inputs.hits_xy import HitsXYImage
 from hepray.inputs.jet import JetImage
@@ -32,15 +32,33 @@ def point_inputs():
     towers_ = random_points(rng, n, ["tower_eta", "tower_phi", "tower_e"], -0.5, 0.5)
     hcal = random_points(rng, n, ["hcal_eta", "hcal_phi", "hcal_e"], -0.5, 0.5)
     centres = {"c_eta": rng.uniform(-0.1, 0.1, n), "c_phi": rng.uniform(-0.1, 0.1, n)}
-    two_sets = EtaPhiImage(kind="etaphi", size=5, cell=0.15, center={"eta": "c_eta", "phi": "c_phi"},
-                           points=[{"eta": "tower_eta", "phi": "tower_phi", "value": "tower_e"},
-                                   {"eta": "hcal_eta", "phi": "hcal_phi", "value": "hcal_e"}])
-    jet = JetImage(kind="jet", eta="tower_eta", phi="tower_phi", value="tower_e", size=6, extent=0.4,
-                   preprocess=["translate", "flip"])
+    two_sets = EtaPhiImage(
+        kind="etaphi",
+        size=5,
+        cell=0.15,
+        center={"eta": "c_eta", "phi": "c_phi"},
+        points=[
+            {"eta": "tower_eta", "phi": "tower_phi", "value": "tower_e"},
+            {"eta": "hcal_eta", "phi": "hcal_phi", "value": "hcal_e"},
+        ],
+    )
+    jet = JetImage(
+        kind="jet",
+        eta="tower_eta",
+        phi="tower_phi",
+        value="tower_e",
+        size=6,
+        extent=0.4,
+        preprocess=["translate", "flip"],
+    )
     hits = random_points(rng, n, ["XE", "XW", "YE", "YW", "RC"], -2, 2)
     voxels = random_points(rng, n, ["x", "y", "z", "e"], 0, 3)
-    voxel_spec = VoxelImage(kind="voxels", shape=(3, 3, 2), points={"x": "x", "y": "y", "z": "z", "value": "e"},
-                            range=[(0.0, 3.0), (0.0, 3.0), (0.0, 3.0)])
+    voxel_spec = VoxelImage(
+        kind="voxels",
+        shape=(3, 3, 2),
+        points={"x": "x", "y": "y", "z": "z", "value": "e"},
+        range=[(0.0, 3.0), (0.0, 3.0), (0.0, 3.0)],
+    )
     return [
         (two_sets, {**towers_, **hcal, **centres}),
         (jet, towers_),
@@ -84,8 +102,9 @@ def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("transport")
     write_tree(root / "sig.root", towers(600, 0, seed=1, mean_towers=30, spread=0.2))
     write_tree(root / "bkg.root", towers(500, 1000, seed=2, mean_towers=30, spread=0.2))
-    return JobSpec.model_validate(etaphi_job({"sig": str(root / "sig.root"), "bkg": str(root / "bkg.root")},
-                                             events_per_task=400))
+    return JobSpec.model_validate(
+        etaphi_job({"sig": str(root / "sig.root"), "bkg": str(root / "bkg.root")}, events_per_task=400)
+    )
 
 
 def read_table(job: JobSpec, sparse: bool) -> pa.Table:

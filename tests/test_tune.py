@@ -88,8 +88,11 @@ def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
         load_search(path)
     path = write_search(tmp_path, base_job_file)
     # A class pair of the report needs a binary job of two of the base job's classes: checked before the search.
-    with pytest.raises(SpecError, match=r"report.binary_jobs: .*job.yaml is a multiclass job of classes "
-                                        r"\['narrow', 'wide', 'mid'\]; a pair needs a binary job"):
+    with pytest.raises(
+        SpecError,
+        match=r"report.binary_jobs: .*job.yaml is a multiclass job of classes "
+        r"\['narrow', 'wide', 'mid'\]; a pair needs a binary job",
+    ):
         load_search(path, [f"report.binary_jobs=[{base_job_file}]"])
     with pytest.raises(SpecError, match=r"search.yaml: invalid search\n  space.train.lr: give exactly one of"):
         load_search(path, ["space.train.lr={uniform: [0, 1], choice: [1]}"])
@@ -122,8 +125,11 @@ def test_report_reuses_only_finished_runs(tmp_path, base_job_file):
 def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session, tmp_path, base_job_file):
     # Two trials of 0.75 CPUs each would leave no CPU of the session's 2 for Ray Data: refused.
     spec, base, base_raw = load_search(write_search(tmp_path, base_job_file, max_concurrent_trials=2))
-    with pytest.raises(SpecError, match=r"2 concurrent trials with 0.25 driver CPUs each: scaling: 2 workers x 0.5 CPU "
-                                        r"leave no CPU for reading on a 2-CPU cluster; set scaling.cpus_per_worker <= 0.25"):
+    with pytest.raises(
+        SpecError,
+        match=r"2 concurrent trials with 0.25 driver CPUs each: scaling: 2 workers x 0.5 CPU "
+        r"leave no CPU for reading on a 2-CPU cluster; set scaling.cpus_per_worker <= 0.25",
+    ):
         run_search(spec, base, base_raw, tmp_path / "refused")
 
     path = write_search(tmp_path, base_job_file)
@@ -158,8 +164,22 @@ def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session
     # failed and not counted, and two new trials (3, 4) run in a second Tune session. Then the best
     # job is trained in full and the report written.
     report_file = tmp_path / "report" / "tune_search.md"
-    result = CliRunner().invoke(app, ["tune", path, "--out", str(out), "--resume", "--set", "num_samples=4",
-                                      "--retrain-best", "--report", "--report-file", str(report_file)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            path,
+            "--out",
+            str(out),
+            "--resume",
+            "--set",
+            "num_samples=4",
+            "--retrain-best",
+            "--report",
+            "--report-file",
+            str(report_file),
+        ],
+    )
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name=spec.name, storage=storage_url(out))
     states = [t.state for t in study.trials]
@@ -198,13 +218,17 @@ def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session
     binary = json.loads((out / "binary_narrow_vs_wide" / "metrics.json").read_text())
     assert binary["epochs_run"] == 1
     pair, gap = metrics["test_auc_narrow_vs_wide"], binary["test_auc"] - metrics["test_auc_narrow_vs_wide"]
-    assert (f"| narrow vs wide | `{spec.report.binary_jobs[0]}` | {binary['test_auc']:.4f} | {pair:.4f} | {gap:.4f} | "
-            f"{pair:.4f} | {gap:.4f} | {'yes' if gap <= 0.005 else 'no'} |") in report
+    assert (
+        f"| narrow vs wide | `{spec.report.binary_jobs[0]}` | {binary['test_auc']:.4f} | {pair:.4f} | {gap:.4f} | "
+        f"{pair:.4f} | {gap:.4f} | {'yes' if gap <= 0.005 else 'no'} |"
+    ) in report
     # The trials table: each trials.csv row, lowest val_loss first, the unfinished trial last.
     lines = report.split("## Trials (best first)")[1].strip().splitlines()[2:]
     cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
     ranked = sorted(table, key=lambda row: float(row["val_loss"] or "inf"))
     assert [row[:4] for row in cells] == [
-        [row["trial"], row["state"], row["epochs_run"], "yes" if row["stopped_by_asha"] == "True" else ""] for row in ranked]
+        [row["trial"], row["state"], row["epochs_run"], "yes" if row["stopped_by_asha"] == "True" else ""]
+        for row in ranked
+    ]
     assert [row[5] for row in cells] == [f"{float(row['val_loss']):.4f}" if row["val_loss"] else "–" for row in ranked]
     assert ranked[-1]["state"] == "INTERRUPTED"

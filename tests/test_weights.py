@@ -26,7 +26,8 @@ def test_weighted_loss_is_the_weighted_mean_of_event_losses():
     assert task.loss(OUTPUTS, LABELS, weight).item() == pytest.approx(expected.item(), rel=1e-6)
     # global norm: over batch size x the train split's mean |weight|
     assert task.loss(OUTPUTS, LABELS, weight, weight_scale=0.8).item() == pytest.approx(
-        (weight * losses).sum().item() / (4 * 0.8), rel=1e-6)
+        (weight * losses).sum().item() / (4 * 0.8), rel=1e-6
+    )
 
 
 def test_unit_weights_zero_weights_and_repeated_events():
@@ -34,8 +35,11 @@ def test_unit_weights_zero_weights_and_repeated_events():
     plain = task.loss(OUTPUTS, LABELS).item()
     assert task.loss(OUTPUTS, LABELS, torch.ones(4)).item() == pytest.approx(plain, rel=1e-6)
     # an event of weight 0 changes nothing, whatever its output
-    padded = task.loss(torch.cat([OUTPUTS, torch.tensor([[50.0]])]), torch.cat([LABELS, torch.tensor([0])]),
-                       torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])).item()
+    padded = task.loss(
+        torch.cat([OUTPUTS, torch.tensor([[50.0]])]),
+        torch.cat([LABELS, torch.tensor([0])]),
+        torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]),
+    ).item()
     assert padded == pytest.approx(plain, rel=1e-6)
     # weight 2 is the event twice
     doubled = task.loss(OUTPUTS, LABELS, torch.tensor([2.0, 1.0, 1.0, 1.0])).item()
@@ -64,8 +68,11 @@ def test_weighted_balanced_run(ray_session, tmp_path):
         events["w"][:10] = 0.0
     write_tree(tmp_path / "narrow.root", narrow)
     write_tree(tmp_path / "wide.root", wide)
-    raw = etaphi_job({"wide": str(tmp_path / "wide.root"), "narrow": str(tmp_path / "narrow.root")},
-                     weight="w", split={"val": 0.2, "test": 0.3, "seed": 1})
+    raw = etaphi_job(
+        {"wide": str(tmp_path / "wide.root"), "narrow": str(tmp_path / "narrow.root")},
+        weight="w",
+        split={"val": 0.2, "test": 0.3, "seed": 1},
+    )
     raw["task"] = {"kind": "binary", "balance": True}
     raw["train"] = {"epochs": 2, "batch_size": 64, "lr": 3e-3, "weight_norm": "global"}
     raw["evaluate"] = {"unweighted": True, "plots": False}
@@ -97,16 +104,22 @@ def test_reweighting_flattens_the_train_split(ray_session, tmp_path):
     from hepray.train.reweight import column
 
     edges = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    raw = etaphi_job(kinematic_classes(tmp_path), split={"val": 0.2, "test": 0.2, "seed": 1},
-                     reweight={"vars": ["x"], "bins": [edges], "target": "flat", "max_weight": 50})
+    raw = etaphi_job(
+        kinematic_classes(tmp_path),
+        split={"val": 0.2, "test": 0.2, "seed": 1},
+        reweight={"vars": ["x"], "bins": [edges], "target": "flat", "max_weight": 50},
+    )
     job = JobSpec.model_validate(raw)
     data = build_job_data(job, splits=("train",))
     table, metrics = reweight_table(job, data, tmp_path / "run")
     assert (tmp_path / "run" / "plots" / "reweight_0.png").exists()
     assert (tmp_path / "run" / "plots" / "reweight_factors.png").exists()
     # Apply the factors to the train split's events as the worker does; the spectra come out flat.
-    events = collect(data.baseline_train if data.baseline_train is not None else data.datasets["train"]
-                     .select_columns(["label", column("x")]))
+    events = collect(
+        data.baseline_train
+        if data.baseline_train is not None
+        else data.datasets["train"].select_columns(["label", column("x")])
+    )
     factors = table.factors_for(torch.from_numpy(events["label"]), [torch.from_numpy(events[column("x")])]).numpy()
     for label in (0, 1):
         mine = events["label"] == label
@@ -119,8 +132,11 @@ def test_reweighting_flattens_the_train_split(ray_session, tmp_path):
 
 @pytest.mark.slow
 def test_reweighted_run(ray_session, tmp_path):
-    raw = etaphi_job(kinematic_classes(tmp_path), split={"val": 0.2, "test": 0.3, "seed": 1},
-                     reweight={"vars": ["x"], "bins": [[0, 0.25, 0.5, 0.75, 1.0]], "target": "narrow", "max_weight": 100})
+    raw = etaphi_job(
+        kinematic_classes(tmp_path),
+        split={"val": 0.2, "test": 0.3, "seed": 1},
+        reweight={"vars": ["x"], "bins": [[0, 0.25, 0.5, 0.75, 1.0]], "target": "narrow", "max_weight": 100},
+    )
     raw["train"] = {"epochs": 1, "batch_size": 64}
     raw["evaluate"] = {"plots": False}
     metrics = run_job(JobSpec.model_validate(raw), tmp_path / "run")

@@ -6,6 +6,7 @@ rejection, accuracy, histograms and confusion matrices; quantiles to within the 
 neighbouring values, see ``resolution.weighted_quantile``); negative weights are accepted; all-one
 weights give exactly the unweighted numbers; the fitted baselines learn with the weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,10 +73,18 @@ def all_tasks(rng):
     bins = {"x": [0, 30, 60, 100]}
     return [
         ("binary", s[:, None], y, dict(observers={"x": x}, bins=bins, baselines=base)),
-        ("multiclass", z, yc, dict(observers={"x": xc}, bins=bins, class_names=CLASSES3,
-                                   baselines={"bm": z + rng.normal(size=z.shape)})),
-        ("regression", pred[:, None], energy, dict(observers={"E": energy}, class_names=[], energy="E",
-                                                   baselines={"c": rbase})),
+        (
+            "multiclass",
+            z,
+            yc,
+            dict(observers={"x": xc}, bins=bins, class_names=CLASSES3, baselines={"bm": z + rng.normal(size=z.shape)}),
+        ),
+        (
+            "regression",
+            pred[:, None],
+            energy,
+            dict(observers={"E": energy}, class_names=[], energy="E", baselines={"c": rbase}),
+        ),
     ]
 
 
@@ -195,8 +204,15 @@ def test_integer_weights_are_repeated_events(tmp_path):
     kw = dict(observers={"x": x}, bins={"x": [0, 50, 100]}, baselines=base)
     weighted = ev("binary", s[:, None], y, tmp_path, weights=w, **kw)
     rep = np.repeat(np.arange(y.size), w)
-    repeated = ev("binary", s[rep][:, None], y[rep], tmp_path, observers={"x": x[rep]}, bins=kw["bins"],
-                  baselines={k: v[rep] for k, v in base.items()})
+    repeated = ev(
+        "binary",
+        s[rep][:, None],
+        y[rep],
+        tmp_path,
+        observers={"x": x[rep]},
+        bins=kw["bins"],
+        baselines={k: v[rep] for k, v in base.items()},
+    )
     assert_same(weighted, repeated, skip=WEIGHT_KEYS + ("test_events",))
     # score histograms
     edges = np.linspace(0, 1, 51)
@@ -206,9 +222,11 @@ def test_integer_weights_are_repeated_events(tmp_path):
     z, yc, _ = multiclass_sample(rng)
     wc = rng.integers(1, 4, yc.size)
     repc = np.repeat(np.arange(yc.size), wc)
-    assert_same(ev("multiclass", z, yc, tmp_path, class_names=CLASSES3, weights=wc),
-                ev("multiclass", z[repc], yc[repc], tmp_path, class_names=CLASSES3),
-                skip=WEIGHT_KEYS + ("test_events",))
+    assert_same(
+        ev("multiclass", z, yc, tmp_path, class_names=CLASSES3, weights=wc),
+        ev("multiclass", z[repc], yc[repc], tmp_path, class_names=CLASSES3),
+        skip=WEIGHT_KEYS + ("test_events",),
+    )
 
 
 def test_integer_weights_are_repeated_events_regression(tmp_path):
@@ -238,10 +256,20 @@ def test_zero_weight_events_change_nothing(tmp_path, index):
     reference = ev(task, outputs, truth, tmp_path, weights=w, unweighted=False, **kw)
     k = 500  # appended events with arbitrary scores, truth and observers, weight 0
     other = all_tasks(np.random.default_rng(9))[index]
-    more = ev(task, np.concatenate([outputs, other[1][:k] * 7 - 3]), np.concatenate([truth, other[2][:k]]), tmp_path,
-              weights=np.concatenate([w, np.zeros(k)]),
-              **append(kw, {"observers": {n: v[:k] for n, v in other[3]["observers"].items()},
-                            "baselines": {n: v[:k] for n, v in other[3]["baselines"].items()}}))
+    more = ev(
+        task,
+        np.concatenate([outputs, other[1][:k] * 7 - 3]),
+        np.concatenate([truth, other[2][:k]]),
+        tmp_path,
+        weights=np.concatenate([w, np.zeros(k)]),
+        **append(
+            kw,
+            {
+                "observers": {n: v[:k] for n, v in other[3]["observers"].items()},
+                "baselines": {n: v[:k] for n, v in other[3]["baselines"].items()},
+            },
+        ),
+    )
     assert_same(reference, more, skip=())
 
 
@@ -283,7 +311,10 @@ def test_unweighted_keys(tmp_path):
     assert both["test_unweighted_auc@x[0,50)"] == plain["test_auc@x[0,50)"]
     assert both["baseline_unweighted_b_auc"] == plain["baseline_b_auc"]
     assert both["test_unweighted_events"] == y.size and both["test_events"] == y.size - 50
-    expected = {**weighted, **{unweighted_key(k): v for k, v in plain.items() if k not in ("weighted", "test_events_nonfinite")}}
+    expected = {
+        **weighted,
+        **{unweighted_key(k): v for k, v in plain.items() if k not in ("weighted", "test_events_nonfinite")},
+    }
     assert_same(both, expected, skip=())
     assert not any("unweighted" in k for k in plain) and not any("unweighted" in k for k in weighted)
     assert_same(ev("binary", s[:, None], y, tmp_path, unweighted=True, **kw), plain, skip=())
@@ -331,8 +362,16 @@ def test_bins_with_no_positive_weight_are_nan(tmp_path):
         assert math.isnan(r[key + "@x[50,100)"]), key
     pred, energy, _ = regression_sample(rng, 4000)
     w = np.where(energy < 100, 1.0, -0.5)
-    r = ev("regression", pred[:, None], energy, tmp_path, class_names=[], weights=w,
-           observers={"E": energy}, bins={"E": [10, 100, 500]})
+    r = ev(
+        "regression",
+        pred[:, None],
+        energy,
+        tmp_path,
+        class_names=[],
+        weights=w,
+        observers={"E": energy},
+        bins={"E": [10, 100, 500]},
+    )
     assert np.isfinite(r["test_iqr_rel@E[10,100)"]) and math.isnan(r["test_iqr_rel@E[100,500)"])
     assert math.isnan(r["test_cb_sigma@E[100,500)"]) and math.isnan(r["test_mse@E[100,500)"])
 
@@ -345,8 +384,18 @@ def test_weighted_energy_scan_and_plots(tmp_path):
     pred, energy, base = regression_sample(rng, 40_000)
     # events above 100 GeV get 4x the weight: the per-bin widths stay, the fit still finds a, b, c
     w = np.where(energy > 100, 4.0, 1.0)
-    r = ev("regression", pred[:, None], energy, tmp_path, class_names=[], weights=w, baselines={"c": base},
-           observers={"E": energy}, energy="E", make_plots=True)
+    r = ev(
+        "regression",
+        pred[:, None],
+        energy,
+        tmp_path,
+        class_names=[],
+        weights=w,
+        baselines={"c": base},
+        observers={"E": energy},
+        energy="E",
+        make_plots=True,
+    )
     assert r["test_fit_a"] == pytest.approx(18.7, abs=2.0)
     assert r["test_fit_c"] == pytest.approx(111.0, abs=12.0)
     summary = json.loads((tmp_path / "evaluation.json").read_text())
@@ -358,7 +407,9 @@ def test_weighted_energy_scan_and_plots(tmp_path):
     assert {"pred_vs_true.png", "response.png", "resolution_vs_energy.png"} <= set(summary["plots"])
     s, y, _, b = binary_sample(rng)
     ev("binary", s[:, None], y, tmp_path / "bin", weights=rng.uniform(0, 2, y.size), baselines=b, make_plots=True)
-    assert (tmp_path / "bin" / "plots" / "roc.png").is_file() and (tmp_path / "bin" / "plots" / "score_hist.png").is_file()
+    assert (tmp_path / "bin" / "plots" / "roc.png").is_file() and (
+        tmp_path / "bin" / "plots" / "score_hist.png"
+    ).is_file()
     z, yc, _ = multiclass_sample(rng)
     ev("multiclass", z, yc, tmp_path / "mc", class_names=CLASSES3, weights=rng.uniform(0, 2, yc.size), make_plots=True)
     assert (tmp_path / "mc" / "plots" / "confusion.png").is_file()
@@ -368,8 +419,10 @@ def test_weighted_energy_scan_and_plots(tmp_path):
 
 
 def job_with(baselines: dict, task: str = "binary") -> JobSpec:
-    raw = etaphi_job({"a": "a.root", "b": "b.root"} if task == "binary" else ["a.root"],
-                     **({} if task == "binary" else {"target": "e_sum"}))
+    raw = etaphi_job(
+        {"a": "a.root", "b": "b.root"} if task == "binary" else ["a.root"],
+        **({} if task == "binary" else {"target": "e_sum"}),
+    )
     raw["evaluate"] = {"baselines": baselines}
     if task == "regression":
         raw["task"] = {"kind": "regression"}
@@ -410,8 +463,12 @@ def mislabelled_batch(rng, n=3000):
 def test_fitted_classifier_baselines_use_the_weights():
     rng = np.random.default_rng(18)
     clean, batch = mislabelled_batch(rng)
-    job = job_with({"cuts": {"kind": "cuts", "vars": {"width": "below", "iso": "below"}, "efficiency": 0.9},
-                    "bdt": {"kind": "gbdt", "features": ["width", "iso"], "max_iter": 50}})
+    job = job_with(
+        {
+            "cuts": {"kind": "cuts", "vars": {"width": "below", "iso": "below"}, "efficiency": 0.9},
+            "bdt": {"kind": "gbdt", "features": ["width", "iso"], "max_iter": 50},
+        }
+    )
     weighted = Baselines(job, batch).apply(clean)
     unweighted = Baselines(job, {k: v for k, v in batch.items() if k != "weight"}).apply(clean)
     y = clean["label"] == 1
@@ -430,8 +487,11 @@ def test_linear_baseline_uses_the_weights():
     good = truth / 1.25 * (1 + 0.02 * rng.normal(size=truth.size))
     bad = truth / 2.0  # another calibration, weight 0 (or cancelled by weight -1 copies)
     measured = np.concatenate([good, bad])
-    batch = {"target": np.concatenate([truth, truth]), column("e_sum"): measured,
-             "weight": np.repeat([1.0, 0.0], truth.size)}
+    batch = {
+        "target": np.concatenate([truth, truth]),
+        column("e_sum"): measured,
+        "weight": np.repeat([1.0, 0.0], truth.size),
+    }
     job = job_with({"calib": {"kind": "linear", "expr": "e_sum"}}, task="regression")
     slope, intercept = Baselines(job, batch).fitted["calib"]
     assert slope == pytest.approx(np.polyfit(good, truth, 1)[0], rel=1e-9)

@@ -7,12 +7,13 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Deep learning on detector data in ROOT files, on Ray.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Deep learning on detector data in ROOT files, on Ray."
+)
 console = Console(stderr=True)
 
 
@@ -110,7 +111,7 @@ def quiet_ray_about_user_errors() -> None:
 @app.command()
 def run(
     job_file: Path = typer.Argument(..., help="job YAML"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/<job name>)"),
+    out: Path | None = typer.Option(None, "--out", help="output directory (default runs/<job name>)"),
     set_: list[str] = typer.Option([], "--set", help="override a job key: --set train.epochs=3"),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in --out"),
 ) -> None:
@@ -141,21 +142,26 @@ def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """What a physicist checks first: the test split's and the baselines' numbers (per observer
     bin where the job has bins), the losses and the sizes; the rest stays in metrics.json."""
     shown = ("test_", "baseline_", "train_loss", "train_eval_loss", "val_loss", "best_epoch", "events_")
-    return {k: v for k, v in metrics.items()
-            if k.startswith(shown) and not k.startswith("test_confusion") and "nonfinite" not in k}
+    return {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith(shown) and not k.startswith("test_confusion") and "nonfinite" not in k
+    }
 
 
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="output directory of `hepray run` (holds model.pt)"),
     files: list[str] = typer.Option(..., "--files", help="ROOT files or globs to score (repeatable)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default RUN_DIR/predictions)"),
+    out: Path | None = typer.Option(None, "--out", help="output directory (default RUN_DIR/predictions)"),
     fmt: str = typer.Option("root", "--format", help="root (a TTree 'predictions') or parquet"),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="model actors (default the job's num_workers)"),
-    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="GPUs per actor, e.g. 0.25 (default from the job)"),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="model actors (default the job's num_workers)"),
+    num_gpus: float | None = typer.Option(None, "--num-gpus", help="GPUs per actor, e.g. 0.25 (default from the job)"),
     engine: str = typer.Option("torch", "--engine", help="torch or onnx (RUN_DIR/model.onnx)"),
     batch_size: int = typer.Option(1024, "--batch-size", help="events per model call"),
-    observers: Optional[str] = typer.Option(None, "--observers", help="comma-separated branches to copy (default the job's; '' for none)"),
+    observers: str | None = typer.Option(
+        None, "--observers", help="comma-separated branches to copy (default the job's; '' for none)"
+    ),
 ) -> None:
     """Score new ROOT files with a trained model: one friend-tree output per input file."""
     if fmt not in ("root", "parquet") or engine not in ("torch", "onnx"):
@@ -171,8 +177,13 @@ def predict(
         if cause is None:
             raise
         _fail(cause)
-    summary = {"events": report.events, "events_per_s": round(report.events / report.seconds),
-               "events_skipped": report.events_skipped, "files_skipped": report.files_skipped, "outputs": len(report.outputs)}
+    summary = {
+        "events": report.events,
+        "events_per_s": round(report.events / report.seconds),
+        "events_skipped": report.events_skipped,
+        "files_skipped": report.files_skipped,
+        "outputs": len(report.outputs),
+    }
     console.print_json(json.dumps(summary))
     console.print(f"[green]wrote[/] {len(report.outputs)} outputs and predict.json to {report.out_dir}")
 
@@ -228,19 +239,21 @@ def _preflight(job, absent_ok: bool = False):
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     for group in report.groups + report.samples:
         for pattern in group.absent:
-            console.print(f"note: {group.key}: {escape(pattern)} not found here, not checked", highlight=False, soft_wrap=True)
+            console.print(
+                f"note: {group.key}: {escape(pattern)} not found here, not checked", highlight=False, soft_wrap=True
+            )
     return report
 
 
 @app.command()
 def tune(
     space_file: Path = typer.Argument(..., help="search YAML (tune_spaces/NAME.yaml)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default runs/tune/<search name>)"),
+    out: Path | None = typer.Option(None, "--out", help="output directory (default runs/tune/<search name>)"),
     set_: list[str] = typer.Option([], "--set", help="override a search key: --set num_samples=4"),
     resume: bool = typer.Option(False, "--resume", help="continue the search in --out; finished trials are kept"),
     retrain_best: bool = typer.Option(False, "--retrain-best", help="then train the best job in full (OUT/best)"),
     report: bool = typer.Option(False, "--report", help="then train baseline and best and write docs/tune_<name>.md"),
-    report_file: Optional[Path] = typer.Option(None, "--report-file", help="write the --report here instead"),
+    report_file: Path | None = typer.Option(None, "--report-file", help="write the --report here instead"),
 ) -> None:
     """Search a job's keys with Ray Tune + Optuna (TPE) + ASHA; write trials.csv, best_job.yaml, study.db."""
     from hepray.spec import SpecError
@@ -251,21 +264,25 @@ def tune(
     except SpecError as error:
         _fail(error)
     _preflight(base)
+    from hepray.app.run import run_job
     from hepray.tune.report import write_report
     from hepray.tune.search import load_best_job, run_search
-    from hepray.app.run import run_job
 
     out_dir = out or Path("runs") / "tune" / spec.name
     quiet_ray_about_user_errors()
     try:
         summary = run_search(spec, base, base_raw, out_dir, resume=resume)
         console.print_json(json.dumps(summary, default=str))
-        console.print(f"[green]wrote[/] {out_dir}/trials.csv, best_job.yaml; dashboard: optuna-dashboard {summary['study']}")
+        console.print(
+            f"[green]wrote[/] {out_dir}/trials.csv, best_job.yaml; dashboard: optuna-dashboard {summary['study']}"
+        )
         # Before the report, which then finds the best job (and a baseline of the same settings) trained.
         if retrain_best:
             metrics = run_job(load_best_job(out_dir), out_dir / "best")
-            console.print(f"[green]retrained[/] best job: {out_dir}/best/metrics.json "
-                          f"({', '.join(f'{k}={metrics[k]:.4f}' for k in ('test_auc', 'test_auc_macro') if k in metrics)})")
+            console.print(
+                f"[green]retrained[/] best job: {out_dir}/best/metrics.json "
+                f"({', '.join(f'{k}={metrics[k]:.4f}' for k in ('test_auc', 'test_auc_macro') if k in metrics)})"
+            )
         if report:
             console.print(f"[green]wrote[/] {write_report(spec, base, space_file, out_dir, report_file)}")
     except Exception as error:
@@ -281,9 +298,11 @@ ADDRESS_HELP = "Ray dashboard / Jobs API address (default $RAY_API_SERVER_ADDRES
 @app.command()
 def submit(
     job_file: Path = typer.Argument(..., help="job YAML inside this project (it is uploaded with it)"),
-    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
     set_: list[str] = typer.Option([], "--set", help="override a job key: --set train.epochs=3"),
-    out: Optional[str] = typer.Option(None, "--out", help="output directory on the cluster (default ~/hepray-runs/<name>)"),
+    out: str | None = typer.Option(
+        None, "--out", help="output directory on the cluster (default ~/hepray-runs/<name>)"
+    ),
     pip: bool = typer.Option(False, "--pip", help="install hepray's requirements in the job's environment"),
     follow_logs: bool = typer.Option(False, "--follow", help="then stream the job's log until it ends"),
 ) -> None:
@@ -308,8 +327,8 @@ def submit(
 
 @app.command()
 def status(
-    job_id: Optional[str] = typer.Argument(None, help="job id (default: list all jobs)"),
-    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    job_id: str | None = typer.Argument(None, help="job id (default: list all jobs)"),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """The status of one job, or a table of the cluster's jobs."""
     from hepray.cluster import jobs
@@ -331,8 +350,10 @@ def status(
 @app.command()
 def logs(
     job_id: str = typer.Argument(..., help="job id"),
-    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    follow_logs: bool = typer.Option(False, "--follow", "-f", help="stream until the job ends; exit 1 unless it succeeded"),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    follow_logs: bool = typer.Option(
+        False, "--follow", "-f", help="stream until the job ends; exit 1 unless it succeeded"
+    ),
 ) -> None:
     """Print a job's log (its driver's stdout and stderr)."""
     from hepray.cluster import jobs
@@ -349,7 +370,7 @@ def logs(
 @app.command()
 def stop(
     job_id: str = typer.Argument(..., help="job id"),
-    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Stop a running job and wait until it has stopped."""
     from hepray.cluster import jobs
@@ -360,7 +381,7 @@ def stop(
         _fail(error)
 
 
-def _follow(job_id: str, address: Optional[str]) -> None:
+def _follow(job_id: str, address: str | None) -> None:
     from hepray.cluster import jobs
 
     try:

@@ -21,13 +21,43 @@ import numpy as np
 
 FUNCTIONS = {
     name: getattr(np, name)
-    for name in ("abs", "sqrt", "log", "log10", "exp", "sin", "cos", "tan", "arctan2", "sinh",
-                 "cosh", "tanh", "minimum", "maximum", "where", "hypot")
+    for name in (
+        "abs",
+        "sqrt",
+        "log",
+        "log10",
+        "exp",
+        "sin",
+        "cos",
+        "tan",
+        "arctan2",
+        "sinh",
+        "cosh",
+        "tanh",
+        "minimum",
+        "maximum",
+        "where",
+        "hypot",
+    )
 }
-BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-          ast.Pow: operator.pow, ast.Mod: operator.mod, ast.BitAnd: operator.and_, ast.BitOr: operator.or_}
-COMPARE = {ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
-           ast.Eq: operator.eq, ast.NotEq: operator.ne}
+BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.Mod: operator.mod,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+}
+COMPARE = {
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
 MAX_EXPONENT = 64  # largest constant exponent, in absolute value
 QUOTED = re.compile(r"`([^`]+)`")
 
@@ -76,7 +106,12 @@ class Expression:
         elif isinstance(node, ast.Compare) and all(type(op) in COMPARE for op in node.ops):
             for part in (node.left, *node.comparators):
                 self._check(part)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS and not node.keywords:
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in FUNCTIONS
+            and not node.keywords
+        ):
             for arg in node.args:
                 self._check(arg)
         else:
@@ -91,14 +126,18 @@ class Expression:
         for part in (node.left, node.right):
             for inner in ast.walk(part):
                 if isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Pow) and _is_constant(inner):
-                    raise ExpressionError(f"'{self.text}': nested constant powers ('{ast.unparse(node)}') are not "
-                                          f"allowed; write the value of '{ast.unparse(inner)}' as a number")
+                    raise ExpressionError(
+                        f"'{self.text}': nested constant powers ('{ast.unparse(node)}') are not "
+                        f"allowed; write the value of '{ast.unparse(inner)}' as a number"
+                    )
         if not _is_constant(node.right):
             return
         exponent = float(self._constant(node.right))
         if not abs(exponent) <= MAX_EXPONENT:  # also catches NaN
-            raise ExpressionError(f"'{self.text}': exponent '{ast.unparse(node.right)}' = {exponent:g} is too large "
-                                  f"(at most {MAX_EXPONENT} in absolute value)")
+            raise ExpressionError(
+                f"'{self.text}': exponent '{ast.unparse(node.right)}' = {exponent:g} is too large "
+                f"(at most {MAX_EXPONENT} in absolute value)"
+            )
         if _is_constant(node.left):
             self._constant(node)  # 1e10 ** 64 overflows: here, not in a read task
 

@@ -9,26 +9,28 @@ batch beyond adding a few numbers.
 from __future__ import annotations
 
 import time
-from functools import lru_cache
+from functools import cache
 
 import ray
 
 FLUSH_SECONDS = 2.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_metrics():
     from ray.util.metrics import Counter
 
     tags = ("split",)
     return {
         "read": Counter("hepray_events_read", "Events read from ROOT files by read tasks", tags),
-        "rasterized": Counter("hepray_events_rasterized", "Events turned into model inputs (after cut and split)", tags),
+        "rasterized": Counter(
+            "hepray_events_rasterized", "Events turned into model inputs (after cut and split)", tags
+        ),
         "seconds": Counter("hepray_read_seconds", "Seconds read tasks spent reading and rasterizing", tags),
     }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _train_metrics():
     from ray.util.metrics import Counter, Gauge
 
@@ -38,8 +40,9 @@ def _train_metrics():
         "steps": Counter("hepray_train_steps", "Optimizer steps taken", tags),
         "samples_per_second": Gauge("hepray_train_samples_per_second", "Training samples per second, per worker", tags),
         "step_seconds": Gauge("hepray_train_step_seconds", "Mean wall time of an optimizer step", tags),
-        "data_wait_fraction": Gauge("hepray_train_data_wait_fraction",
-                                    "Fraction of training time spent waiting for the next batch", tags),
+        "data_wait_fraction": Gauge(
+            "hepray_train_data_wait_fraction", "Fraction of training time spent waiting for the next batch", tags
+        ),
         "loss": Gauge("hepray_train_loss", "Mean training loss since the last flush", tags),
         "epoch": Gauge("hepray_train_epoch", "Current epoch", tags),
         "gpu_utilization": Gauge("hepray_gpu_utilization", "GPU utilisation in percent (CUDA workers only)", tags),

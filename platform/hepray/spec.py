@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from hepray.expr import Expression, ExpressionError
 from hepray.inputs import InputSpec
@@ -47,7 +47,9 @@ class Generate(Strict):
     @classmethod
     def _known_kind(cls, kind: str) -> str:
         if kind not in known_kinds():
-            raise ValueError(f"unknown sample kind '{kind}' (known: {', '.join(known_kinds())}){did_you_mean(kind, known_kinds())}")
+            raise ValueError(
+                f"unknown sample kind '{kind}' (known: {', '.join(known_kinds())}){did_you_mean(kind, known_kinds())}"
+            )
         return kind
 
 
@@ -57,7 +59,7 @@ class Split(Strict):
     seed: int = 1
 
     @model_validator(mode="after")
-    def _fractions(self) -> "Split":
+    def _fractions(self) -> Split:
         if self.val + self.test >= 1:
             raise ValueError("val + test must be < 1")
         return self
@@ -97,7 +99,7 @@ class Reweight(Strict):
 class DataSpec(Strict):
     files: dict[str, list[str]] | list[str] = Field(
         description="class -> globs, one class per group with labels 0, 1, ... in order (binary: the "
-                    "second group is the signal), or plain globs with label_branch"
+        "second group is the signal), or plain globs with label_branch"
     )
     tree: str = "events"
     label_branch: str | None = None
@@ -105,14 +107,18 @@ class DataSpec(Strict):
     generate: Generate | None = None
     cut: str | None = None
     target: str | TrackMomenta | None = Field(
-        None, description="regression target: a branch or expression, or {tracks, px, py, pz} for track momenta")
+        None, description="regression target: a branch or expression, or {tracks, px, py, pz} for track momenta"
+    )
     observers: list[str] = []
     split: Split = Split()
     weight: str | None = Field(
-        None, description="each event's weight: a branch or expression (negative allowed), used in the loss and "
-                          "in every evaluation number")
-    reweight: Reweight | None = Field(None, description="training weights that flatten (or match) the classes' "
-                                                          "spectra in one or two variables")
+        None,
+        description="each event's weight: a branch or expression (negative allowed), used in the loss and "
+        "in every evaluation number",
+    )
+    reweight: Reweight | None = Field(
+        None, description="training weights that flatten (or match) the classes' spectra in one or two variables"
+    )
     on_error: Literal["fail", "skip"] = "fail"
     events_per_task: int = Field(20000, gt=0)
     inputs: dict[str, InputSpec] = Field(min_length=1)
@@ -164,14 +170,21 @@ class DataSpec(Strict):
 class TaskSpec(Strict):
     kind: Literal["binary", "multiclass", "regression"]
     class_weights: list[float] | None = None
-    balance: bool = Field(False, description="class weights from the weighted class totals of the train split, "
-                                             "so every class counts the same in the loss")
+    balance: bool = Field(
+        False,
+        description="class weights from the weighted class totals of the train split, "
+        "so every class counts the same in the loss",
+    )
     loss: Literal["mse", "huber", "relative"] = "mse"
     conservation_weight: float = Field(
-        0.0, ge=0, description="track momenta: lambda of the loss term lambda * |sum of the event's predicted "
-                               "momenta - initial_momentum|^2 (GeV^2); 0 = off")
+        0.0,
+        ge=0,
+        description="track momenta: lambda of the loss term lambda * |sum of the event's predicted "
+        "momenta - initial_momentum|^2 (GeV^2); 0 = off",
+    )
     initial_momentum: tuple[float, float, float] = Field(
-        (0.0, 0.0, 0.0), description="track momenta: the initial state's (px, py, pz) in GeV, which the tracks sum to")
+        (0.0, 0.0, 0.0), description="track momenta: the initial state's (px, py, pz) in GeV, which the tracks sum to"
+    )
 
 
 class EarlyStopping(Strict):
@@ -187,8 +200,10 @@ class TrainSpec(Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     weight_norm: Literal["batch", "global"] = Field(
-        "batch", description="event-weighted loss: divided by the batch's summed |weight| (batch) or by the batch size "
-                             "times the train split's mean |weight| (global: batches with more weight count more)")
+        "batch",
+        description="event-weighted loss: divided by the batch's summed |weight| (batch) or by the batch size "
+        "times the train split's mean |weight| (global: batches with more weight count more)",
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["none", "cosine", "onecycle", "plateau"] = "none"
     grad_clip: float | None = Field(None, gt=0)
@@ -196,17 +211,22 @@ class TrainSpec(Strict):
     keep_checkpoints: int = Field(2, gt=0)
     seed: int = 1
     shuffle_buffer: int = Field(
-        4096, ge=0, description="events in each worker's local shuffle buffer, which batches are drawn from at "
-                                "random (seeded by seed and the epoch), on top of the read tasks' shuffle; 0: none")
+        4096,
+        ge=0,
+        description="events in each worker's local shuffle buffer, which batches are drawn from at "
+        "random (seeded by seed and the epoch), on top of the read tasks' shuffle; 0: none",
+    )
     stall_seconds: float = Field(
-        300.0, gt=0, description="stop when no batch arrives for this long while no CPU is free for the read tasks")
+        300.0, gt=0, description="stop when no batch arrives for this long while no CPU is free for the read tasks"
+    )
 
 
 class ScalingSpec(Strict):
     num_workers: int = Field(1, gt=0)
     use_gpu: bool | Literal["auto"] = "auto"
     cpus_per_worker: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
-        "auto", description="auto: up to 1 CPU per worker, leaving one CPU per node for Ray Data's read tasks")
+        "auto", description="auto: up to 1 CPU per worker, leaving one CPU per node for Ray Data's read tasks"
+    )
     gpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(1, ge=-1)
 
@@ -216,8 +236,9 @@ class CutsBaseline(Strict):
     rejection at `efficiency` signal efficiency (study 000's cut-based selection)."""
 
     kind: Literal["cuts"]
-    vars: dict[str, Literal["below", "above"]] = Field(min_length=1, max_length=3,
-                                                       description="branch or expression -> which side passes")
+    vars: dict[str, Literal["below", "above"]] = Field(
+        min_length=1, max_length=3, description="branch or expression -> which side passes"
+    )
     efficiency: float = Field(0.9, gt=0, lt=1)
 
 
@@ -244,8 +265,10 @@ def _baseline_kind(value: Any) -> str | None:
 
 
 Baseline = Annotated[
-    Union[Annotated[str, Tag("expression")], Annotated[CutsBaseline, Tag("cuts")],
-          Annotated[LinearBaseline, Tag("linear")], Annotated[GBDTBaseline, Tag("gbdt")]],
+    Annotated[str, Tag("expression")]
+    | Annotated[CutsBaseline, Tag("cuts")]
+    | Annotated[LinearBaseline, Tag("linear")]
+    | Annotated[GBDTBaseline, Tag("gbdt")],
     Discriminator(_baseline_kind),
 ]
 
@@ -261,15 +284,18 @@ class Robustness(Strict):
 class EvaluateSpec(Strict):
     bins: dict[str, list[float]] = {}
     baselines: dict[str, Baseline] = Field(
-        {}, description="name -> an expression (a classifier score or a target estimate) or a fitted baseline")
+        {}, description="name -> an expression (a classifier score or a target estimate) or a fitted baseline"
+    )
     samples: dict[str, list[str]] = Field(
-        {}, description="name -> globs of extra samples evaluated with the trained model (all their events)")
+        {}, description="name -> globs of extra samples evaluated with the trained model (all their events)"
+    )
     robustness: Robustness | None = None
     energy: str | None = Field(None, description="regression: observer holding the true energy for resolution fits")
     plots: bool = True
     unweighted: bool = Field(False, description="with data.weight: the unweighted numbers too (test_unweighted_*)")
     permutation_importance: bool = Field(
-        False, description="importance_<scalar>: the test metric lost when each scalar input column is shuffled")
+        False, description="importance_<scalar>: the test metric lost when each scalar input column is shuffled"
+    )
 
     @field_validator("samples", mode="before")
     @classmethod
@@ -282,8 +308,12 @@ class EvaluateSpec(Strict):
 # What the training loop reports each epoch (train/loop.py): the losses, and Task.epoch_metrics
 # (train/tasks.py) of the train_eval and val events; tests/test_preflight.py checks they agree.
 EPOCH_LOSSES = ("train_loss", "train_eval_loss", "val_loss")
-EPOCH_TASK_METRICS = {"binary": ("auc", "accuracy"), "multiclass": ("auc_macro", "accuracy"),
-                      "regression": ("response", "resolution"), "track_momenta": ("response", "resolution", "imbalance")}
+EPOCH_TASK_METRICS = {
+    "binary": ("auc", "accuracy"),
+    "multiclass": ("auc_macro", "accuracy"),
+    "regression": ("response", "resolution"),
+    "track_momenta": ("response", "resolution", "imbalance"),
+}
 # Per-track observers a track-momentum evaluation adds (evaluate/momentum.py track_observers).
 TRACK_OBSERVERS = ("track_pt", "track_p", "track_slot")
 
@@ -324,7 +354,10 @@ class JobSpec(Strict):
     def epoch_metrics(self) -> list[str]:
         """The metrics the training loop reports each epoch for this task (train/loop.py, Task.epoch_metrics)."""
         kind = "track_momenta" if isinstance(self.data.target, TrackMomenta) else self.task.kind
-        return [*EPOCH_LOSSES, *(f"{split}_{metric}" for split in ("train_eval", "val") for metric in EPOCH_TASK_METRICS[kind])]
+        return [
+            *EPOCH_LOSSES,
+            *(f"{split}_{metric}" for split in ("train_eval", "val") for metric in EPOCH_TASK_METRICS[kind]),
+        ]
 
     def observer_names(self) -> list[str]:
         """What evaluate.bins and evaluate.energy can name: the observers, and for track momenta
@@ -332,7 +365,7 @@ class JobSpec(Strict):
         return [*self.data.observers, *(TRACK_OBSERVERS if isinstance(self.data.target, TrackMomenta) else ())]
 
     @model_validator(mode="after")
-    def _task_matches_data(self) -> "JobSpec":
+    def _task_matches_data(self) -> JobSpec:
         n_classes = len(self.data.class_names)
         if self.task.kind == "regression":
             if self.data.target is None:
@@ -341,7 +374,9 @@ class JobSpec(Strict):
                 self._check_track_momenta()
         else:
             if n_classes < 2:
-                raise ValueError("data.files: a classifier needs two or more label groups (or label_branch and classes)")
+                raise ValueError(
+                    "data.files: a classifier needs two or more label groups (or label_branch and classes)"
+                )
             if isinstance(self.data.files, list) and self.data.label_branch is None:
                 raise ValueError("data.label_branch: plain file globs need a label branch")
             if self.task.kind == "binary" and n_classes != 2:
@@ -358,10 +393,13 @@ class JobSpec(Strict):
                 raise ValueError(f"data.reweight.target: flat or one of the classes {self.data.class_names}")
         if self.task.balance and self.task.kind == "regression":
             raise ValueError("task.balance: balances classes; a regression has none")
-        if self.task.conservation_weight > 0 and not (self.task.kind == "regression"
-                                                      and isinstance(self.data.target, TrackMomenta)):
-            raise ValueError("task.conservation_weight: needs a regression of track momenta to sum "
-                             "(data.target: {tracks, px, py, pz})")
+        if self.task.conservation_weight > 0 and not (
+            self.task.kind == "regression" and isinstance(self.data.target, TrackMomenta)
+        ):
+            raise ValueError(
+                "task.conservation_weight: needs a regression of track momenta to sum "
+                "(data.target: {tracks, px, py, pz})"
+            )
         for name, baseline in self.evaluate.baselines.items():
             kind = getattr(baseline, "kind", "expression")
             if kind == "cuts" and self.task.kind != "binary":
@@ -380,16 +418,20 @@ class JobSpec(Strict):
     def _check_track_momenta(self) -> None:
         """What a per-track momentum vector target cannot go with."""
         if self.task.loss == "relative":
-            raise ValueError("task.loss: relative divides by the target; momentum components cross zero (use mse or huber)")
+            raise ValueError(
+                "task.loss: relative divides by the target; momentum components cross zero (use mse or huber)"
+            )
         if self.data.augment:
-            raise ValueError("data.augment: a mirrored image would need mirrored momenta; track momenta take no augmentation")
+            raise ValueError(
+                "data.augment: a mirrored image would need mirrored momenta; track momenta take no augmentation"
+            )
         if self.evaluate.baselines:
             raise ValueError("evaluate.baselines: baselines give one number per event, not track momenta")
         if self.evaluate.permutation_importance:
             raise ValueError("evaluate.permutation_importance: not available for track momenta")
 
     @model_validator(mode="after")
-    def _expressions_parse(self) -> "JobSpec":
+    def _expressions_parse(self) -> JobSpec:
         errors = []
         for key, text in self.expressions():
             try:
@@ -401,17 +443,22 @@ class JobSpec(Strict):
         return self
 
     @model_validator(mode="after")
-    def _named_things_exist(self) -> "JobSpec":
+    def _named_things_exist(self) -> JobSpec:
         """The early-stopping metric is reported each epoch; bins and energy are observers."""
         rule, metrics = self.train.early_stopping, self.epoch_metrics()
         if rule is not None and rule.metric not in metrics:
-            raise ValueError(f"train.early_stopping.metric: '{rule.metric}' is not reported each epoch by this "
-                             f"{self.task.kind} job (one of: {', '.join(metrics)}){did_you_mean(rule.metric, metrics)}")
+            raise ValueError(
+                f"train.early_stopping.metric: '{rule.metric}' is not reported each epoch by this "
+                f"{self.task.kind} job (one of: {', '.join(metrics)}){did_you_mean(rule.metric, metrics)}"
+            )
         observers = self.observer_names()
         known = f"data.observers: {', '.join(self.data.observers) or 'none'}"
         if isinstance(self.data.target, TrackMomenta):
             known += f"; per track: {', '.join(TRACK_OBSERVERS)}"
-        for key, name in [*((f"evaluate.bins.{k}", k) for k in self.evaluate.bins), ("evaluate.energy", self.evaluate.energy)]:
+        for key, name in [
+            *((f"evaluate.bins.{k}", k) for k in self.evaluate.bins),
+            ("evaluate.energy", self.evaluate.energy),
+        ]:
             if name is not None and name not in observers:
                 raise ValueError(f"{key}: '{name}' is not an observer ({known}){did_you_mean(name, observers)}")
         return self

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from hepray.data.pipeline import build_dataset, streamed_to_trainers
 from hepray.data.events import ENTRY, LABEL, WEIGHT
+from hepray.data.pipeline import build_dataset, streamed_to_trainers
 from hepray.data.root_source import SPLITS, EventReader, ReadPlan, SkipLedger, plan_reads
 from hepray.data.rootio import DataError
 from hepray.evaluate import baselines
 from hepray.samples import generate, generated_events
-from hepray.train import reweight
 from hepray.spec import DataSpec, JobSpec
+from hepray.train import reweight
 
 
 def ensure_data(spec: DataSpec) -> None:
@@ -37,10 +37,12 @@ def ensure_data(spec: DataSpec) -> None:
     if all(glob.glob(p) for p in patterns):
         if existing is None or existing >= spec.generate.events:
             return
-        print(f"hepray: {spec.generate.out} holds {existing} events per class, the job asks for "
-              f"{spec.generate.events}: generating it again", flush=True)
+        print(
+            f"hepray: {spec.generate.out} holds {existing} events per class, the job asks for "
+            f"{spec.generate.events}: generating it again",
+            flush=True,
+        )
     generate(spec.generate.kind, spec.generate.out, spec.generate.events, spec.generate.seed, spec.generate.format)
-
 
 
 @dataclass
@@ -64,21 +66,29 @@ class JobData:
         ranges skipped whole, and single bad events), ranges_skipped (files and ranges skipped whole),
         the reasons (`skipped`, one per file, range, or range and reason of single events), and with
         a ledger (on_error: skip) observers_nonfinite: events kept with a NaN/inf observer."""
-        skipped = [(path, events, reason) for plan in (self.plan, *self.sample_plans)
-                   for path, events, reason in plan.skipped]
+        skipped = [
+            (path, events, reason) for plan in (self.plan, *self.sample_plans) for path, events, reason in plan.skipped
+        ]
         report: dict[str, float | list] = {}
         if self.ledger is not None:
-            skipped += [(path, stop - start, reason) for path, start, stop, reason in ray.get(self.ledger.skipped.remote())]
+            skipped += [
+                (path, stop - start, reason) for path, start, stop, reason in ray.get(self.ledger.skipped.remote())
+            ]
         report["ranges_skipped"] = float(len(skipped))
         if self.ledger is not None:
-            skipped += [(path, count, f"{path}: entries [{start}, {stop}): {count} event{'s' * (count != 1)} skipped: "
-                                      f"{reason} (first at entry {first})")
-                        for path, start, stop, reason, count, first in ray.get(self.ledger.skipped_events.remote())]
+            skipped += [
+                (
+                    path,
+                    count,
+                    f"{path}: entries [{start}, {stop}): {count} event{'s' * (count != 1)} skipped: "
+                    f"{reason} (first at entry {first})",
+                )
+                for path, start, stop, reason, count, first in ray.get(self.ledger.skipped_events.remote())
+            ]
             report["observers_nonfinite"] = float(ray.get(self.ledger.observers_nonfinite.remote()))
         report["events_skipped"] = float(sum(events for _, events, _ in skipped))
         report["skipped"] = [f"{reason}" for _, _, reason in skipped]
         return report
-
 
 
 def with_norm(spec: DataSpec, norm: str) -> DataSpec:
@@ -100,8 +110,10 @@ def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
         ledger = SkipLedger.options(name=ledger_name).remote()
     # Sparse images: ~8x fewer object-store bytes per event than dense ones (benchmarks/RESULTS.md).
     # train.seed orders the training split's tasks and shuffles their events anew each epoch
-    datasets = {split: build_dataset(spec, split, plan, ledger_name, extra, sparse=True, seed=job.train.seed)
-                for split in splits}
+    datasets = {
+        split: build_dataset(spec, split, plan, ledger_name, extra, sparse=True, seed=job.train.seed)
+        for split in splits
+    }
     for split in {"train", "val"} & datasets.keys():
         streamed_to_trainers(datasets[split])
     data = JobData(datasets, plan, ledger, ledger_name=ledger_name)
@@ -120,8 +132,9 @@ def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
         resplit = spec.model_copy(update={"split": spec.split.model_copy(update={"seed": robustness.split_seed})})
         data.evaluations["robust_split"] = build_dataset(resplit, "test", plan, ledger_name, extra, sparse=True)
     for norm in robustness.norms if robustness else []:
-        data.evaluations[f"robust_norm_{norm}"] = build_dataset(with_norm(spec, norm), "test", plan, ledger_name, extra,
-                                                                sparse=True)
+        data.evaluations[f"robust_norm_{norm}"] = build_dataset(
+            with_norm(spec, norm), "test", plan, ledger_name, extra, sparse=True
+        )
     return data
 
 
@@ -153,9 +166,12 @@ def _block_totals(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     weights = batch[WEIGHT].astype(np.float64) if WEIGHT in batch else np.ones(len(labels))
     present = np.unique(labels)
     index = np.searchsorted(present, labels)
-    return {"label": present, "events": np.bincount(index, minlength=len(present)),
-            "weight": np.bincount(index, weights, minlength=len(present)),
-            "abs_weight": np.bincount(index, np.abs(weights), minlength=len(present))}
+    return {
+        "label": present,
+        "events": np.bincount(index, minlength=len(present)),
+        "weight": np.bincount(index, weights, minlength=len(present)),
+        "abs_weight": np.bincount(index, np.abs(weights), minlength=len(present)),
+    }
 
 
 def training_job(job: JobSpec, data: JobData) -> tuple[JobSpec, float | None]:

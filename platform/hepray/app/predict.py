@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 import ray
 
+from hepray.app.session import ensure_ray
 from hepray.data.events import ENTRY, FILE_KEY, OUTPUT, PASS_CUT, observer
 from hepray.data.pipeline import build_dataset
 from hepray.data.root_source import DataError, EventReader, ReadPlan, SkipLedger, file_key, labelled_files, plan_reads
@@ -35,7 +36,6 @@ from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, Engine, load_job, p
 from hepray.spec import DataSpec, JobSpec, TrackMomenta
 from hepray.train.tasks import Task
 from hepray.train.trainer import READ_CPUS, worker_cpus
-from hepray.app.session import ensure_ray
 
 TREE = "predictions"
 FLUSH_EVENTS = 100_000  # rows buffered per output before a write: one TBasket / row group each
@@ -63,8 +63,11 @@ def score_columns(job: JobSpec) -> list[str]:
     probability per class; regression: the prediction (track momenta: px, py, pz per slot)."""
     target = job.data.target
     if isinstance(target, TrackMomenta):
-        return [f"pred_{column_name(text)}_{slot}" for slot in range(target.tracks)
-                for text in (target.px, target.py, target.pz)]
+        return [
+            f"pred_{column_name(text)}_{slot}"
+            for slot in range(target.tracks)
+            for text in (target.px, target.py, target.pz)
+        ]
     if job.task.kind == "regression":
         return [f"pred_{column_name(target)}"]
     names = job.data.class_names
@@ -76,8 +79,16 @@ def score_columns(job: JobSpec) -> list[str]:
 def prediction_spec(job: JobSpec, files: list[str], observers: list[str]) -> DataSpec:
     """The job's data spec over new files: same tree, inputs, norms and cut; no labels, no
     target, no augmentation, nothing generated."""
-    return job.data.model_copy(update={"files": files, "label_branch": None, "target": None,
-                                       "observers": observers, "augment": [], "generate": None})
+    return job.data.model_copy(
+        update={
+            "files": files,
+            "label_branch": None,
+            "target": None,
+            "observers": observers,
+            "augment": [],
+            "generate": None,
+        }
+    )
 
 
 class OutputSchema:
@@ -106,9 +117,16 @@ class OutputSchema:
     def missing(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows for entries that were not read: NaN scores and observers, failing the cut."""
         n = stop - start
-        return {name: (np.arange(start, stop, dtype=np.int64) if name == ENTRY
-                       else np.zeros(n, np.bool_) if name == PASS_CUT else np.full(n, np.nan, np.float32))
-                for name in self.types}
+        return {
+            name: (
+                np.arange(start, stop, dtype=np.int64)
+                if name == ENTRY
+                else np.zeros(n, np.bool_)
+                if name == PASS_CUT
+                else np.full(n, np.nan, np.float32)
+            )
+            for name in self.types
+        }
 
 
 class OutputWriter:
@@ -170,7 +188,9 @@ def output_paths(paths: list[str], out_dir: Path, fmt: Format) -> list[Path]:
     seen: dict[Path, str] = {}
     for path, output in zip(paths, outputs):
         if output in seen:
-            raise DataError(f"{path} and {seen[output]} would both write {output}: predict them into separate --out dirs")
+            raise DataError(
+                f"{path} and {seen[output]} would both write {output}: predict them into separate --out dirs"
+            )
         seen[output] = path
     return outputs
 
@@ -216,9 +236,17 @@ def planned_entries(spec: DataSpec, plan: ReadPlan) -> tuple[list[str], dict[str
     return paths, entries
 
 
-def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | None = None, fmt: Format = "root",
-                  concurrency: int | None = None, num_gpus: float | None = None, engine: Engine = "torch",
-                  batch_size: int = 1024, observers: list[str] | None = None) -> PredictReport:
+def predict_files(
+    run_dir: str | Path,
+    files: list[str],
+    out_dir: str | Path | None = None,
+    fmt: Format = "root",
+    concurrency: int | None = None,
+    num_gpus: float | None = None,
+    engine: Engine = "torch",
+    batch_size: int = 1024,
+    observers: list[str] | None = None,
+) -> PredictReport:
     """Score every entry of `files` with RUN_DIR's model and write one output per file."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -243,9 +271,15 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
             # sparse images, densified in the model actors (to_tensors): ~8x fewer object-store bytes
             dataset = build_dataset(spec, None, plan, ledger_name, sparse=True, flag_cut=True, file_column=True)
             dataset.context.execution_options.preserve_order = True  # this dataset's own copy of the context
-            predicted = predict(dataset, model_path, engine=engine, batch_size=batch_size,
-                                concurrency=concurrency or default_concurrency(job), num_cpus=actor_cpus(job),
-                                num_gpus=default_gpus(job) if num_gpus is None else num_gpus)
+            predicted = predict(
+                dataset,
+                model_path,
+                engine=engine,
+                batch_size=batch_size,
+                concurrency=concurrency or default_concurrency(job),
+                num_cpus=actor_cpus(job),
+                num_gpus=default_gpus(job) if num_gpus is None else num_gpus,
+            )
             index_of = FileIndex(paths)
             for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
                 ordered.write(index_of(batch[FILE_KEY]), schema.rows(batch))
@@ -268,7 +302,9 @@ def predict_files(run_dir: str | Path, files: list[str], out_dir: str | Path | N
         seconds=time.perf_counter() - started,
         skipped=reasons,
     )
-    (out_dir / "predict.json").write_text(json.dumps({"run": str(run_dir), "engine": engine, **asdict(report)}, indent=1))
+    (out_dir / "predict.json").write_text(
+        json.dumps({"run": str(run_dir), "engine": engine, **asdict(report)}, indent=1)
+    )
     return report
 
 
@@ -289,8 +325,9 @@ class OrderedOutputs:
     """Rows arriving in (file, entry) order, written file after file: one output open at a time
     however many inputs; entries no read task delivered become `schema.missing` rows."""
 
-    def __init__(self, paths: list[str], outputs: list[Path], entries: dict[str, int], fmt: Format,
-                 schema: OutputSchema):
+    def __init__(
+        self, paths: list[str], outputs: list[Path], entries: dict[str, int], fmt: Format, schema: OutputSchema
+    ):
         self.paths, self.outputs, self.entries, self.fmt, self.schema = paths, outputs, entries, fmt, schema
         self.current = -1  # the file being written
         self.writer: OutputWriter | None = None
@@ -301,7 +338,11 @@ class OrderedOutputs:
         starts = np.flatnonzero(np.r_[True, np.diff(file_index) != 0])
         for begin, end in zip(starts, [*starts[1:], len(file_index)]):
             index, entry = int(file_index[begin]), rows[ENTRY][begin:end]
-            if index < self.current or (index == self.current and entry[0] < self.next_entry) or np.any(np.diff(entry) <= 0):
+            if (
+                index < self.current
+                or (index == self.current and entry[0] < self.next_entry)
+                or np.any(np.diff(entry) <= 0)
+            ):
                 raise RuntimeError(f"{self.paths[index]}: predictions arrived out of entry order (entry {entry[0]})")
             self._advance_to(index)
             self._fill_until(int(entry[0]))

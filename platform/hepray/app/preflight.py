@@ -108,10 +108,16 @@ def named_branches(job: JobSpec) -> dict[str, list[str]]:
 def _groups(job: JobSpec) -> tuple[list[Group], list[Group]]:
     files = job.data.files
     if isinstance(files, dict):
-        groups = [Group(f"data.files.{name}", f"{name} (label {label})", patterns)
-                  for label, (name, patterns) in enumerate(files.items())]
+        groups = [
+            Group(f"data.files.{name}", f"{name} (label {label})", patterns)
+            for label, (name, patterns) in enumerate(files.items())
+        ]
     else:
-        classes = f" (labels from {job.data.label_branch}: {', '.join(job.data.class_names)})" if job.data.label_branch else ""
+        classes = (
+            f" (labels from {job.data.label_branch}: {', '.join(job.data.class_names)})"
+            if job.data.label_branch
+            else ""
+        )
         groups = [Group("data.files", "events" + classes, files)]
     samples = [Group(f"evaluate.samples.{name}", name, patterns) for name, patterns in job.evaluate.samples.items()]
     return groups, samples
@@ -144,8 +150,13 @@ def _expand(group: Group, spec: DataSpec, absent_ok: bool) -> list[str]:
 
 def _trees(file) -> list[str]:
     """The TTrees and RNTuples in a file, subdirectories included, without cycle numbers."""
-    return sorted({re.sub(r";\d+", "", key) for key, classname in file.classnames().items()
-                   if classname == "TTree" or classname.endswith("RNTuple")})
+    return sorted(
+        {
+            re.sub(r";\d+", "", key)
+            for key, classname in file.classnames().items()
+            if classname == "TTree" or classname.endswith("RNTuple")
+        }
+    )
 
 
 def _tree_suggestion(tree: str, trees: list[str]) -> str:
@@ -167,7 +178,9 @@ def _inspect(file, path: str, tree: str, names: dict[str, list[str]]) -> FileMet
     meta = FileMeta(path)
     if tree not in {re.sub(r";\d+", "", key) for key in file.keys()}:
         trees = _trees(file)
-        meta.problem = f"no tree '{tree}' (trees in the file: {', '.join(trees) or 'none'}){_tree_suggestion(tree, trees)}"
+        meta.problem = (
+            f"no tree '{tree}' (trees in the file: {', '.join(trees) or 'none'}){_tree_suggestion(tree, trees)}"
+        )
         return meta
     events = Events(file, path, tree)
     meta.kind, meta.entries = events.kind, events.num_entries
@@ -213,8 +226,10 @@ def check_job(job: JobSpec, absent_ok: bool = False) -> Preflight:
     report = Preflight(job, groups, samples, _problems([described[path] for path in every], job.data.on_error))
     for group in (*groups, *samples):
         if group.files and not group.good and not group.pending:
-            raise DataError(f"{group.key}: no events to read: all {len(group.files)} files are skipped "
-                            f"(data.on_error: skip), first {group.files[0].path}: {group.files[0].problem}")
+            raise DataError(
+                f"{group.key}: no events to read: all {len(group.files)} files are skipped "
+                f"(data.on_error: skip), first {group.files[0].path}: {group.files[0].problem}"
+            )
     return report
 
 
@@ -246,8 +261,10 @@ def _group_lines(group: Group, job: JobSpec) -> list[str]:
         lines.append(f"    ... and {len(good) - SHOWN_FILES} more files")
     generate = job.data.generate
     for pattern in group.pending:
-        lines.append(f"    {pattern}: not generated yet (data.generate writes {generate.events} events per class "
-                     f"or sample of '{generate.kind}' into {generate.out} when the job runs)")
+        lines.append(
+            f"    {pattern}: not generated yet (data.generate writes {generate.events} events per class "
+            f"or sample of '{generate.kind}' into {generate.out} when the job runs)"
+        )
     for pattern in group.absent:
         lines.append(f"    {pattern}: not found here (checked on the cluster when the job plans its reads)")
     return lines

@@ -33,8 +33,14 @@ def reweight_table(job: JobSpec, data: JobData, out_dir: Path) -> tuple[Reweight
         (out_dir / "plots").mkdir(parents=True, exist_ok=True)
         for axis, name in enumerate(spec.vars):
             others = tuple(a + 1 for a in range(len(spec.vars)) if a != axis)
-            plots.reweight_spectra(out_dir / "plots" / f"reweight_{axis}.png", spec.bins[axis], histograms.sum(others),
-                                   after.sum(others), job.data.class_names, name)
+            plots.reweight_spectra(
+                out_dir / "plots" / f"reweight_{axis}.png",
+                spec.bins[axis],
+                histograms.sum(others),
+                after.sum(others),
+                job.data.class_names,
+                name,
+            )
         plots.weight_distribution(out_dir / "plots" / "reweight_factors.png", factors, histograms, job.data.class_names)
     return ReweightTable(spec.vars, spec.bins, factors.tolist()), metrics
 
@@ -45,8 +51,9 @@ def class_histograms(job: JobSpec, data: JobData) -> np.ndarray:
     extra = {column(text): text for text in spec.vars}
     dataset = build_dataset(job.data, "train", data.plan, data.ledger_name, extra, with_inputs=False)
     n_classes = len(job.data.class_names)
-    parts = dataset.map_batches(_block_histogram, fn_kwargs={"spec": spec, "n_classes": n_classes},
-                                batch_format="numpy", batch_size=None).take_all()
+    parts = dataset.map_batches(
+        _block_histogram, fn_kwargs={"spec": spec, "n_classes": n_classes}, batch_format="numpy", batch_size=None
+    ).take_all()
     shape = (n_classes, *(len(edges) - 1 for edges in spec.bins))
     return sum((np.asarray(part["histogram"], dtype=np.float64) for part in parts), np.zeros(shape))
 
@@ -62,8 +69,9 @@ def _block_histogram(batch: dict[str, np.ndarray], spec: Reweight, n_classes: in
 
 def reweight_factors(spec: Reweight, histograms: np.ndarray, class_names: list[str]) -> np.ndarray:
     populated = histograms > 0
-    shapes = np.where(populated, histograms, 0) / np.maximum(histograms.sum(axis=tuple(range(1, histograms.ndim)),
-                                                                           keepdims=True), 1e-300)
+    shapes = np.where(populated, histograms, 0) / np.maximum(
+        histograms.sum(axis=tuple(range(1, histograms.ndim)), keepdims=True), 1e-300
+    )
     if spec.target == "flat":
         target = np.full(histograms.shape[1:], 1.0 / np.prod(histograms.shape[1:]))
     else:
@@ -75,8 +83,9 @@ def reweight_factors(spec: Reweight, histograms: np.ndarray, class_names: list[s
     return np.where(populated, np.minimum(factors, spec.max_weight), 1.0)
 
 
-def reweight_metrics(spec: Reweight, before: np.ndarray, after: np.ndarray, factors: np.ndarray,
-                     class_names: list[str]) -> dict[str, float]:
+def reweight_metrics(
+    spec: Reweight, before: np.ndarray, after: np.ndarray, factors: np.ndarray, class_names: list[str]
+) -> dict[str, float]:
     """The largest relative deviation of a populated bin from the target after reweighting (per
     class and overall), the largest factor and the weight fraction in capped bins."""
     metrics: dict[str, float] = {}

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hepray.data.events import OUTPUT, WEIGHT, observer
 from hepray.app.job_data import JobData, build_job_data, training_job
 from hepray.app.reweight import reweight_table
 from hepray.app.session import ensure_ray
+from hepray.data.events import OUTPUT, WEIGHT, observer
 from hepray.evaluate.baselines import Baselines
 from hepray.evaluate.inference import MODEL_FILE, collect, load_model, predict, save_model
 from hepray.evaluate.momentum import evaluate_track_momenta
@@ -64,17 +64,19 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     skip_report = data.skip_report()
     final = fit.state["history"][-1] if fit.state["history"] else {}
     metrics.update({key: float(value) for key, value in final.items() if key != "epoch"})  # at the best epoch
-    metrics.update({
-        "best_epoch": float(fit.best_epoch),
-        "epochs_run": float(fit.last.get("epoch", fit.best_epoch) + 1),
-        "stopped_early": float(fit.last.get("stopped_early", 0.0)),
-        "events_read": float(data.plan.events),
-        "train_seconds": fit.seconds,
-        "parameters": float(sum(p.numel() for p in model.parameters())),
-        "onnx_max_abs_difference": onnx_difference,
-        **fit.reweight_metrics,
-        **{k: v for k, v in skip_report.items() if k != "skipped"},
-    })
+    metrics.update(
+        {
+            "best_epoch": float(fit.best_epoch),
+            "epochs_run": float(fit.last.get("epoch", fit.best_epoch) + 1),
+            "stopped_early": float(fit.last.get("stopped_early", 0.0)),
+            "events_read": float(data.plan.events),
+            "train_seconds": fit.seconds,
+            "parameters": float(sum(p.numel() for p in model.parameters())),
+            "onnx_max_abs_difference": onnx_difference,
+            **fit.reweight_metrics,
+            **{k: v for k, v in skip_report.items() if k != "skipped"},
+        }
+    )
     (out_dir / "metrics.json").write_text(json.dumps(_finite_or_null(metrics), indent=1, sort_keys=True))
     (out_dir / "history.json").write_text(json.dumps(fit.history, indent=1))
     if skip_report["skipped"]:
@@ -87,16 +89,18 @@ def train(job: JobSpec, data: JobData, out_dir: Path) -> Fit:
     metric, mode = selection_metric(job)
     trained, weight_scale = training_job(job, data)
     table, reweight_metrics = reweight_table(job, data, out_dir) if job.data.reweight else (None, {})
-    trainer = build_trainer(trained, data, out_dir, "checkpoints", out_dir / "tensorboard", weight_scale=weight_scale,
-                            reweight=table)
+    trainer = build_trainer(
+        trained, data, out_dir, "checkpoints", out_dir / "tensorboard", weight_scale=weight_scale, reweight=table
+    )
     started = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - started
     best = result.get_best_checkpoint(metric, mode)
     state = _load_state(best)
     best_epoch = next(m for c, m in result.best_checkpoints if c.path == best.path)["epoch"]
-    return Fit(state, full_history(result.checkpoint, best, state), best_epoch, result.metrics or {}, seconds,
-               reweight_metrics)
+    return Fit(
+        state, full_history(result.checkpoint, best, state), best_epoch, result.metrics or {}, seconds, reweight_metrics
+    )
 
 
 def _load_state(checkpoint) -> dict:
@@ -134,8 +138,9 @@ def evaluate_all(job: JobSpec, data: JobData, out_dir: Path, history: list[dict]
     return metrics
 
 
-def evaluate_events(job: JobSpec, prefix: str, events: dict[str, np.ndarray], fitted: Baselines, out_dir: Path,
-                    history: list[dict]) -> dict[str, float]:
+def evaluate_events(
+    job: JobSpec, prefix: str, events: dict[str, np.ndarray], fitted: Baselines, out_dir: Path, history: list[dict]
+) -> dict[str, float]:
     """Metrics of the model and its baselines on one evaluation's events. The test split's keep
     their `test_` / `baseline_` keys and its plots go to plots/; another evaluation's keys are
     prefixed by its name (`photon_auc`, `photon_baseline_calib_iqr_rel`) and its plots go to
@@ -146,17 +151,25 @@ def evaluate_events(job: JobSpec, prefix: str, events: dict[str, np.ndarray], fi
     is_test = prefix == "test"
     evaluation_dir = out_dir if is_test else out_dir / "evaluations" / prefix
     if isinstance(job.data.target, TrackMomenta):
-        result = evaluate_track_momenta(job, events, evaluation_dir, history if is_test else None,
-                                        unweighted=job.evaluate.unweighted)
+        result = evaluate_track_momenta(
+            job, events, evaluation_dir, history if is_test else None, unweighted=job.evaluate.unweighted
+        )
     else:
         result = evaluate_predictions(
-            job.task.kind, events[OUTPUT], events[task.truth_column],
-            {name: events[observer(name)] for name in job.data.observers}, job.data.class_names,
-            job.evaluate.bins, evaluation_dir,
+            job.task.kind,
+            events[OUTPUT],
+            events[task.truth_column],
+            {name: events[observer(name)] for name in job.data.observers},
+            job.data.class_names,
+            job.evaluate.bins,
+            evaluation_dir,
             # A norm changes the model's input only: its baselines would repeat the test split's.
-            baselines={} if prefix.startswith("robust_norm_") else fitted.apply(events), energy=job.evaluate.energy,
-            history=history if is_test else None, make_plots=job.evaluate.plots,
-            weights=events.get(WEIGHT), unweighted=job.evaluate.unweighted,
+            baselines={} if prefix.startswith("robust_norm_") else fitted.apply(events),
+            energy=job.evaluate.energy,
+            history=history if is_test else None,
+            make_plots=job.evaluate.plots,
+            weights=events.get(WEIGHT),
+            unweighted=job.evaluate.unweighted,
         )
     if is_test:
         return result
@@ -166,8 +179,11 @@ def evaluate_events(job: JobSpec, prefix: str, events: dict[str, np.ndarray], fi
 def headline_changes(job: JobSpec, metrics: dict[str, float], prefixes) -> dict[str, float]:
     """How the headline metric of each other evaluation differs from the test split's."""
     key = HEADLINE[job.task.kind]
-    return {f"{prefix}_delta_{key}": metrics[f"{prefix}_{key}"] - metrics[f"test_{key}"]
-            for prefix in prefixes if prefix != "test" and f"{prefix}_{key}" in metrics and f"test_{key}" in metrics}
+    return {
+        f"{prefix}_delta_{key}": metrics[f"{prefix}_{key}"] - metrics[f"test_{key}"]
+        for prefix in prefixes
+        if prefix != "test" and f"{prefix}_{key}" in metrics and f"test_{key}" in metrics
+    }
 
 
 def _finite_or_null(metrics: dict[str, float]) -> dict[str, float | None]:

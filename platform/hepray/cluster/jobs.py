@@ -50,8 +50,10 @@ def project_root() -> Path:
 
     root = Path(hepray.__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file() or not (root / "platform" / "hepray").is_dir():
-        raise ClusterError(f"hepray is imported from {Path(hepray.__file__).parent}, not from a source checkout; "
-                           "submitting needs one (git clone, then pip install -e .)")
+        raise ClusterError(
+            f"hepray is imported from {Path(hepray.__file__).parent}, not from a source checkout; "
+            "submitting needs one (git clone, then pip install -e .)"
+        )
     return root
 
 
@@ -99,8 +101,10 @@ def _as_cluster_error(address: str, where: str):
     except ClusterError:
         raise
     except (ConnectionError, requests.ConnectionError):  # refused, unroutable (ConnectTimeout), unknown host
-        raise ClusterError(f"{where}: cannot reach the Ray Jobs API{at} (is the cluster up, and is this its "
-                           "dashboard address? --address or RAY_API_SERVER_ADDRESS)") from None
+        raise ClusterError(
+            f"{where}: cannot reach the Ray Jobs API{at} (is the cluster up, and is this its "
+            "dashboard address? --address or RAY_API_SERVER_ADDRESS)"
+        ) from None
     except (requests.Timeout, TimeoutError):
         raise ClusterError(f"{where}: the Ray Jobs API{at} did not answer within {ANSWER_SECONDS} s") from None
     except AuthenticationError as error:
@@ -145,8 +149,10 @@ def run_command(job_file: str | Path, overrides: list[str], out: str | None, roo
     try:
         relative = Path(job_file).resolve().relative_to(root)
     except ValueError:
-        raise ClusterError(f"{job_file}: outside the project directory {root}, the directory the cluster receives; "
-                           f"put the job under {root / 'jobs'}") from None
+        raise ClusterError(
+            f"{job_file}: outside the project directory {root}, the directory the cluster receives; "
+            f"put the job under {root / 'jobs'}"
+        ) from None
     parts = ["hepray", "run", shlex.quote(relative.as_posix())]
     # Default output: outside the job's temporary working_dir copy, so it outlives the job.
     parts += ["--out", shlex.quote(out) if out else '"$HOME"/hepray-runs/' + shlex.quote(name)]
@@ -155,8 +161,13 @@ def run_command(job_file: str | Path, overrides: list[str], out: str | None, roo
     return " ".join(parts)
 
 
-def submit(job_file: str | Path, address: str | None = None, overrides: list[str] | None = None,
-           out: str | None = None, pip: bool = False) -> str:
+def submit(
+    job_file: str | Path,
+    address: str | None = None,
+    overrides: list[str] | None = None,
+    out: str | None = None,
+    pip: bool = False,
+) -> str:
     """Validate the job here, then submit it; returns the job's submission id."""
     from hepray.spec import load_job
 
@@ -165,19 +176,38 @@ def submit(job_file: str | Path, address: str | None = None, overrides: list[str
     root = project_root()
     entrypoint = run_command(job_file, overrides, out, root, job.name)
     job_id = f"hepray-{job.name}-{uuid.uuid4().hex[:8]}"
-    return _call(address, "submit_job", entrypoint=entrypoint, submission_id=job_id,
-                 runtime_env=runtime_env(root, pip), metadata={"hepray_job": job.name})
+    return _call(
+        address,
+        "submit_job",
+        entrypoint=entrypoint,
+        submission_id=job_id,
+        runtime_env=runtime_env(root, pip),
+        metadata={"hepray_job": job.name},
+    )
 
 
 def status(job_id: str, address: str | None = None) -> dict:
     info = _call(address, "get_job_info", job_id)
-    return {"id": job_id, "status": str(info.status), "message": info.message or "",
-            "entrypoint": info.entrypoint, "started": _when(info.start_time), "ended": _when(info.end_time)}
+    return {
+        "id": job_id,
+        "status": str(info.status),
+        "message": info.message or "",
+        "entrypoint": info.entrypoint,
+        "started": _when(info.start_time),
+        "ended": _when(info.end_time),
+    }
 
 
 def list_jobs(address: str | None = None) -> list[dict]:
-    rows = [{"id": job.submission_id or job.job_id, "status": str(job.status), "started": _when(job.start_time),
-             "entrypoint": job.entrypoint} for job in _call(address, "list_jobs")]
+    rows = [
+        {
+            "id": job.submission_id or job.job_id,
+            "status": str(job.status),
+            "started": _when(job.start_time),
+            "entrypoint": job.entrypoint,
+        }
+        for job in _call(address, "list_jobs")
+    ]
     return sorted(rows, key=lambda row: row["started"])
 
 
@@ -212,7 +242,9 @@ def follow(job_id: str, write, address: str | None = None, poll_seconds: float =
         with _as_cluster_error(address or default_address(), f"job {job_id}"):
             asyncio.run(until_the_job_ends())
     except (aiohttp.ClientError, asyncio.CancelledError) as error:  # the log stream's
-        raise ClusterError(f"job {job_id}: the log stream broke ({type(error).__name__}: {_first_line(error)})") from None
+        raise ClusterError(
+            f"job {job_id}: the log stream broke ({type(error).__name__}: {_first_line(error)})"
+        ) from None
     return wait(job_id, address, timeout=30)
 
 

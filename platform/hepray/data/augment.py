@@ -20,8 +20,9 @@ import torch
 Augmentation = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
 
-def augment(batch: dict[str, torch.Tensor], image_names: list[str], ops: list[str],
-            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def augment(
+    batch: dict[str, torch.Tensor], image_names: list[str], ops: list[str], generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """A new batch dict with `ops` applied in order to each named 4-D image; inputs are not modified."""
     unknown = [op for op in ops if op not in AUGMENTATIONS]
     if unknown:

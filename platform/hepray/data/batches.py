@@ -33,11 +33,16 @@ def to_block(batch: dict[str, np.ndarray | Ragged], begin: int, stop: int, specs
             continue
         part = rows.slice(begin, stop)
         offsets = pa.array(part.offsets.astype(np.int32))
-        metadata = {INPUT_KEY: name.encode(), KIND_KEY: specs[name].kind.encode(),
-                    SPEC_KEY: specs[name].model_dump_json(by_alias=True).encode()}
+        metadata = {
+            INPUT_KEY: name.encode(),
+            KIND_KEY: specs[name].kind.encode(),
+            SPEC_KEY: specs[name].model_dump_json(by_alias=True).encode(),
+        }
         for column_name, values in part.columns.items():
             column = pa.ListArray.from_arrays(offsets, pa.array(values))
-            table = table.append_column(pa.field(name + SEPARATOR + column_name, column.type, metadata=metadata), column)
+            table = table.append_column(
+                pa.field(name + SEPARATOR + column_name, column.type, metadata=metadata), column
+            )
     return table
 
 
@@ -59,7 +64,7 @@ def to_tensors(batch: pa.Table) -> dict[str, torch.Tensor]:
 
 
 def _ragged_columns(batch: pa.Table, name: str, fields: list[pa.Field]) -> Ragged:
-    lists = {field.name[len(name) + len(SEPARATOR):]: batch.column(field.name).combine_chunks() for field in fields}
+    lists = {field.name[len(name) + len(SEPARATOR) :]: batch.column(field.name).combine_chunks() for field in fields}
     offsets = next(iter(lists.values())).offsets.to_numpy().astype(np.int64)  # a sliced list's need not start at 0
     return Ragged(offsets - offsets[0], {column: values.flatten().to_numpy() for column, values in lists.items()})
 

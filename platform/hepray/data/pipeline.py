@@ -8,15 +8,30 @@ from hepray.data.root_source import EventReader, ReadPlan, RootDatasource
 from hepray.spec import DataSpec
 
 
-def build_dataset(spec: DataSpec, split: str | None, plan: ReadPlan, ledger_name: str | None = None,
-                  extra_columns: dict[str, str] | None = None, with_inputs: bool = True, seed: int | None = None,
-                  **reader_options) -> ray.data.Dataset:
+def build_dataset(
+    spec: DataSpec,
+    split: str | None,
+    plan: ReadPlan,
+    ledger_name: str | None = None,
+    extra_columns: dict[str, str] | None = None,
+    with_inputs: bool = True,
+    seed: int | None = None,
+    **reader_options,
+) -> ray.data.Dataset:
     """A streaming dataset of one split (None: all events); nothing holds all events in memory.
     The train split is shuffled, anew each epoch (each execution of the dataset), seeded by
     (seed, epoch): pass train.seed (None: data.split.seed); the others are read in plan order.
     reader_options: further EventReader fields (sparse; flag_cut, file_column for `hepray predict`)."""
-    reader = EventReader(spec, split, ledger_name, extra_columns or {}, shuffle=split == "train", seed=seed,
-                         with_inputs=with_inputs, **reader_options)
+    reader = EventReader(
+        spec,
+        split,
+        ledger_name,
+        extra_columns or {},
+        shuffle=split == "train",
+        seed=seed,
+        with_inputs=with_inputs,
+        **reader_options,
+    )
     return ray.data.read_datasource(RootDatasource(plan, reader), override_num_blocks=len(plan.tasks))
 
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import awkward as ak
 import numpy as np
@@ -34,13 +34,13 @@ import ray
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from hepray.monitoring import record_read
-from hepray.expr import Expression
 from hepray.data.batches import to_block
 from hepray.data.events import ENTRY, FILE_KEY, LABEL, PASS_CUT, TARGET, WEIGHT, observer
 from hepray.data.rootio import DataError, describe, entry_ranges, expand_glob, read_arrays
+from hepray.expr import Expression
 from hepray.inputs import Ragged, encoder_for
 from hepray.inputs.scalars import ScalarsEncoder
+from hepray.monitoring import record_read
 from hepray.spec import DataSpec, TrackMomenta
 
 SPLITS = ("train", "val", "test")
@@ -168,8 +168,9 @@ def _snapped_cuts(edges: np.ndarray, events: int, slices: int) -> np.ndarray:
     return np.where(np.abs(nearest - exact) <= SNAP * events / slices, nearest, exact)
 
 
-def _file_ranges(files: list[tuple[str, np.ndarray]], offsets: np.ndarray, label: int | None,
-                 begin: int, end: int) -> list[EntryRange]:
+def _file_ranges(
+    files: list[tuple[str, np.ndarray]], offsets: np.ndarray, label: int | None, begin: int, end: int
+) -> list[EntryRange]:
     """The entry ranges of [begin, end) on a group's laid-out axis: one per file it crosses."""
     ranges = []
     for index in range(int(np.searchsorted(offsets, begin, side="right")) - 1, len(files)):
@@ -233,8 +234,9 @@ class EventReader:
         self.observers = set(self.columns)
         target = self.spec.target
         # track momenta: one (tracks, 3) target per event, from three per-track expressions
-        self.track_momenta = ([Expression(text) for text in (target.px, target.py, target.pz)]
-                              if isinstance(target, TrackMomenta) else [])
+        self.track_momenta = (
+            [Expression(text) for text in (target.px, target.py, target.pz)] if isinstance(target, TrackMomenta) else []
+        )
         self.tracks = target.tracks if isinstance(target, TrackMomenta) else 0
         if isinstance(target, str):
             self.columns[TARGET] = Expression(target)
@@ -272,8 +274,14 @@ class EventReader:
 
     def bytes_per_event(self) -> int:
         """A planning estimate: a sparse image counted as 1/8 of its dense pixels (the blocks are cut by their real size)."""
-        return sum(4 * int(np.prod(encoder.spec.shape())) // (8 if name in self.sparse_inputs else 1)
-                   for name, encoder in self.encoders.items()) + 8 * (2 + len(self.columns)) + 4 * 3 * self.tracks
+        return (
+            sum(
+                4 * int(np.prod(encoder.spec.shape())) // (8 if name in self.sparse_inputs else 1)
+                for name, encoder in self.encoders.items()
+            )
+            + 8 * (2 + len(self.columns))
+            + 4 * 3 * self.tracks
+        )
 
     def shuffled(self, *words: int) -> np.random.Generator:
         """The generator of a training shuffle: seeded by (seed, epoch, ...), the same on every run."""
@@ -293,23 +301,32 @@ class EventReader:
                 if skips is not None:
                     self._record(entry_range, skips)
                 batches.append(batch)
-                record_read(self.split, entry_range.stop - entry_range.start, len(batch[ENTRY]),
-                            time.perf_counter() - started)
+                record_read(
+                    self.split, entry_range.stop - entry_range.start, len(batch[ENTRY]), time.perf_counter() - started
+                )
             except DataError as error:
                 if self.spec.on_error == "fail" or self.ledger is None:
                     raise
-                ray.get_actor(self.ledger).record.remote(entry_range.path, entry_range.start, entry_range.stop, str(error))
+                ray.get_actor(self.ledger).record.remote(
+                    entry_range.path, entry_range.start, entry_range.stop, str(error)
+                )
         if not batches:
             return
-        batch = {key: Ragged.concat([b[key] for b in batches]) if key in self.sparse_inputs
-                 else np.concatenate([b[key] for b in batches]) for key in batches[0]}
+        batch = {
+            key: Ragged.concat([b[key] for b in batches])
+            if key in self.sparse_inputs
+            else np.concatenate([b[key] for b in batches])
+            for key in batches[0]
+        }
         n = len(batch[ENTRY])
         if self.shuffle:
             # Seeded by (seed, epoch) and the task's first range, by file name as the split is: another
             # order each epoch, the same on every run, whether the file is read from disk or from a URL.
             first = ranges[0]
             order = self.shuffled(epoch, zlib.crc32(Path(first.path).name.encode()), first.start).permutation(n)
-            batch = {key: value.take(order) if key in self.sparse_inputs else value[order] for key, value in batch.items()}
+            batch = {
+                key: value.take(order) if key in self.sparse_inputs else value[order] for key, value in batch.items()
+            }
         step = max(1, BLOCK_BYTES * n // max(1, sum(value.nbytes for value in batch.values())))
         specs = {name: self.encoders[name].spec for name in self.sparse_inputs}
         for begin in range(0, n, step):
@@ -321,7 +338,9 @@ class EventReader:
             if skips.events:
                 raise DataError(skips.message)  # skipping needs a ledger to count what it skips
             return
-        ray.get_actor(self.ledger).record_events.remote(task.path, task.start, task.stop, skips.by_reason, skips.observers)
+        ray.get_actor(self.ledger).record_events.remote(
+            task.path, task.start, task.stop, skips.by_reason, skips.observers
+        )
 
     def _read_range(self, task: EntryRange) -> tuple[dict[str, np.ndarray], Skips | None]:
         """The range's events in this split that pass the cut, bad events dropped (on_error: skip)
@@ -330,8 +349,9 @@ class EventReader:
         nonfinite = sorted(_check_numbers(arrays, task) & self.checked)
 
         entries = np.arange(task.start, task.stop, dtype=np.int64)
-        keep = split_mask(split_of(task.path, entries, self.spec.split.seed), self.split,
-                          self.spec.split.val, self.spec.split.test)
+        keep = split_mask(
+            split_of(task.path, entries, self.spec.split.seed), self.split, self.spec.split.val, self.spec.split.test
+        )
         passed = None
         if self.cut is not None:
             passed = _one_per_event(self.cut.evaluate(arrays), self.cut.text, task).astype(bool)
@@ -366,10 +386,17 @@ class EventReader:
             for column, expr in self.columns.items():
                 batch[column] = _one_per_event(expr.evaluate(arrays), expr.text, task).astype(np.float32)
             if self.track_momenta:
-                batch[TARGET] = np.stack([_per_track(expr.evaluate(arrays), expr.text, self.tracks, task, entries)
-                                            for expr in self.track_momenta], axis=2)
+                batch[TARGET] = np.stack(
+                    [
+                        _per_track(expr.evaluate(arrays), expr.text, self.tracks, task, entries)
+                        for expr in self.track_momenta
+                    ],
+                    axis=2,
+                )
             if self.spec.label_branch:
-                batch[LABEL] = _one_per_event(arrays[self.spec.label_branch], self.spec.label_branch, task).astype(np.int64)
+                batch[LABEL] = _one_per_event(arrays[self.spec.label_branch], self.spec.label_branch, task).astype(
+                    np.int64
+                )
             elif task.label is not None:
                 batch[LABEL] = np.full(len(entries), task.label, dtype=np.int64)
         return batch
@@ -381,19 +408,29 @@ class EventReader:
         problems = [_nonfinite_branch(name, arrays[name], entries, task) for name in nonfinite]
         if self.n_classes:
             problems.append(self._label_problem(arrays[self.spec.label_branch], entries, task))
-        derived = [(_derived_name(column, expr), batch[column]) for column, expr in self.columns.items()
-                   if column not in self.observers]
+        derived = [
+            (_derived_name(column, expr), batch[column])
+            for column, expr in self.columns.items()
+            if column not in self.observers
+        ]
         derived += [(f"target '{expr.text}'", batch[TARGET][:, :, k]) for k, expr in enumerate(self.track_momenta)]
         for name, encoder in self.encoders.items():
             if isinstance(encoder, ScalarsEncoder):
                 with np.errstate(all="ignore"):
-                    derived += [(f"input '{name}': '{expr.text}'", _floats(expr.evaluate(arrays), len(entries)))
-                                for expr in encoder.expressions]
+                    derived += [
+                        (f"input '{name}': '{expr.text}'", _floats(expr.evaluate(arrays), len(entries)))
+                        for expr in encoder.expressions
+                    ]
         for what, values in derived:
             if values is not None and not np.isfinite(values).all():
                 bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
-                problems.append(Problem(f"{what} is NaN/inf", bad, f"{task.where}: {what} is NaN/inf in "
-                                                                   f"{_events(bad.sum())} (first at entry {entries[bad][0]})"))
+                problems.append(
+                    Problem(
+                        f"{what} is NaN/inf",
+                        bad,
+                        f"{task.where}: {what} is NaN/inf in {_events(bad.sum())} (first at entry {entries[bad][0]})",
+                    )
+                )
         return [problem for problem in problems if problem is not None and problem.bad.any()]
 
     def _label_problem(self, labels, entries: np.ndarray, task: EntryRange) -> Problem | None:
@@ -406,9 +443,12 @@ class EventReader:
         if not bad.any():
             return None
         first = np.flatnonzero(bad)[0]
-        return Problem(f"label branch '{name}' not in 0..{n - 1}", bad,
-                       f"{task.where}: label branch '{name}' has value {values[first].item()} at entry {entries[first]} "
-                       f"({_events(bad.sum())} outside 0..{n - 1}, the classes {', '.join(self.spec.class_names)})")
+        return Problem(
+            f"label branch '{name}' not in 0..{n - 1}",
+            bad,
+            f"{task.where}: label branch '{name}' has value {values[first].item()} at entry {entries[first]} "
+            f"({_events(bad.sum())} outside 0..{n - 1}, the classes {', '.join(self.spec.class_names)})",
+        )
 
     def _settle(self, problems: list[Problem], entries: np.ndarray, task: EntryRange) -> tuple[np.ndarray, Skips]:
         """fail: the error of the first bad event. skip: which events to keep, and the skipped
@@ -441,12 +481,12 @@ class EventReader:
         sparse = name in self.sparse_inputs
         parts = [] if sparse else np.empty((n, *encoder.spec.shape()), dtype=np.float32)
         for begin in range(0, n, RASTER_EVENTS):
-            part = {key: value[begin:begin + RASTER_EVENTS] for key, value in source.items()}
+            part = {key: value[begin : begin + RASTER_EVENTS] for key, value in source.items()}
             try:
                 if sparse:
                     parts.append(encoder.ragged(part))
                 else:
-                    parts[begin:begin + RASTER_EVENTS] = encoder.dense(part)
+                    parts[begin : begin + RASTER_EVENTS] = encoder.dense(part)
             except ValueError as error:
                 raise DataError(f"{task.where}: input '{name}': {error}") from None
         if sparse:
@@ -507,8 +547,11 @@ def _nonfinite_branch(name: str, array, entries: np.ndarray, task: EntryRange) -
     if not bad.any():
         return Problem("", bad, "")
     values = int(ak.count_nonzero(~finite, axis=None)) if isinstance(finite, ak.Array) else int(bad.sum())
-    return Problem(f"branch '{name}' is NaN/inf", bad,
-                   f"{task.where}: branch '{name}' has {values} NaN/inf values (first at entry {entries[bad][0]})")
+    return Problem(
+        f"branch '{name}' is NaN/inf",
+        bad,
+        f"{task.where}: branch '{name}' has {values} NaN/inf values (first at entry {entries[bad][0]})",
+    )
 
 
 def _events(count) -> str:
@@ -536,13 +579,17 @@ def _per_track(values, text: str, tracks: int, task: EntryRange, entries: np.nda
     """A per-track expression as float32 (events, tracks): every event must have all its track slots."""
     values = values if isinstance(values, ak.Array) else ak.Array(np.asarray(values))
     if values.ndim != 2:
-        raise DataError(f"{task.where}: '{text}' has {'one value' if values.ndim == 1 else 'nested lists'} per event; "
-                        f"track momenta need {tracks} per event (data.target.tracks)")
+        raise DataError(
+            f"{task.where}: '{text}' has {'one value' if values.ndim == 1 else 'nested lists'} per event; "
+            f"track momenta need {tracks} per event (data.target.tracks)"
+        )
     counts = ak.to_numpy(ak.num(values, axis=1))
     wrong = np.flatnonzero(counts != tracks)
     if len(wrong):
-        raise DataError(f"{task.where}: '{text}' has {counts[wrong[0]]} values at entry {entries[wrong[0]]}; "
-                        f"track momenta need {tracks} per event (data.target.tracks)")
+        raise DataError(
+            f"{task.where}: '{text}' has {counts[wrong[0]]} values at entry {entries[wrong[0]]}; "
+            f"track momenta need {tracks} per event (data.target.tracks)"
+        )
     return ak.to_numpy(ak.flatten(values, axis=1)).astype(np.float32).reshape(len(counts), tracks)
 
 
@@ -560,8 +607,9 @@ class SkipLedger:
     def record(self, path: str, start: int, stop: int, reason: str) -> None:
         self.ranges.setdefault((path, start, stop), reason)
 
-    def record_events(self, path: str, start: int, stop: int, by_reason: dict[str, np.ndarray],
-                      observers: np.ndarray) -> None:
+    def record_events(
+        self, path: str, start: int, stop: int, by_reason: dict[str, np.ndarray], observers: np.ndarray
+    ) -> None:
         key = (path, start, stop)
         known = self.events.setdefault(key, {})
         seen = np.concatenate([np.zeros(0, dtype=np.int64), *known.values()])
@@ -579,8 +627,12 @@ class SkipLedger:
 
     def skipped_events(self) -> list[tuple[str, int, int, str, int, int]]:
         """Single events skipped in ranges otherwise read: (path, start, stop, reason, events, first entry)."""
-        return [(*key, reason, len(entries), int(entries[0])) for key, reasons in sorted(self.events.items())
-                if key not in self.ranges for reason, entries in reasons.items()]
+        return [
+            (*key, reason, len(entries), int(entries[0]))
+            for key, reasons in sorted(self.events.items())
+            if key not in self.ranges
+            for reason, entries in reasons.items()
+        ]
 
     def observers_nonfinite(self) -> int:
         """Events delivered with a NaN/inf observer."""
@@ -616,7 +668,9 @@ class RootDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int:
         return self.plan.events * self.reader.bytes_per_event()
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+    ) -> list[ReadTask]:
         epoch = self.executions
         if data_context is not None:  # an execution starting, not a look at the plan (see the class)
             self.executions += 1
@@ -625,10 +679,17 @@ class RootDatasource(Datasource):
         for index in reader.task_order(len(self.plan.tasks), epoch):
             ranges = self.plan.tasks[index]
             n = sum(r.stop - r.start for r in ranges)
-            metadata = BlockMetadata(num_rows=None, size_bytes=n * reader.bytes_per_event(),
-                                     input_files=sorted({r.path for r in ranges}), exec_stats=None)
-            tasks.append(ReadTask(lambda ranges=ranges: reader.read(ranges, epoch), metadata,
-                                  per_task_row_limit=per_task_row_limit))
+            metadata = BlockMetadata(
+                num_rows=None,
+                size_bytes=n * reader.bytes_per_event(),
+                input_files=sorted({r.path for r in ranges}),
+                exec_stats=None,
+            )
+            tasks.append(
+                ReadTask(
+                    lambda ranges=ranges: reader.read(ranges, epoch), metadata, per_task_row_limit=per_task_row_limit
+                )
+            )
         return tasks
 
     def get_name(self) -> str:

@@ -43,8 +43,16 @@ class DataError(ValueError):
 
 RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds slept before the 2nd, 3rd and 4th attempt of a remote open or read
 # Never bad data: out of memory, interrupted, or a bug (ours or a library's) -- these propagate unchanged.
-NOT_DATA = (MemoryError, TypeError, AttributeError, NameError, AssertionError, RecursionError, NotImplementedError,
-            SystemError)
+NOT_DATA = (
+    MemoryError,
+    TypeError,
+    AttributeError,
+    NameError,
+    AssertionError,
+    RecursionError,
+    NotImplementedError,
+    SystemError,
+)
 NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 TRANSIENT_STATUS = {408, 429}  # and every 5xx
 
@@ -86,7 +94,7 @@ def _storage_error(path: str, error: Exception) -> DataError:
     if isinstance(error, PermissionError):
         return DataError(f"{path}: access denied ({detail})")
     if isinstance(error, ImportError) or (isinstance(error, ValueError) and "Protocol not known" in str(error)):
-        hint = "; for root:// URLs: pip install \"hepray[xrootd]\"" if path.startswith("root://") else ""
+        hint = '; for root:// URLs: pip install "hepray[xrootd]"' if path.startswith("root://") else ""
         return DataError(f"{path}: no filesystem for this URL ({detail}){hint}")
     if is_remote(path) and (isinstance(error, (OSError, TimeoutError)) or is_transient(path, error)):
         return DataError(f"{path}: cannot reach the server ({detail})")
@@ -95,7 +103,9 @@ def _storage_error(path: str, error: Exception) -> DataError:
 
 def _detail(error: BaseException) -> str:
     kind = type(error)
-    name = f"{kind.__module__}.{kind.__name__}" if kind.__name__ == "error" else kind.__name__  # zlib.error, struct.error
+    name = (
+        f"{kind.__module__}.{kind.__name__}" if kind.__name__ == "error" else kind.__name__
+    )  # zlib.error, struct.error
     return f"{name}: {error}".splitlines()[0]
 
 
@@ -114,7 +124,14 @@ def is_transient(path: str, error: BaseException) -> bool:
     if isinstance(error, (OSError, TimeoutError)):
         return True
     status = getattr(error, "status", None)  # aiohttp.ClientResponseError and the like
-    if type(error).__module__.split(".")[0] in ("aiohttp", "fsspec", "requests", "urllib3", "botocore", "fsspec_xrootd"):
+    if type(error).__module__.split(".")[0] in (
+        "aiohttp",
+        "fsspec",
+        "requests",
+        "urllib3",
+        "botocore",
+        "fsspec_xrootd",
+    ):
         return not isinstance(status, int) or status >= 500 or status in TRANSIENT_STATUS
     return False
 
@@ -300,7 +317,7 @@ def entry_ranges(boundaries: np.ndarray, size: int) -> list[tuple[int, int]]:
     ranges, start = [], 0
     while start < cuts[-1]:
         i = int(np.searchsorted(cuts, start + size))
-        candidates = [c for c in cuts[i - 1:i + 1] if c > start]  # the cuts either side of start + size
+        candidates = [c for c in cuts[i - 1 : i + 1] if c > start]  # the cuts either side of start + size
         stop = int(min(candidates, key=lambda c: abs(c - start - size)))
         ranges.append((start, stop))
         start = stop

@@ -69,7 +69,9 @@ def tune_cuts(x: np.ndarray, signal: np.ndarray, efficiency: float, weights: np.
     xs, xb = x[signal], x[~signal]
     ws, wb = (None, None) if w is None else (w[signal], w[~signal])
     if len(xs) == 0 or (ws is not None and not ws.sum() > 0):
-        raise ValueError("cuts baseline: the train split has no signal events" + ("" if ws is None else " of positive total weight"))
+        raise ValueError(
+            "cuts baseline: the train split has no signal events" + ("" if ws is None else " of positive total weight")
+        )
     best, best_fake = None, np.inf
     levels = np.linspace(efficiency, 1.0, CUT_LEVELS)
     for combo in product(levels, repeat=x.shape[1] - 1):
@@ -81,8 +83,9 @@ def tune_cuts(x: np.ndarray, signal: np.ndarray, efficiency: float, weights: np.
         kept = _fraction(passed_signal, ws)
         if not kept >= efficiency:
             continue
-        last = weighted_quantile(xs[passed_signal, -1], None if ws is None else ws[passed_signal],
-                                 min(1.0, efficiency / kept))
+        last = weighted_quantile(
+            xs[passed_signal, -1], None if ws is None else ws[passed_signal], min(1.0, efficiency / kept)
+        )
         thresholds = np.append(first, last)
         fake = _fraction((xb <= thresholds).all(axis=1), wb) if len(xb) else 0.0
         if fake < best_fake:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import numpy as np
 import ray
 import torch
+
 from hepray.data.batches import to_tensors
-from hepray.expr import Expression
 from hepray.evaluate.metrics import key_name, safe_auc
 from hepray.evaluate.resolution import ratio_and_weights, weighted_quantile
+from hepray.expr import Expression
 from hepray.spec import JobSpec
 
 BATCH = 1024
@@ -30,8 +31,12 @@ BATCH = 1024
 
 def scalar_columns(job: JobSpec) -> list[tuple[str, int, str]]:
     """(input name, column, key name) of every scalar the model reads, in job order."""
-    columns = [(name, k, text) for name, spec in job.data.inputs.items() if spec.kind == "scalars"
-               for k, text in enumerate(spec.branches)]
+    columns = [
+        (name, k, text)
+        for name, spec in job.data.inputs.items()
+        if spec.kind == "scalars"
+        for k, text in enumerate(spec.branches)
+    ]
     reads = [sorted(Expression(text).branches) for _, _, text in columns]
     singles = [r[0] for r in reads if len(r) == 1]
     keys = []
@@ -69,13 +74,14 @@ def _outputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarra
     parts = []
     with torch.no_grad():
         for begin in range(0, n, BATCH):
-            batch = {name: torch.as_tensor(values[begin:begin + BATCH]) for name, values in inputs.items()}
+            batch = {name: torch.as_tensor(values[begin : begin + BATCH]) for name, values in inputs.items()}
             parts.append(model(batch).float().numpy())
     return np.concatenate(parts).astype(np.float64)
 
 
-def permutation_importance(job: JobSpec, model: torch.nn.Module, events: dict[str, np.ndarray],
-                           repeats: int = 3, seed: int = 1) -> dict[str, float]:
+def permutation_importance(
+    job: JobSpec, model: torch.nn.Module, events: dict[str, np.ndarray], repeats: int = 3, seed: int = 1
+) -> dict[str, float]:
     """``importance_<name>`` for every scalar column, on ``events`` (the test split's model
     inputs and truth, from ``collect_inputs``); ``model`` in eval mode on the CPU."""
     task = job.task.kind

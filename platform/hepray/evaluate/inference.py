@@ -59,9 +59,15 @@ def _read_saved(path: str | Path, device: str) -> dict:
         elif "Weights only load failed" in str(error):
             reason = "torch.load cannot read it: not a PyTorch file"
         else:
-            reason = f"torch.load cannot read it: {type(error).__name__}" + (f": {_first_line(error)}" if str(error) else "")
+            reason = f"torch.load cannot read it: {type(error).__name__}" + (
+                f": {_first_line(error)}" if str(error) else ""
+            )
         raise ModelFileError(f"{path}: not a model file written by `hepray run` ({reason})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("job"), dict) or not isinstance(saved.get("state_dict"), dict):
+    if (
+        not isinstance(saved, dict)
+        or not isinstance(saved.get("job"), dict)
+        or not isinstance(saved.get("state_dict"), dict)
+    ):
         raise ModelFileError(f"{path}: not a model file written by `hepray run` (no job and state_dict in it)")
     return saved
 
@@ -71,8 +77,9 @@ def _saved_job(path: str | Path, saved: dict) -> JobSpec:
         return validate_job(saved["job"], str(path))
     except SpecError as error:
         problems = "; ".join(line.strip() for line in str(error).splitlines()[1:])
-        raise ModelFileError(f"{path}: the job saved in it does not validate with this hepray ({problems}); "
-                             "train the model again") from None
+        raise ModelFileError(
+            f"{path}: the job saved in it does not validate with this hepray ({problems}); train the model again"
+        ) from None
 
 
 def _load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
@@ -80,10 +87,16 @@ def _load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
-    shapes = [f"{key} {tuple(getattr(state[key], 'shape', ()))} vs {tuple(value.shape)}"
-              for key, value in expected.items() if key in state and getattr(state[key], "shape", None) != value.shape]
-    problems = [f"{what}: {_some(names)}" for what, names in
-                (("missing", missing), ("unexpected", unexpected), ("other shape (saved vs model)", shapes)) if names]
+    shapes = [
+        f"{key} {tuple(getattr(state[key], 'shape', ()))} vs {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and getattr(state[key], "shape", None) != value.shape
+    ]
+    problems = [
+        f"{what}: {_some(names)}"
+        for what, names in (("missing", missing), ("unexpected", unexpected), ("other shape (saved vs model)", shapes))
+        if names
+    ]
     try:
         if not problems:
             model.load_state_dict(state)
@@ -150,13 +163,26 @@ def check_model(model_path: str | Path, engine: Engine = "torch") -> None:
         onnx_session(Path(model_path).with_name(ONNX_FILE))
 
 
-def predict(dataset: ray.data.Dataset, model_path: Path, concurrency: int = 1, num_gpus: float = 0,
-            batch_size: int = 1024, engine: Engine = "torch", num_cpus: float = 1) -> ray.data.Dataset:
+def predict(
+    dataset: ray.data.Dataset,
+    model_path: Path,
+    concurrency: int = 1,
+    num_gpus: float = 0,
+    batch_size: int = 1024,
+    engine: Engine = "torch",
+    num_cpus: float = 1,
+) -> ray.data.Dataset:
     """The dataset with the model's raw outputs: `concurrency` actors, each loading the model once."""
     check_model(model_path, engine)
-    return dataset.map_batches(ModelPredictor, fn_constructor_kwargs={"model_path": str(model_path), "engine": engine},
-                               compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus,
-                               num_cpus=num_cpus, batch_size=batch_size, batch_format="pyarrow")
+    return dataset.map_batches(
+        ModelPredictor,
+        fn_constructor_kwargs={"model_path": str(model_path), "engine": engine},
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_gpus=num_gpus,
+        num_cpus=num_cpus,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+    )
 
 
 def collect(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:

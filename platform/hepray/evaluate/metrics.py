@@ -48,6 +48,7 @@ Binned: every key above gets the suffix ``@<observer>[<lo>,<hi>)`` for events wi
 ``lo <= observer < hi`` (edges printed with ``format_edge``: shortest round-trip decimal,
 no trailing ``.0``, e.g. ``@ele_pt[10,30)``, ``@eta[-2.5,0)``, ``@E[500,inf)``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -196,25 +197,32 @@ def _event_counts(t: np.ndarray, names: Sequence[str], w: np.ndarray | None) -> 
 # ------------------------------------------------------------------ task metrics
 
 
-def _cut_scores(name: str, y: np.ndarray, passed: np.ndarray, model_score: np.ndarray,
-                w: np.ndarray | None = None) -> dict[str, float]:
+def _cut_scores(
+    name: str, y: np.ndarray, passed: np.ndarray, model_score: np.ndarray, w: np.ndarray | None = None
+) -> dict[str, float]:
     """A cut-based selection's working point, and the model's rejection at the same efficiency."""
     n_bkg = background_count(y, w)
     eff = fraction(passed[y], _subset(w, y))
     fake = fraction(passed[~y], _subset(w, ~y))
     defined = np.isfinite(fake) and np.isfinite(n_bkg) and n_bkg > 0
-    out = {f"baseline_{name}_eff": float(eff),
-           f"baseline_{name}_rej": float(1.0 / max(fake, 1.0 / max(n_bkg, 1))) if defined else NAN,
-           f"test_rej_at_{name}": NAN}
+    out = {
+        f"baseline_{name}_eff": float(eff),
+        f"baseline_{name}_rej": float(1.0 / max(fake, 1.0 / max(n_bkg, 1))) if defined else NAN,
+        f"test_rej_at_{name}": NAN,
+    }
     roc = roc_points(y, model_score, w)
     if roc is not None and np.isfinite(eff):
         out[f"test_rej_at_{name}"] = float(rejection_at(*roc, eff, n_bkg=n_bkg)[0])
     return out
 
 
-def binary_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                   baselines: Mapping[str, np.ndarray] | None = None,
-                   weights: np.ndarray | None = None) -> dict[str, float]:
+def binary_metrics(
+    logits: np.ndarray,
+    truth: np.ndarray,
+    class_names: Sequence[str],
+    baselines: Mapping[str, np.ndarray] | None = None,
+    weights: np.ndarray | None = None,
+) -> dict[str, float]:
     z = np.asarray(logits, dtype=np.float64)
     z = z[:, 0] if z.ndim == 2 else z
     t = np.asarray(truth).astype(np.int64)
@@ -232,7 +240,9 @@ def binary_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[
     return out
 
 
-def _ovr(prefix: str, t: np.ndarray, scores: np.ndarray, names: list[str], w: np.ndarray | None = None) -> dict[str, float]:
+def _ovr(
+    prefix: str, t: np.ndarray, scores: np.ndarray, names: list[str], w: np.ndarray | None = None
+) -> dict[str, float]:
     out = {}
     aucs = []
     for k, name in enumerate(names):
@@ -255,9 +265,13 @@ def confusion_fractions(t: np.ndarray, predicted: np.ndarray, n_cls: int, w: np.
     return np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
 
 
-def multiclass_metrics(logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                       baselines: Mapping[str, np.ndarray] | None = None,
-                       weights: np.ndarray | None = None) -> dict[str, float]:
+def multiclass_metrics(
+    logits: np.ndarray,
+    truth: np.ndarray,
+    class_names: Sequence[str],
+    baselines: Mapping[str, np.ndarray] | None = None,
+    weights: np.ndarray | None = None,
+) -> dict[str, float]:
     z = np.asarray(logits, dtype=np.float64)
     t = np.asarray(truth).astype(np.int64)
     w = _weights(weights, t.size)
@@ -294,9 +308,12 @@ def _regression_block(prefix: str, est: np.ndarray, y: np.ndarray, w: np.ndarray
     return out
 
 
-def regression_metrics(pred: np.ndarray, truth: np.ndarray,
-                       baselines: Mapping[str, np.ndarray] | None = None,
-                       weights: np.ndarray | None = None) -> dict[str, float]:
+def regression_metrics(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    baselines: Mapping[str, np.ndarray] | None = None,
+    weights: np.ndarray | None = None,
+) -> dict[str, float]:
     y = np.asarray(truth, dtype=np.float64).reshape(-1)
     w = _weights(weights, y.size)
     pr = np.asarray(pred, dtype=np.float64)
@@ -314,9 +331,14 @@ def regression_metrics(pred: np.ndarray, truth: np.ndarray,
     return out
 
 
-def task_metrics(task: str, outputs: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                 baselines: Mapping[str, np.ndarray] | None = None,
-                 weights: np.ndarray | None = None) -> dict[str, float]:
+def task_metrics(
+    task: str,
+    outputs: np.ndarray,
+    truth: np.ndarray,
+    class_names: Sequence[str],
+    baselines: Mapping[str, np.ndarray] | None = None,
+    weights: np.ndarray | None = None,
+) -> dict[str, float]:
     if task == "binary":
         return binary_metrics(outputs, truth, class_names, baselines, weights)
     if task == "multiclass":
@@ -331,10 +353,16 @@ def clean_edges(edges: Sequence[float]) -> list[float]:
     return [float(x) for x in e[~np.isnan(e)]]
 
 
-def binned_metrics(task: str, outputs: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-                   observers: Mapping[str, np.ndarray], bins: Mapping[str, Sequence[float]],
-                   baselines: Mapping[str, np.ndarray] | None = None,
-                   weights: np.ndarray | None = None) -> dict[str, float]:
+def binned_metrics(
+    task: str,
+    outputs: np.ndarray,
+    truth: np.ndarray,
+    class_names: Sequence[str],
+    observers: Mapping[str, np.ndarray],
+    bins: Mapping[str, Sequence[float]],
+    baselines: Mapping[str, np.ndarray] | None = None,
+    weights: np.ndarray | None = None,
+) -> dict[str, float]:
     """``task_metrics`` in each ``[lo, hi)`` bin of each observer, keys suffixed by ``bin_suffix``.
     Observers absent from ``observers`` are skipped with a warning; NaN observer values fall
     in no bin."""
@@ -351,8 +379,14 @@ def binned_metrics(task: str, outputs: np.ndarray, truth: np.ndarray, class_name
         e = clean_edges(edges)
         for lo, hi in zip(e[:-1], e[1:]):
             m = (x >= lo) & (x < hi)
-            res = task_metrics(task, outputs[m], truth[m], class_names,
-                               {name: baseline[m] for name, baseline in (baselines or {}).items()}, _subset(w, m))
+            res = task_metrics(
+                task,
+                outputs[m],
+                truth[m],
+                class_names,
+                {name: baseline[m] for name, baseline in (baselines or {}).items()},
+                _subset(w, m),
+            )
             sfx = bin_suffix(obs, lo, hi)
             out.update({k + sfx: v for k, v in res.items()})
     return out

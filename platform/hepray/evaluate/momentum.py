@@ -19,8 +19,8 @@ root-mean-squares over tracks and the imbalance means weighted means over events
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -34,9 +34,11 @@ def track_observers(job: JobSpec, events: dict[str, np.ndarray], truth: np.ndarr
     """One value per track, events' tracks in slot order: the job's observers and the tracks' truth."""
     n_events, tracks = truth.shape[:2]
     observers = {name: np.repeat(events[f"obs_{name}"], tracks) for name in job.data.observers}
-    observers.update(track_pt=np.hypot(truth[..., 0], truth[..., 1]).ravel(),
-                     track_p=np.linalg.norm(truth, axis=2).ravel(),
-                     track_slot=np.tile(np.arange(tracks, dtype=np.float64), n_events))
+    observers.update(
+        track_pt=np.hypot(truth[..., 0], truth[..., 1]).ravel(),
+        track_p=np.linalg.norm(truth, axis=2).ravel(),
+        track_slot=np.tile(np.arange(tracks, dtype=np.float64), n_events),
+    )
     return observers
 
 
@@ -47,8 +49,9 @@ def _mean(x: np.ndarray, weights: np.ndarray | None) -> float:
     return float((weights * x).sum() / total) if total > 0 else float("nan")
 
 
-def evaluate_track_momenta(job: JobSpec, events: dict[str, np.ndarray], out_dir: Path,
-                           history: Sequence[dict] | None, unweighted: bool = False) -> dict[str, float]:
+def evaluate_track_momenta(
+    job: JobSpec, events: dict[str, np.ndarray], out_dir: Path, history: Sequence[dict] | None, unweighted: bool = False
+) -> dict[str, float]:
     """The module's metrics on one evaluation's events (`output`, `target`, `obs_*` and, if the
     job has one, `weight` columns); plots and evaluation.json go to out_dir as for any regression.
     `unweighted`: as for `evaluate_predictions`."""
@@ -60,12 +63,27 @@ def evaluate_track_momenta(job: JobSpec, events: dict[str, np.ndarray], out_dir:
     per_track = None if weights is None else np.broadcast_to(weights[:, None], truth.shape[:2])  # (events, tracks)
     error = prediction - truth
     imbalance = prediction.sum(axis=1) - np.asarray(job.task.initial_momentum)
-    added = {f"test_track_rmse_{name}": float(np.sqrt(_mean(error[..., k] ** 2, per_track)))
-             for k, name in enumerate(COMPONENTS)}
-    added.update(test_event_count=float(len(truth)),
-                 test_imbalance_mean=_mean(np.linalg.norm(imbalance, axis=1), weights),
-                 test_imbalance_pt_mean=_mean(np.hypot(imbalance[:, 0], imbalance[:, 1]), weights))
+    added = {
+        f"test_track_rmse_{name}": float(np.sqrt(_mean(error[..., k] ** 2, per_track)))
+        for k, name in enumerate(COMPONENTS)
+    }
+    added.update(
+        test_event_count=float(len(truth)),
+        test_imbalance_mean=_mean(np.linalg.norm(imbalance, axis=1), weights),
+        test_imbalance_pt_mean=_mean(np.hypot(imbalance[:, 0], imbalance[:, 1]), weights),
+    )
     return evaluate_predictions(
-        "regression", np.hypot(prediction[..., 0], prediction[..., 1]).reshape(-1, 1), observers["track_pt"],
-        observers, [], job.evaluate.bins, out_dir, energy=job.evaluate.energy, history=history,
-        make_plots=job.evaluate.plots, extra_metrics=added, weights=None if per_track is None else per_track.ravel(), unweighted=unweighted)
+        "regression",
+        np.hypot(prediction[..., 0], prediction[..., 1]).reshape(-1, 1),
+        observers["track_pt"],
+        observers,
+        [],
+        job.evaluate.bins,
+        out_dir,
+        energy=job.evaluate.energy,
+        history=history,
+        make_plots=job.evaluate.plots,
+        extra_metrics=added,
+        weights=None if per_track is None else per_track.ravel(),
+        unweighted=unweighted,
+    )

@@ -5,6 +5,7 @@ down-sampled on a fixed grid so every plot stays well under a second. ``weights`
 event, optional): ROC curves, histograms and the confusion matrix are weighted as the metrics
 are (``metrics``); ``None`` draws exactly the unweighted plot.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -60,11 +61,20 @@ def _rej_curve(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = No
     roc = metrics.roc_points(y[ok], score[ok], w)
     if roc is None:
         return None
-    return EFF_GRID, metrics.rejection_at(*roc, EFF_GRID, n_bkg=metrics.background_count(y[ok], w)), metrics.roc_area(*roc)
+    return (
+        EFF_GRID,
+        metrics.rejection_at(*roc, EFF_GRID, n_bkg=metrics.background_count(y[ok], w)),
+        metrics.roc_area(*roc),
+    )
 
 
-def roc(path: Path, logits: np.ndarray, truth: np.ndarray, baselines: Mapping[str, np.ndarray] | None = None,
-        weights: np.ndarray | None = None) -> Path:
+def roc(
+    path: Path,
+    logits: np.ndarray,
+    truth: np.ndarray,
+    baselines: Mapping[str, np.ndarray] | None = None,
+    weights: np.ndarray | None = None,
+) -> Path:
     y = np.asarray(truth) == 1
     with _figure(path) as (fig, ax):
         series = {"model": logits, **(baselines or {})}
@@ -88,15 +98,20 @@ def score_histogram(scores: np.ndarray, edges: np.ndarray, weights: np.ndarray |
     return np.histogram(scores, bins=edges, weights=weights, density=True)[0]
 
 
-def score_hist(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-               weights: np.ndarray | None = None) -> Path:
+def score_hist(
+    path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str], weights: np.ndarray | None = None
+) -> Path:
     p = expit(np.asarray(logits, dtype=np.float64).reshape(-1))
     t = np.asarray(truth)
     edges = np.linspace(0, 1, 51)
     with _figure(path) as (fig, ax):
         for k, name in enumerate(class_names[:2]):
             sel = p[t == k]
-            h = score_histogram(sel, edges, None if weights is None else np.asarray(weights)[t == k]) if sel.size else None
+            h = (
+                score_histogram(sel, edges, None if weights is None else np.asarray(weights)[t == k])
+                if sel.size
+                else None
+            )
             if h is not None:
                 ax.stairs(h, edges, label=f"{name} ({sel.size})")
         ax.set_yscale("log")
@@ -106,8 +121,9 @@ def score_hist(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: S
     return path
 
 
-def roc_ovr(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-            weights: np.ndarray | None = None) -> Path:
+def roc_ovr(
+    path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str], weights: np.ndarray | None = None
+) -> Path:
     p = softmax(np.asarray(logits, dtype=np.float64), axis=1)
     t = np.asarray(truth)
     with _figure(path) as (fig, ax):
@@ -123,8 +139,9 @@ def roc_ovr(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequ
     return path
 
 
-def confusion(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str],
-              weights: np.ndarray | None = None) -> Path:
+def confusion(
+    path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Sequence[str], weights: np.ndarray | None = None
+) -> Path:
     k = len(class_names)
     frac = metrics.confusion_fractions(np.asarray(truth), np.argmax(logits, axis=1), k, weights)
     size = max(6.0, 0.8 * k + 3)
@@ -140,13 +157,21 @@ def confusion(path: Path, logits: np.ndarray, truth: np.ndarray, class_names: Se
             for i in range(k):
                 for j in range(k):
                     if np.isfinite(frac[i, j]):
-                        ax.text(j, i, f"{frac[i, j]:.2f}", ha="center", va="center", fontsize=10,
-                                color="white" if frac[i, j] > 0.5 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            f"{frac[i, j]:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=10,
+                            color="white" if frac[i, j] > 0.5 else "black",
+                        )
     return path
 
 
-def pred_vs_true(path: Path, pred: np.ndarray, truth: np.ndarray, label: str = "target",
-                 weights: np.ndarray | None = None) -> Path:
+def pred_vs_true(
+    path: Path, pred: np.ndarray, truth: np.ndarray, label: str = "target", weights: np.ndarray | None = None
+) -> Path:
     pred = np.asarray(pred, dtype=np.float64).reshape(-1)
     truth = np.asarray(truth, dtype=np.float64).reshape(-1)
     ok = np.isfinite(pred) & np.isfinite(truth)
@@ -168,8 +193,13 @@ def pred_vs_true(path: Path, pred: np.ndarray, truth: np.ndarray, label: str = "
     return path
 
 
-def response(path: Path, pred: np.ndarray, truth: np.ndarray, baselines: Mapping[str, np.ndarray] | None = None,
-             weights: np.ndarray | None = None) -> Path:
+def response(
+    path: Path,
+    pred: np.ndarray,
+    truth: np.ndarray,
+    baselines: Mapping[str, np.ndarray] | None = None,
+    weights: np.ndarray | None = None,
+) -> Path:
     series = [("model", *resolution.ratio_and_weights(pred, truth, weights))]
     series += [(name, *resolution.ratio_and_weights(b, truth, weights)) for name, b in (baselines or {}).items()]
     allx = np.concatenate([s for _, s, _ in series])
@@ -186,10 +216,13 @@ def response(path: Path, pred: np.ndarray, truth: np.ndarray, baselines: Mapping
                     continue
                 s = resolution.response_summary(x, np.ones_like(x), w)
                 h, _ = np.histogram(x, bins=edges, weights=w)
-                ax.stairs(h / max(total, 1) if w is None else h / total, edges,
-                          label=f"{name}: median {s['response_median']:.3f}, "
-                                f"$\\sigma_{{core}}$ {100 * s['resolution_sigma']:.2f}%, "
-                                f"$\\sigma_{{68}}$ {100 * s['resolution_iqr']:.2f}%")
+                ax.stairs(
+                    h / max(total, 1) if w is None else h / total,
+                    edges,
+                    label=f"{name}: median {s['response_median']:.3f}, "
+                    f"$\\sigma_{{core}}$ {100 * s['resolution_sigma']:.2f}%, "
+                    f"$\\sigma_{{68}}$ {100 * s['resolution_iqr']:.2f}%",
+                )
             ax.axvline(1.0, color="grey", lw=1, ls=":")
             _headroom(ax, 1.25)
         ax.set_xlabel("Predicted / true")
@@ -205,15 +238,23 @@ def resolution_vs_energy(path: Path, scans: Mapping[str, resolution.EnergyScan],
             ok = np.isfinite(sc.sigma_rel) & np.isfinite(sc.energy)
             if not ok.any():
                 continue
-            eb = ax.errorbar(sc.energy[ok], 100 * sc.sigma_rel[ok], yerr=100 * np.nan_to_num(sc.sigma_rel_err[ok]),
-                             fmt="o", label=f"{name} (core $\\sigma$)")
+            eb = ax.errorbar(
+                sc.energy[ok],
+                100 * sc.sigma_rel[ok],
+                yerr=100 * np.nan_to_num(sc.sigma_rel_err[ok]),
+                fmt="o",
+                label=f"{name} (core $\\sigma$)",
+            )
             emin, emax = min(emin, sc.energy[ok].min()), max(emax, sc.energy[ok].max())
             f = sc.fit
             if np.isfinite(f.get("fit_a", np.nan)):
                 grid = np.geomspace(sc.energy[ok].min(), sc.energy[ok].max(), 200)
-                ax.plot(grid, resolution.calo_resolution(grid, f["fit_a"], f["fit_b"], f["fit_c"]),
-                        color=eb[0].get_color(),
-                        label=f"a={f['fit_a']:.3g}%·√GeV, b={f['fit_b']:.3g}%, c={f['fit_c']:.3g}% GeV")
+                ax.plot(
+                    grid,
+                    resolution.calo_resolution(grid, f["fit_a"], f["fit_b"], f["fit_c"]),
+                    color=eb[0].get_color(),
+                    label=f"a={f['fit_a']:.3g}%·√GeV, b={f['fit_b']:.3g}%, c={f['fit_c']:.3g}% GeV",
+                )
         if emax > 0 and emin > 0:
             _logx(ax)
         _headroom(ax)
@@ -229,8 +270,7 @@ def response_vs_energy(path: Path, scans: Mapping[str, resolution.EnergyScan], u
             ok = np.isfinite(sc.response_median) & np.isfinite(sc.energy)
             if ok.any():
                 ax.plot(sc.energy[ok], sc.response_median[ok], "o-", label=name)
-        if any((sc.energy[np.isfinite(sc.energy)] > 0).all() and np.isfinite(sc.energy).any()
-               for sc in scans.values()):
+        if any((sc.energy[np.isfinite(sc.energy)] > 0).all() and np.isfinite(sc.energy).any() for sc in scans.values()):
             _logx(ax)
         ax.axhline(1.0, color="grey", lw=1, ls=":")
         ax.set_xlabel(f"True energy [{unit}]")
@@ -250,8 +290,11 @@ def _history_series(history: Sequence[Mapping], key: str):
 
 
 def loss(path: Path, history: Sequence[Mapping]) -> Path:
-    labels = {"train_loss": "train (train mode, running)", "train_loss_eval": "train (eval mode)",
-              "val_loss": "validation"}
+    labels = {
+        "train_loss": "train (train mode, running)",
+        "train_loss_eval": "train (eval mode)",
+        "val_loss": "validation",
+    }
     with _figure(path) as (fig, ax):
         for key, label in labels.items():
             x, y = _history_series(history, key)
@@ -267,8 +310,13 @@ def metric_keys(history: Sequence[Mapping]) -> list[str]:
     keys = []
     for h in history:
         for k, v in h.items():
-            if (k.startswith("val_") and k != "val_loss" and k not in keys
-                    and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)):
+            if (
+                k.startswith("val_")
+                and k != "val_loss"
+                and k not in keys
+                and isinstance(v, (int, float, np.number))
+                and not isinstance(v, bool)
+            ):
                 keys.append(k)
     return keys
 
@@ -291,8 +339,9 @@ def metric(path: Path, history: Sequence[Mapping], keys: Sequence[str]) -> Path:
     return path
 
 
-def reweight_spectra(path: Path, edges: Sequence[float], before: np.ndarray, after: np.ndarray,
-                     class_names: Sequence[str], label: str) -> Path:
+def reweight_spectra(
+    path: Path, edges: Sequence[float], before: np.ndarray, after: np.ndarray, class_names: Sequence[str], label: str
+) -> Path:
     """Each class's train-split spectrum in one reweighting variable, before (dashed) and after
     (solid) the reweighting, each normalised to unit area."""
     edges = np.asarray(edges, dtype=np.float64)
@@ -312,8 +361,11 @@ def reweight_spectra(path: Path, edges: Sequence[float], before: np.ndarray, aft
 def weight_distribution(path: Path, factors: np.ndarray, counts: np.ndarray, class_names: Sequence[str]) -> Path:
     """How the train split's events are reweighted: per class, the weight in each factor bin."""
     populated = counts > 0
-    edges = np.geomspace(max(factors[populated].min(), 1e-3) / 1.1, factors[populated].max() * 1.1, 31) \
-        if populated.any() else np.geomspace(0.1, 10, 31)
+    edges = (
+        np.geomspace(max(factors[populated].min(), 1e-3) / 1.1, factors[populated].max() * 1.1, 31)
+        if populated.any()
+        else np.geomspace(0.1, 10, 31)
+    )
     with _figure(path) as (_, ax):
         for c, name in enumerate(class_names):
             hist, _ = np.histogram(factors[c][populated[c]], edges, weights=counts[c][populated[c]])

@@ -23,6 +23,7 @@ and ``baseline_`` keys are). With ``weights`` and ``unweighted=True`` the unweig
 ``baseline_unweighted_b_rej50``; ``test_events_nonfinite`` and ``extra_metrics`` are not
 repeated. Without ``weights`` ``unweighted`` adds nothing (the numbers already are).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,11 +54,18 @@ def _json_safe(v):
 
 
 def _scan_table(sc: resolution.EnergyScan) -> dict:
-    return {"edges": sc.edges, "energy_mean": sc.energy, "events": sc.events,
-            "response_median": sc.response_median, "resolution_sigma": sc.sigma_rel,
-            "resolution_sigma_err": sc.sigma_rel_err, "resolution_iqr": sc.iqr_rel68,
-            "resolution_rms": sc.rms_rel, "fit": sc.fit,
-            **({} if sc.weight_sum is None else {"weight_sum": sc.weight_sum})}
+    return {
+        "edges": sc.edges,
+        "energy_mean": sc.energy,
+        "events": sc.events,
+        "response_median": sc.response_median,
+        "resolution_sigma": sc.sigma_rel,
+        "resolution_sigma_err": sc.sigma_rel_err,
+        "resolution_iqr": sc.iqr_rel68,
+        "resolution_rms": sc.rms_rel,
+        "fit": sc.fit,
+        **({} if sc.weight_sum is None else {"weight_sum": sc.weight_sum}),
+    }
 
 
 def _checked_inputs(task, outputs, truth, observers, baselines, weights):
@@ -102,9 +110,13 @@ class Events:
     weights: np.ndarray | None = None
 
     def select(self, keep: np.ndarray, weights: bool = True) -> Events:
-        return Events(self.outputs[keep], self.truth[keep], {k: v[keep] for k, v in self.baselines.items()},
-                      {k: v[keep] for k, v in self.obs.items()},
-                      self.weights[keep] if weights and self.weights is not None else None)
+        return Events(
+            self.outputs[keep],
+            self.truth[keep],
+            {k: v[keep] for k, v in self.baselines.items()},
+            {k: v[keep] for k, v in self.obs.items()},
+            self.weights[keep] if weights and self.weights is not None else None,
+        )
 
 
 def _finite_events(ev: Events) -> tuple[Events, int]:
@@ -150,8 +162,9 @@ def _all_metrics(task, ev: Events, class_names, used_bins, energy):
     if task == "regression" and energy:
         scans, fits = _energy_scans(ev, energy, used_bins)
         result.update(fits)
-    result.update(metrics.binned_metrics(task, ev.outputs, ev.truth, class_names, ev.obs, used_bins,
-                                         ev.baselines, ev.weights))
+    result.update(
+        metrics.binned_metrics(task, ev.outputs, ev.truth, class_names, ev.obs, used_bins, ev.baselines, ev.weights)
+    )
     return result, scans
 
 
@@ -215,10 +228,16 @@ def evaluate_predictions(
         written = _make_plots(task, ev, class_names, out_dir / "plots", scans, history)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"task": task, "class_names": list(class_names), "bins": used_bins, "energy": energy,
-               "weighted": weights is not None,
-               "energy_scans": {k: _scan_table(v) for k, v in scans.items()}, "plots": written,
-               "metrics": result}
+    summary = {
+        "task": task,
+        "class_names": list(class_names),
+        "bins": used_bins,
+        "energy": energy,
+        "weighted": weights is not None,
+        "energy_scans": {k: _scan_table(v) for k, v in scans.items()},
+        "plots": written,
+        "metrics": result,
+    }
     (out_dir / "evaluation.json").write_text(json.dumps(_json_safe(summary), indent=1))
     return result
 
@@ -231,17 +250,25 @@ def _make_plots(task, ev: Events, class_names, plot_dir: Path, scans, history) -
     jobs = []
     if task == "binary":
         scores = {name: b for name, b in baselines.items() if b.dtype != np.bool_}  # cuts are points, not curves
-        jobs += [("roc.png", plots.roc, (outputs[:, 0], truth, scores, w)),
-                 ("score_hist.png", plots.score_hist, (outputs[:, 0], truth, class_names, w))]
+        jobs += [
+            ("roc.png", plots.roc, (outputs[:, 0], truth, scores, w)),
+            ("score_hist.png", plots.score_hist, (outputs[:, 0], truth, class_names, w)),
+        ]
     elif task == "multiclass":
-        jobs += [("roc_ovr.png", plots.roc_ovr, (outputs, truth, class_names, w)),
-                 ("confusion.png", plots.confusion, (outputs, truth, class_names, w))]
+        jobs += [
+            ("roc_ovr.png", plots.roc_ovr, (outputs, truth, class_names, w)),
+            ("confusion.png", plots.confusion, (outputs, truth, class_names, w)),
+        ]
     else:
-        jobs += [("pred_vs_true.png", plots.pred_vs_true, (outputs[:, 0], truth, "target", w)),
-                 ("response.png", plots.response, (outputs[:, 0], truth, baselines, w))]
+        jobs += [
+            ("pred_vs_true.png", plots.pred_vs_true, (outputs[:, 0], truth, "target", w)),
+            ("response.png", plots.response, (outputs[:, 0], truth, baselines, w)),
+        ]
         if scans:
-            jobs += [("resolution_vs_energy.png", plots.resolution_vs_energy, (scans,)),
-                     ("response_vs_energy.png", plots.response_vs_energy, (scans,))]
+            jobs += [
+                ("resolution_vs_energy.png", plots.resolution_vs_energy, (scans,)),
+                ("response_vs_energy.png", plots.response_vs_energy, (scans,)),
+            ]
     if history:
         jobs.append(("loss.png", plots.loss, (history,)))
         keys = plots.metric_keys(history)

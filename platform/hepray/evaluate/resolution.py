@@ -39,6 +39,7 @@ Negative-weight events keep their signed weight everywhere (cumulative sums, his
 means). Where the total weight of the events is <= 0 (a bin, a fit window) the numbers are
 NaN, as they are for an empty bin.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -158,8 +159,14 @@ def _weight_sum(x: np.ndarray, weights: np.ndarray | None) -> float:
     return float(x.size) if weights is None else float(np.sum(weights))
 
 
-def gaussian_core(x: np.ndarray, nsigma: float = CORE_NSIGMA, max_iter: int = CORE_MAX_ITER,
-                  min_events: int = MIN_CORE_EVENTS, *, weights: np.ndarray | None = None) -> CoreFit:
+def gaussian_core(
+    x: np.ndarray,
+    nsigma: float = CORE_NSIGMA,
+    max_iter: int = CORE_MAX_ITER,
+    min_events: int = MIN_CORE_EVENTS,
+    *,
+    weights: np.ndarray | None = None,
+) -> CoreFit:
     """Iterative ±nsigma-clipped binned Gaussian fit to the core of ``x`` (see module doc)."""
     x, w = _finite(x, weights)
     if x.size < min_events or not _weight_sum(x, w) > 0:
@@ -204,8 +211,9 @@ CB_KEYS = ("cb_mu", "cb_sigma", "cb_sigma_err", "cb_beta", "cb_m")
 CB_WINDOW = (6.0, 3.0)  # fit range: median - 6 / + 3 of the 68 % half-width (room for the low tail)
 
 
-def crystal_ball_fit(x: np.ndarray, min_events: int = MIN_CORE_EVENTS, *,
-                     weights: np.ndarray | None = None) -> dict[str, float]:
+def crystal_ball_fit(
+    x: np.ndarray, min_events: int = MIN_CORE_EVENTS, *, weights: np.ndarray | None = None
+) -> dict[str, float]:
     """Crystal Ball (``scipy.stats.crystalball``: Gaussian core, power-law tail on the low side,
     as energy losses give) fitted to ``x`` by binned chi2 (Poisson errors, model integrated over
     each bin through the CDF) within ``CB_WINDOW`` around the median. Keys: ``cb_mu`` (core
@@ -235,8 +243,9 @@ def crystal_ball_fit(x: np.ndarray, min_events: int = MIN_CORE_EVENTS, *,
     p0 = (_weight_sum(sel, ws), 1.5, 3.0, float(med), float(width))
     bounds = ([0.0, 0.1, 1.01, lo, 1e-6 * width], [np.inf, 10.0, 100.0, hi, 10.0 * width])
     try:
-        popt, pcov = curve_fit(model, np.arange(len(counts)), counts, p0=p0, sigma=err, absolute_sigma=True,
-                               bounds=bounds, maxfev=4000)
+        popt, pcov = curve_fit(
+            model, np.arange(len(counts)), counts, p0=p0, sigma=err, absolute_sigma=True, bounds=bounds, maxfev=4000
+        )
     except (RuntimeError, ValueError, np.linalg.LinAlgError):
         return out
     _, beta, m, loc, scale = (float(v) for v in popt)
@@ -257,8 +266,18 @@ def response_summary(pred: np.ndarray, truth: np.ndarray, weights: np.ndarray | 
     x, w = ratio_and_weights(pred, truth, weights)
     if w is not None:
         x, w = x[w != 0], w[w != 0]
-    out = dict.fromkeys(("response_median", "response_core", "resolution_iqr", "resolution_rms",
-                         "resolution_sigma", "resolution_sigma_err", "iqr_rel"), NAN)
+    out = dict.fromkeys(
+        (
+            "response_median",
+            "response_core",
+            "resolution_iqr",
+            "resolution_rms",
+            "resolution_sigma",
+            "resolution_sigma_err",
+            "iqr_rel",
+        ),
+        NAN,
+    )
     if x.size == 0 or not _weight_sum(x, w) > 0:
         return out
     q16, q25, med, q75, q84 = weighted_quantile(x, w, np.array([Q16, 25.0, 50.0, 75.0, Q84]) / 100)
@@ -289,8 +308,7 @@ def _round_sig(x: np.ndarray, sig: int, how: str) -> np.ndarray:
     return f(x * scale) / scale
 
 
-def quantile_edges(values: np.ndarray, n_bins: int = 8, sig: int = 3,
-                   weights: np.ndarray | None = None) -> list[float]:
+def quantile_edges(values: np.ndarray, n_bins: int = 8, sig: int = 3, weights: np.ndarray | None = None) -> list[float]:
     """``n_bins`` equal-population (with ``weights``: equal-weight) bin edges, rounded to ``sig``
     significant digits, covering all finite values (the last edge lies strictly above the
     maximum so ``[lo, hi)`` holds it)."""
@@ -316,24 +334,27 @@ class EnergyScan:
     """Per-bin resolution of one estimator versus true energy (arrays over bins)."""
 
     edges: list[float]
-    energy: np.ndarray               # mean true energy of the events in the bin (weighted mean with weights)
+    energy: np.ndarray  # mean true energy of the events in the bin (weighted mean with weights)
     events: np.ndarray
     response_median: np.ndarray
-    sigma_rel: np.ndarray            # core sigma/mu (fraction)
+    sigma_rel: np.ndarray  # core sigma/mu (fraction)
     sigma_rel_err: np.ndarray
-    iqr_rel68: np.ndarray            # resolution_iqr
+    iqr_rel68: np.ndarray  # resolution_iqr
     rms_rel: np.ndarray
     fit: dict[str, float] = field(default_factory=dict)
     weight_sum: np.ndarray | None = None  # sum of the events' weights per bin (None: unweighted)
 
 
-def energy_scan(pred: np.ndarray, truth: np.ndarray, energy: np.ndarray, edges: list[float],
-                weights: np.ndarray | None = None) -> EnergyScan:
+def energy_scan(
+    pred: np.ndarray, truth: np.ndarray, energy: np.ndarray, edges: list[float], weights: np.ndarray | None = None
+) -> EnergyScan:
     energy = np.asarray(energy, dtype=np.float64)
     w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     nb = max(len(edges) - 1, 0)
-    cols = {k: np.full(nb, np.nan) for k in ("energy", "response_median", "sigma_rel", "sigma_rel_err",
-                                              "iqr_rel68", "rms_rel")}
+    cols = {
+        k: np.full(nb, np.nan)
+        for k in ("energy", "response_median", "sigma_rel", "sigma_rel_err", "iqr_rel68", "rms_rel")
+    }
     events = np.zeros(nb, dtype=np.int64)
     weight_sum = None if w is None else np.zeros(nb)
     for i in range(nb):
@@ -386,15 +407,22 @@ def fit_calo_resolution(energy: np.ndarray, res_pct: np.ndarray, err_pct: np.nda
     coef, _ = nnls(A, y**2 * w)
     p0 = np.maximum(np.sqrt(np.maximum(coef, 0.0)), 1e-3)
     try:
-        popt, pcov = curve_fit(calo_resolution, e, y, p0=p0, sigma=s, absolute_sigma=True,
-                               bounds=(0.0, np.inf), maxfev=20000)
+        popt, pcov = curve_fit(
+            calo_resolution, e, y, p0=p0, sigma=s, absolute_sigma=True, bounds=(0.0, np.inf), maxfev=20000
+        )
     except (RuntimeError, ValueError, np.linalg.LinAlgError):
         return out
     perr = np.sqrt(np.abs(np.diag(pcov)))
     perr = np.where(np.isfinite(perr), perr, np.nan)
     chi2 = float(np.sum(((calo_resolution(e, *popt) - y) / s) ** 2))
     ndf = e.size - 3
-    out.update(fit_a=float(popt[0]), fit_b=float(popt[1]), fit_c=float(popt[2]),
-               fit_a_err=float(perr[0]), fit_b_err=float(perr[1]), fit_c_err=float(perr[2]),
-               fit_chi2_ndf=chi2 / ndf if ndf > 0 else NAN)
+    out.update(
+        fit_a=float(popt[0]),
+        fit_b=float(popt[1]),
+        fit_c=float(popt[2]),
+        fit_a_err=float(perr[0]),
+        fit_b_err=float(perr[1]),
+        fit_c_err=float(perr[2]),
+        fit_chi2_ndf=chi2 / ndf if ndf > 0 else NAN,
+    )
     return out

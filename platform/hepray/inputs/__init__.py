@@ -10,9 +10,10 @@ datasource, the batching and `hepray predict` use it through `encoder_for`.
 from __future__ import annotations
 
 import importlib
+import operator
 import pkgutil
-from functools import lru_cache
-from typing import Annotated, Union
+from functools import lru_cache, reduce
+from typing import Annotated
 
 from pydantic import Field
 
@@ -35,7 +36,8 @@ def _encoder_classes() -> dict[str, type[Encoder]]:
 
 
 ENCODERS = _encoder_classes()
-InputSpec = Annotated[Union[tuple(cls.spec_class for cls in ENCODERS.values())], Field(discriminator="kind")]
+# the union of every kind's spec, told apart by `kind`
+InputSpec = Annotated[reduce(operator.or_, (cls.spec_class for cls in ENCODERS.values())), Field(discriminator="kind")]
 
 
 def encoder_for(spec) -> Encoder:
@@ -70,5 +72,18 @@ def sparse_supported(spec) -> bool:
     return encoder.travels_ragged and type(encoder).sparse is not Encoder.sparse
 
 
-__all__ = ["ENCODERS", "Encoder", "InputSpec", "Ragged", "SparseImages", "apply_norm", "branches_for", "densify", "encoder_for",
-           "encoder_from_json", "make_input", "make_sparse", "sparse_supported"]
+__all__ = [
+    "ENCODERS",
+    "Encoder",
+    "InputSpec",
+    "Ragged",
+    "SparseImages",
+    "apply_norm",
+    "branches_for",
+    "densify",
+    "encoder_for",
+    "encoder_from_json",
+    "make_input",
+    "make_sparse",
+    "sparse_supported",
+]

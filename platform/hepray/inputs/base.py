@@ -59,7 +59,8 @@ class Encoder:
     def decode(self, travelled: np.ndarray | Ragged) -> np.ndarray:
         """A worker's dense float32 tensor data from what a read task shipped."""
         if isinstance(travelled, Ragged):
-            images = SparseImages(travelled.offsets, travelled.columns["pixel"], travelled.columns["value"],
-                                  self.spec.shape())
+            images = SparseImages(
+                travelled.offsets, travelled.columns["pixel"], travelled.columns["value"], self.spec.shape()
+            )
             return densify(images, self.spec.norm)
         return travelled

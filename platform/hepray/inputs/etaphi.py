@@ -13,7 +13,21 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from hepray.inputs.base import Encoder, Norm, Strict
-from hepray.inputs.kernels import ArrayLike, Scatter, SparseImages, accumulate, grid_index, jagged, normalize_in_place, per_event, per_event_sum, pixel_coordinate, point_set, safe_divide, wrap_phi
+from hepray.inputs.kernels import (
+    ArrayLike,
+    Scatter,
+    SparseImages,
+    accumulate,
+    grid_index,
+    jagged,
+    normalize_in_place,
+    per_event,
+    per_event_sum,
+    pixel_coordinate,
+    point_set,
+    safe_divide,
+    wrap_phi,
+)
 
 
 class PointSet(Strict):
@@ -47,7 +61,7 @@ class EtaPhiImage(Strict):
     norm: Norm = "none"
 
     @model_validator(mode="after")
-    def _channels(self) -> "EtaPhiImage":
+    def _channels(self) -> EtaPhiImage:
         if self.channel_branch is not None:
             if len(self.points) != 1:
                 raise ValueError("channel_branch needs exactly one point set")
@@ -114,7 +128,10 @@ def _etaphi(spec: EtaPhiImage, arrays: dict[str, ArrayLike]) -> Scatter:
         eta_offset -= np.repeat(eta_center, counts)
         phi_offset = phi.astype(np.float64)
         phi_offset -= np.repeat(phi_center, counts)
-        pixels = [pixel_coordinate(eta_offset, spec.cell, size / 2), pixel_coordinate(wrap_phi(phi_offset), spec.phi_cell, size / 2)]
+        pixels = [
+            pixel_coordinate(eta_offset, spec.cell, size / 2),
+            pixel_coordinate(wrap_phi(phi_offset), spec.phi_cell, size / 2),
+        ]
         index, ok = grid_index(pixels, (size, size))
         if spec.channel_branch is not None:
             channel, ok = _channel_of_points(arrays, spec, counts, ok)
@@ -146,8 +163,9 @@ def _etaphi_centroid(sets: list[tuple[list[np.ndarray], np.ndarray]], n_events: 
     return safe_divide(eta_sum, total), np.arctan2(sin_sum, cos_sum)
 
 
-def _channel_of_points(arrays: dict[str, ArrayLike], spec: EtaPhiImage, counts: np.ndarray,
-                       inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _channel_of_points(
+    arrays: dict[str, ArrayLike], spec: EtaPhiImage, counts: np.ndarray, inside: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Channel of each point from `channel_branch`; non-integer or out-of-range values are dropped."""
     values, channel_counts = jagged(arrays, spec.channel_branch)
     if not np.array_equal(channel_counts, counts):

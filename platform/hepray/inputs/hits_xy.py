@@ -15,7 +15,19 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from hepray.inputs.base import Encoder, Norm, Strict
-from hepray.inputs.kernels import ArrayLike, Scatter, SparseImages, accumulate, event_offsets, grid_index, normalize_in_place, per_event_sum, pixel_coordinate, point_set, safe_divide
+from hepray.inputs.kernels import (
+    ArrayLike,
+    Scatter,
+    SparseImages,
+    accumulate,
+    event_offsets,
+    grid_index,
+    normalize_in_place,
+    per_event_sum,
+    pixel_coordinate,
+    point_set,
+    safe_divide,
+)
 
 
 class HitsXYImage(Strict):
@@ -37,12 +49,14 @@ class HitsXYImage(Strict):
     encoding: Literal["binary", "total", "average", "per_hit"] = "per_hit"
     norm: Norm = "none"
     track_branch: str | None = Field(
-        None, description="per-hit 1-based track index (the study's TRK): channel k holds the hits of track k + 1 "
-                          "alone; hits of no track slot (0: noise) are dropped")
+        None,
+        description="per-hit 1-based track index (the study's TRK): channel k holds the hits of track k + 1 "
+        "alone; hits of no track slot (0: noise) are dropped",
+    )
     tracks: int | None = Field(None, gt=0, description="track slots (channels) with track_branch")
 
     @model_validator(mode="after")
-    def _track_channels(self) -> "HitsXYImage":
+    def _track_channels(self) -> HitsXYImage:
         if (self.track_branch is None) != (self.tracks is None):
             raise ValueError("track_branch and tracks go together (one channel per track slot)")
         return self
@@ -92,8 +106,9 @@ def _hits_xy(spec: HitsXYImage, arrays: dict[str, ArrayLike]) -> Scatter | np.nd
     y = np.add(ye, yw, dtype=np.float64)
     y *= 0.5
     cell = 2 * spec.extent / spec.size
-    index, inside = grid_index([pixel_coordinate(y, cell, spec.size / 2), pixel_coordinate(x, cell, spec.size / 2)],
-                                (spec.size, spec.size))
+    index, inside = grid_index(
+        [pixel_coordinate(y, cell, spec.size / 2), pixel_coordinate(x, cell, spec.size / 2)], (spec.size, spec.size)
+    )
     channels = spec.shape()[0]
     if spec.track_branch is not None:
         channel, on_track = _track_channel(rest[-1], channels)

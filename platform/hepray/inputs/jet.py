@@ -16,7 +16,18 @@ import numpy as np
 from pydantic import Field
 
 from hepray.inputs.base import Encoder, Norm, Strict
-from hepray.inputs.kernels import ArrayLike, Scatter, SparseImages, accumulate, grid_index, normalize_in_place, per_event_sum, pixel_coordinate, point_set, safe_divide
+from hepray.inputs.kernels import (
+    ArrayLike,
+    Scatter,
+    SparseImages,
+    accumulate,
+    grid_index,
+    normalize_in_place,
+    per_event_sum,
+    pixel_coordinate,
+    point_set,
+    safe_divide,
+)
 
 
 class JetImage(Strict):
@@ -29,7 +40,8 @@ class JetImage(Strict):
     size: int = Field(33, gt=0, description="odd, so the jet axis is a pixel centre after translate")
     extent: float = Field(0.825, gt=0, description="half-width of the image in eta and phi")
     preprocess: set[Literal["translate", "rotate", "flip"]] = Field(
-        {"translate", "rotate", "flip"}, description="always applied in the order translate, rotate, flip")
+        {"translate", "rotate", "flip"}, description="always applied in the order translate, rotate, flip"
+    )
     norm: Norm = "l1"
 
     def shape(self) -> tuple[int, ...]:
@@ -75,13 +87,15 @@ def _jet(spec: JetImage, arrays: dict[str, ArrayLike]) -> Scatter:
             coordinate *= np.where(balance < 0, -1.0, 1.0)[event]
 
     cell = 2 * spec.extent / spec.size
-    index, inside = grid_index([pixel_coordinate(eta, cell, spec.size / 2), pixel_coordinate(phi, cell, spec.size / 2)],
-                                (spec.size, spec.size))
+    index, inside = grid_index(
+        [pixel_coordinate(eta, cell, spec.size / 2), pixel_coordinate(phi, cell, spec.size / 2)], (spec.size, spec.size)
+    )
     return Scatter(n_events, spec.shape(), [index], [inside], [pt], [counts])
 
 
-def _rotate_principal_axis_to_eta(eta: np.ndarray, phi: np.ndarray, pt: np.ndarray, event: np.ndarray,
-                                  n_events: int) -> tuple[np.ndarray, np.ndarray]:
+def _rotate_principal_axis_to_eta(
+    eta: np.ndarray, phi: np.ndarray, pt: np.ndarray, event: np.ndarray, n_events: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Rotate each event about the origin so its major pT-weighted axis lies along eta."""
     moment_eta = per_event_sum(event, pt * eta * eta, n_events)
     moment_phi = per_event_sum(event, pt * phi * phi, n_events)

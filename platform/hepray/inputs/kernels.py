@@ -50,8 +50,10 @@ class Ragged:
         return self.offsets.nbytes + sum(column.nbytes for column in self.columns.values())
 
     def slice(self, begin: int, stop: int) -> Ragged:
-        offsets = self.offsets[begin:stop + 1]
-        return Ragged(offsets - offsets[0], {name: column[offsets[0]:offsets[-1]] for name, column in self.columns.items()})
+        offsets = self.offsets[begin : stop + 1]
+        return Ragged(
+            offsets - offsets[0], {name: column[offsets[0] : offsets[-1]] for name, column in self.columns.items()}
+        )
 
     def take(self, events: np.ndarray) -> Ragged:
         """The rows of `events` (an index array), in that order."""
@@ -71,7 +73,9 @@ class Ragged:
     def concat(parts: list[Ragged]) -> Ragged:
         shift = np.cumsum([0] + [part.offsets[-1] for part in parts[:-1]])
         offsets = np.concatenate([parts[0].offsets[:1]] + [part.offsets[1:] + s for part, s in zip(parts, shift)])
-        return Ragged(offsets, {name: np.concatenate([part.columns[name] for part in parts]) for name in parts[0].columns})
+        return Ragged(
+            offsets, {name: np.concatenate([part.columns[name] for part in parts]) for name in parts[0].columns}
+        )
 
 
 @dataclass
@@ -110,8 +114,14 @@ class SparseImages:
 
 def densify(images: SparseImages, norm: str) -> np.ndarray:
     """Dense float32 (N, *shape) images with the norm applied: equal to make_input's for the same events."""
-    dense = accumulate(len(images), images.shape, [images.pixel], [np.ones(len(images.pixel), dtype=bool)],
-                       [images.value], [np.diff(images.offsets)])
+    dense = accumulate(
+        len(images),
+        images.shape,
+        [images.pixel],
+        [np.ones(len(images.pixel), dtype=bool)],
+        [images.value],
+        [np.diff(images.offsets)],
+    )
     return normalize_in_place(dense, norm)
 
 
@@ -167,7 +177,7 @@ def flatten(values: ak.Array) -> tuple[np.ndarray, np.ndarray]:
         buffer = np.asarray(content.data)
         if isinstance(layout, ak.contents.ListOffsetArray):
             offsets = np.asarray(layout.offsets.data)
-            return buffer[offsets[0]:offsets[-1]], np.diff(offsets).astype(np.int64, copy=False)
+            return buffer[offsets[0] : offsets[-1]], np.diff(offsets).astype(np.int64, copy=False)
         if isinstance(layout, ak.contents.ListArray) and len(layout) > 0:
             starts = np.asarray(layout.starts.data).astype(np.int64, copy=False)
             stops = np.asarray(layout.stops.data).astype(np.int64, copy=False)
@@ -178,7 +188,7 @@ def flatten(values: ak.Array) -> tuple[np.ndarray, np.ndarray]:
                 runs = np.empty(2 * len(starts), dtype=np.int64)
                 runs[0::2], runs[1::2] = skipped, counts
                 keep = np.repeat(np.tile([False, True], len(starts)), runs)
-                return buffer[:len(keep)][keep], counts
+                return buffer[: len(keep)][keep], counts
     if values.ndim != 2:
         raise ValueError(f"expected a list of numbers per event, got type {values.type}")
     counts = ak.to_numpy(ak.num(values, axis=1)).astype(np.int64, copy=False)
@@ -255,8 +265,14 @@ class Scatter(NamedTuple):
     counts: list[np.ndarray]
 
 
-def accumulate(n_events: int, shape: tuple[int, ...], pixels: list[np.ndarray], inside: list[np.ndarray],
-                weights: list[np.ndarray], counts: list[np.ndarray]) -> np.ndarray:
+def accumulate(
+    n_events: int,
+    shape: tuple[int, ...],
+    pixels: list[np.ndarray],
+    inside: list[np.ndarray],
+    weights: list[np.ndarray],
+    counts: list[np.ndarray],
+) -> np.ndarray:
     """Sum weights into a zeroed (n_events, *shape) float32 buffer; points outside go to a dump bin.
 
     np.add.at into float32 measured ~2.5x faster than np.bincount (float64 output, then a cast).

@@ -26,8 +26,9 @@ class PointCloud(Strict):
 
     kind: Literal["points"]
     features: list[str] = Field(min_length=1, description="jagged branches or expressions, one value per point")
-    sort_by: str | None = Field(None, description="points in descending order of this (e.g. pfcand_ptrel); "
-                                                  "default the file's order")
+    sort_by: str | None = Field(
+        None, description="points in descending order of this (e.g. pfcand_ptrel); default the file's order"
+    )
     max: int = Field(64, gt=0, description="points kept per event: more are dropped, fewer padded")
 
     def shape(self) -> tuple[int, ...]:
@@ -81,8 +82,9 @@ class PointsEncoder(Encoder):
         for expression in self.features:
             flat, these = _per_point(expression, arrays)
             if counts is not None and not np.array_equal(counts, these):
-                raise ValueError(f"'{self.spec.features[0]}' and '{expression.text}' have different numbers of "
-                                 "points per event")
+                raise ValueError(
+                    f"'{self.spec.features[0]}' and '{expression.text}' have different numbers of points per event"
+                )
             columns.append(flat)
             counts = these
         values = np.stack(columns, axis=1).astype(np.float32)

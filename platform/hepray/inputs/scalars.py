@@ -6,7 +6,6 @@ from typing import Literal
 
 import awkward as ak
 import numpy as np
-
 from pydantic import Field
 
 from hepray.expr import Expression

@@ -14,7 +14,18 @@ import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from hepray.inputs.base import Encoder, Norm, Strict
-from hepray.inputs.kernels import ArrayLike, Scatter, SparseImages, accumulate, check_finite, get_branch, grid_index, jagged, normalize_in_place, pixel_coordinate, point_set
+from hepray.inputs.kernels import (
+    ArrayLike,
+    Scatter,
+    SparseImages,
+    accumulate,
+    check_finite,
+    get_branch,
+    grid_index,
+    normalize_in_place,
+    pixel_coordinate,
+    point_set,
+)
 
 
 class VoxelPoints(Strict):
@@ -37,7 +48,7 @@ class VoxelImage(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "VoxelImage":
+    def _one_source(self) -> VoxelImage:
         if (self.cells is None) == (self.points is None):
             raise ValueError("give exactly one of cells or points")
         if self.points is not None and (self.range is None or len(self.range) != 3):

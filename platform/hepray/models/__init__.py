@@ -7,7 +7,7 @@ outputs (logits or regression values).
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 from pydantic import Field
 from torch import nn
@@ -33,8 +33,14 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
 }
 
 ModelConfig = Annotated[
-    Union[SeedCNNConfig, Calo3DConfig, CVNConfig, FiLMConfig, ResNetConfig,
-          DeepSetsConfig, ParticleNetConfig, TransformerConfig],
+    SeedCNNConfig
+    | Calo3DConfig
+    | CVNConfig
+    | FiLMConfig
+    | ResNetConfig
+    | DeepSetsConfig
+    | ParticleNetConfig
+    | TransformerConfig,
     Field(discriminator="name"),
 ]
 

@@ -44,8 +44,15 @@ class Calo3DBranch(nn.Module):
     optionally followed by the image's depth profile (channels x last axis) and its face-on map
     (channels x the other axes)."""
 
-    def __init__(self, shape: tuple[int, ...], filters: int, kernel: int, pool: int, profile: bool = False,
-                 transverse: bool = False):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        filters: int,
+        kernel: int,
+        pool: int,
+        profile: bool = False,
+        transverse: bool = False,
+    ):
         super().__init__()
         channels, *size = shape
         self.profile, self.transverse = profile, transverse
@@ -73,8 +80,9 @@ class Calo3D(nn.Module):
         self.input_shapes = input_shapes
         self.names = select_images(config.inputs, input_shapes, (3,), "calo3d")
         self.branches = nn.ModuleList(  # parallel to self.names (input names may not be attribute-safe)
-            Calo3DBranch(input_shapes[name], config.filters, config.kernel, config.pool, config.profile,
-                         config.transverse)
+            Calo3DBranch(
+                input_shapes[name], config.filters, config.kernel, config.pool, config.profile, config.transverse
+            )
             for name in self.names
         )
         n_features = sum(branch.n_features for branch in self.branches)

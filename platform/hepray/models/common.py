@@ -53,8 +53,9 @@ def scalar_inputs(input_shapes: dict[str, tuple[int, ...]]) -> list[str]:
     return [name for name, shape in input_shapes.items() if len(shape) == 1]
 
 
-def select_images(requested: list[str] | None, input_shapes: dict[str, tuple[int, ...]],
-                  spatial_dims: tuple[int, ...], family: str) -> list[str]:
+def select_images(
+    requested: list[str] | None, input_shapes: dict[str, tuple[int, ...]], spatial_dims: tuple[int, ...], family: str
+) -> list[str]:
     """The image inputs a family convolves: `requested` (checked) or every input with a fitting
     number of spatial dims, in job order. Raises ValueError if none or if a name does not fit."""
     fits = [name for name, shape in input_shapes.items() if len(shape) - 1 in spatial_dims]
@@ -64,8 +65,9 @@ def select_images(requested: list[str] | None, input_shapes: dict[str, tuple[int
         if name not in input_shapes:
             raise ValueError(f"{family}: unknown input {name!r}; the job has {sorted(input_shapes)}")
         if name not in fits:
-            raise ValueError(f"{family}: input {name!r} has shape {input_shapes[name]}, "
-                             f"expected channels + {kind} spatial dims")
+            raise ValueError(
+                f"{family}: input {name!r} has shape {input_shapes[name]}, expected channels + {kind} spatial dims"
+            )
     if not names:
         raise ValueError(f"{family}: needs at least one {kind} image input; the job has {input_shapes}")
     return names
@@ -103,14 +105,18 @@ def select_points(requested: str | None, input_shapes: dict[str, tuple[int, ...]
     fits = [name for name, shape in input_shapes.items() if len(shape) == 2]
     if requested is None:
         if len(fits) != 1:
-            raise ValueError(f"{family}: needs exactly one points input ([max_points, 1 + features]) or "
-                             f"`points:` naming one; the job has {dict(input_shapes)}")
+            raise ValueError(
+                f"{family}: needs exactly one points input ([max_points, 1 + features]) or "
+                f"`points:` naming one; the job has {dict(input_shapes)}"
+            )
         requested = fits[0]
     if requested not in input_shapes:
         raise ValueError(f"{family}: unknown input {requested!r}; the job has {sorted(input_shapes)}")
     if requested not in fits or input_shapes[requested][1] < 2:
-        raise ValueError(f"{family}: input {requested!r} has shape {input_shapes[requested]}, expected "
-                         "points [max_points, 1 + features] with at least one feature")
+        raise ValueError(
+            f"{family}: input {requested!r} has shape {input_shapes[requested]}, expected "
+            "points [max_points, 1 + features] with at least one feature"
+        )
     return requested
 
 

@@ -77,8 +77,12 @@ class Inception(nn.Module):
     def __init__(self, c_in: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, cp: int, batchnorm: bool):
         super().__init__()
         self.b1 = conv_relu(c_in, c1, 1, batchnorm=batchnorm)
-        self.b3 = nn.Sequential(conv_relu(c_in, c3r, 1, batchnorm=batchnorm), conv_relu(c3r, c3, 3, batchnorm=batchnorm))
-        self.b5 = nn.Sequential(conv_relu(c_in, c5r, 1, batchnorm=batchnorm), conv_relu(c5r, c5, 5, batchnorm=batchnorm))
+        self.b3 = nn.Sequential(
+            conv_relu(c_in, c3r, 1, batchnorm=batchnorm), conv_relu(c3r, c3, 3, batchnorm=batchnorm)
+        )
+        self.b5 = nn.Sequential(
+            conv_relu(c_in, c5r, 1, batchnorm=batchnorm), conv_relu(c5r, c5, 5, batchnorm=batchnorm)
+        )
         self.bp = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), conv_relu(c_in, cp, 1, batchnorm=batchnorm))
         self.c_out = c1 + c3 + c5 + cp
 
@@ -137,14 +141,16 @@ class CVN(nn.Module):
         common = tuple(min(s[d] for s in sizes) for d in range(2))
         self.align = nn.ModuleList(shrink(size, common) for size in sizes)
         c_merged = sum(tower.c_out for tower in self.towers)
-        self.merged, c_out = inception_stack(c_merged, config.tower_inception, config.merged_inception,
-                                             config.width, config.batchnorm)
+        self.merged, c_out = inception_stack(
+            c_merged, config.tower_inception, config.merged_inception, config.width, config.batchnorm
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(c_out + scalar_width(input_shapes), n_outputs)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = torch.cat([align(tower(inputs[view]))
-                       for view, tower, align in zip(self.views, self.towers, self.align)], dim=1)
+        x = torch.cat(
+            [align(tower(inputs[view])) for view, tower, align in zip(self.views, self.towers, self.align)], dim=1
+        )
         x = self.merged(x).mean(dim=(2, 3))
         scalars = gather_scalars(inputs, self.input_shapes)
         if scalars is not None:

@@ -18,8 +18,17 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from hepray.models.common import (MaskedBatchNorm, MLPHead, ModelSpec, Width, gather_scalars, masked_mean,
-                                  scalar_width, select_points, split_points)
+from hepray.models.common import (
+    MaskedBatchNorm,
+    MLPHead,
+    ModelSpec,
+    Width,
+    gather_scalars,
+    masked_mean,
+    scalar_width,
+    select_points,
+    split_points,
+)
 
 
 class DeepSetsConfig(ModelSpec):

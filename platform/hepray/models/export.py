@@ -15,15 +15,20 @@ def export_onnx(model: nn.Module, input_shapes: dict[str, tuple[int, ...]], path
     names = list(input_shapes)
     example = tuple(torch.zeros(2, *shape) for shape in input_shapes.values())
     torch.onnx.export(
-        PositionalInputs(model.eval(), names), example, str(path), dynamo=False,
-        input_names=names, output_names=["output"],
+        PositionalInputs(model.eval(), names),
+        example,
+        str(path),
+        dynamo=False,
+        input_names=names,
+        output_names=["output"],
         dynamic_axes={name: {0: "batch"} for name in [*names, "output"]},
     )
     return Path(path)
 
 
-def onnx_max_difference(model: nn.Module, input_shapes: dict[str, tuple[int, ...]], path: str | Path,
-                        events: int = 16, seed: int = 0) -> float:
+def onnx_max_difference(
+    model: nn.Module, input_shapes: dict[str, tuple[int, ...]], path: str | Path, events: int = 16, seed: int = 0
+) -> float:
     """Largest |PyTorch - ONNX Runtime| output difference on a batch of random non-negative inputs."""
     import onnxruntime
 

@@ -17,8 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from hepray.models.common import (DenseHead, ModelSpec, gather_scalars, layer_nd, scalar_width,
-                                  select_images)
+from hepray.models.common import DenseHead, ModelSpec, gather_scalars, layer_nd, scalar_width, select_images
 
 
 class FiLMConfig(ModelSpec):
@@ -58,8 +57,16 @@ class FiLMNet(nn.Module):
         channels, *size = input_shapes[self.image]
         self.blocks = nn.ModuleList()
         for block in range(config.blocks):
-            self.blocks.append(FiLMBlock(channels if block == 0 else config.filters, config.filters,
-                                         config.kernel, n_scalars, config.film_hidden, len(size)))
+            self.blocks.append(
+                FiLMBlock(
+                    channels if block == 0 else config.filters,
+                    config.filters,
+                    config.kernel,
+                    n_scalars,
+                    config.film_hidden,
+                    len(size),
+                )
+            )
             size = [-(-n // 2) for n in size]  # ceil-mode pooling
         n_features = config.filters
         for n in size:

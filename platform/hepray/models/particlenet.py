@@ -30,8 +30,17 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from hepray.models.common import (MaskedBatchNorm, MLPHead, ModelSpec, Width, gather_scalars, masked_mean,
-                                  scalar_width, select_points, split_points)
+from hepray.models.common import (
+    MaskedBatchNorm,
+    MLPHead,
+    ModelSpec,
+    Width,
+    gather_scalars,
+    masked_mean,
+    scalar_width,
+    select_points,
+    split_points,
+)
 
 FAR = 1e30  # squared distance given to padded points and to the point itself
 
@@ -40,10 +49,12 @@ class ParticleNetConfig(ModelSpec):
     name: Literal["particlenet"]
     points: str | None = Field(None, description="points input [max_points, 1 + F]; default the job's only one")
     coords: list[Annotated[int, Field(ge=0)]] = Field(
-        [0, 1], min_length=1, description="feature indices (0-based among the F) of the first graph's coordinates")
+        [0, 1], min_length=1, description="feature indices (0-based among the F) of the first graph's coordinates"
+    )
     k: int = Field(7, gt=0, description="neighbours per point")
     blocks: list[Annotated[list[Width], Field(min_length=1)]] = Field(
-        [[32, 32, 32], [64, 64, 64]], min_length=1, description="EdgeConv blocks: each one's edge MLP widths")
+        [[32, 32, 32], [64, 64, 64]], min_length=1, description="EdgeConv blocks: each one's edge MLP widths"
+    )
     input_norm: bool = Field(True, description="masked BatchNorm on the point features")
     head: list[Width] = Field([128], description="hidden widths after pooling (+ scalars)")
     dropout: float = Field(0.1, ge=0, lt=1, description="after each head layer")
@@ -103,8 +114,9 @@ class ParticleNet(nn.Module):
         self.points = select_points(config.points, input_shapes, "particlenet")
         width = input_shapes[self.points][1] - 1
         if max(config.coords) >= width:
-            raise ValueError(f"particlenet: coords {config.coords} index the {width} features of "
-                             f"{self.points!r} (0-based)")
+            raise ValueError(
+                f"particlenet: coords {config.coords} index the {width} features of {self.points!r} (0-based)"
+            )
         self.coords = list(config.coords)
         self.norm = MaskedBatchNorm(width) if config.input_norm else None
         self.blocks = nn.ModuleList()

@@ -31,8 +31,15 @@ class SeedCNN(nn.Module):
         channels, height, width = input_shapes[self.image]
         layers: list[nn.Module] = []
         for block in range(config.blocks):
-            layers.append(nn.Conv2d(channels if block == 0 else config.filters, config.filters,
-                                    config.kernel, padding=config.kernel // 2, bias=not config.batchnorm))
+            layers.append(
+                nn.Conv2d(
+                    channels if block == 0 else config.filters,
+                    config.filters,
+                    config.kernel,
+                    padding=config.kernel // 2,
+                    bias=not config.batchnorm,
+                )
+            )
             if config.batchnorm:
                 layers.append(nn.BatchNorm2d(config.filters))
             layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]

@@ -28,8 +28,16 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from hepray.models.common import (MaskedBatchNorm, MLPHead, ModelSpec, Width, gather_scalars, scalar_width,
-                                  select_points, split_points)
+from hepray.models.common import (
+    MaskedBatchNorm,
+    MLPHead,
+    ModelSpec,
+    Width,
+    gather_scalars,
+    scalar_width,
+    select_points,
+    split_points,
+)
 
 MASKED = -1e9  # added to the attention score of a padded key
 EPS = 1e-8  # clamp of dR and kT before the log
@@ -118,7 +126,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
         keys = self.norm_attention(x if points is None else torch.cat([x, points], dim=1))
-        x = x + self.dropout(self.attention(keys[:, :x.shape[1]], keys, bias))
+        x = x + self.dropout(self.attention(keys[:, : x.shape[1]], keys, bias))
         return x + self.dropout(self.ffn(self.norm_ffn(x)))
 
 
@@ -131,8 +139,10 @@ class Transformer(nn.Module):
         pairs = config.pair_features
         self.pair_index = None if pairs is None else (pairs.eta, pairs.phi, pairs.pt)
         if self.pair_index is not None and max(self.pair_index) >= width:
-            raise ValueError(f"transformer: pair_features {pairs.model_dump()} index the {width} "
-                             f"features of {self.points!r} (0-based)")
+            raise ValueError(
+                f"transformer: pair_features {pairs.model_dump()} index the {width} "
+                f"features of {self.points!r} (0-based)"
+            )
         self.norm = MaskedBatchNorm(width) if config.input_norm else None
         self.embed = mlp([width, config.dim, config.dim])
         self.pair_embed = None if pairs is None else mlp([2, *config.pair_hidden, config.heads])

@@ -17,11 +17,12 @@ RECORD = ".hepray-generated.json"  # in out_dir: what was generated there last (
 
 
 def known_kinds() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_GENERATORS and not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_GENERATORS and not m.name.startswith("_")
+    )
 
 
-def generate(kind: str, out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree",
-             **options) -> list[Path]:
+def generate(kind: str, out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", **options) -> list[Path]:
     """Write ``events`` events (per class, for classification samples) of ``kind`` into
     ``out_dir`` as ROOT files (``fmt``: "ttree" or "rntuple"); returns the paths written.
 

@@ -137,23 +137,37 @@ class _Grids:
 
     def __init__(self, n: int):
         self.n = n
-        self.em = {"ecal": np.zeros((n, ECAL_LAYERS, ECAL_CELLS, ECAL_CELLS), dtype=np.float32),
-                   "hcal": np.zeros((n, HCAL_LAYERS, HCAL_CELLS, HCAL_CELLS), dtype=np.float32)}
+        self.em = {
+            "ecal": np.zeros((n, ECAL_LAYERS, ECAL_CELLS, ECAL_CELLS), dtype=np.float32),
+            "hcal": np.zeros((n, HCAL_LAYERS, HCAL_CELLS, HCAL_CELLS), dtype=np.float32),
+        }
         self.had = {"ecal": np.zeros_like(self.em["ecal"]), "hcal": np.zeros_like(self.em["hcal"])}
 
     def add(self, kind: str, evt, slab_energy, x, y, sigma_core, sigma_tail, f_core) -> None:
         """Deposit showers: energy per slab (M, S), axis (x, y) per slab [mm], two lateral Gaussians."""
         grids = self.em if kind == "em" else self.had
         for rows in _rank_groups(evt):  # each group has an event at most once: plain fancy-index adds
-            for calo, slabs, cells, cell in (("ecal", ECAL_SLABS, ECAL_CELLS, ECAL_CELL),
-                                             ("hcal", HCAL_SLABS, HCAL_CELLS, HCAL_CELL)):
+            for calo, slabs, cells, cell in (
+                ("ecal", ECAL_SLABS, ECAL_CELLS, ECAL_CELL),
+                ("hcal", HCAL_SLABS, HCAL_CELLS, HCAL_CELL),
+            ):
                 energy = slab_energy[rows, slabs]
                 # (M, L, X, 2) @ (M, L, 2, Y): core and tail outer products summed in one matmul
-                fx = np.stack([_cell_fractions(x[rows, slabs], sigma[rows, slabs], cells, cell)
-                               * (energy * fraction[rows, slabs])[..., None]
-                               for sigma, fraction in ((sigma_core, f_core), (sigma_tail, 1.0 - f_core))], axis=-1)
-                fy = np.stack([_cell_fractions(y[rows, slabs], sigma[rows, slabs], cells, cell)
-                               for sigma in (sigma_core, sigma_tail)], axis=-2)
+                fx = np.stack(
+                    [
+                        _cell_fractions(x[rows, slabs], sigma[rows, slabs], cells, cell)
+                        * (energy * fraction[rows, slabs])[..., None]
+                        for sigma, fraction in ((sigma_core, f_core), (sigma_tail, 1.0 - f_core))
+                    ],
+                    axis=-1,
+                )
+                fy = np.stack(
+                    [
+                        _cell_fractions(y[rows, slabs], sigma[rows, slabs], cells, cell)
+                        for sigma in (sigma_core, sigma_tail)
+                    ],
+                    axis=-2,
+                )
                 grids[calo][evt[rows]] += fx @ fy
 
 
@@ -225,8 +239,10 @@ def _mip_track(visible: dict, rng, n, evt, t_int, x0, y0) -> None:
     crossed = np.clip((t_int[:, None] - LAMBDA_EDGES[None, :-1]) / _LAMBDA[None, :], 0.0, 1.0)
     signal = MIP[None, :] * crossed * rng.gamma(4.0, 0.25, (m, N_SLABS))
     x, y = _axis(x0, y0)
-    for calo, slabs, cells, cell in (("ecal", ECAL_SLABS, ECAL_CELLS, ECAL_CELL),
-                                     ("hcal", HCAL_SLABS, HCAL_CELLS, HCAL_CELL)):
+    for calo, slabs, cells, cell in (
+        ("ecal", ECAL_SLABS, ECAL_CELLS, ECAL_CELL),
+        ("hcal", HCAL_SLABS, HCAL_CELLS, HCAL_CELL),
+    ):
         ix = np.floor(x[:, slabs] / cell + cells / 2).astype(np.int64)
         iy = np.floor(y[:, slabs] / cell + cells / 2).astype(np.int64)
         layer = np.broadcast_to(np.arange(slabs.stop - slabs.start), ix.shape)
@@ -263,8 +279,15 @@ def _pi0s(grids, rng, n, energy):
     d2 = -DISTANCE * np.tan(opening * e1 / energy)
     evt = np.r_[np.arange(n), np.arange(n)]
     d = np.r_[d1, d2]
-    em_showers(grids, rng, evt, np.r_[e1, e2], rng.exponential(9.0 / 7.0, 2 * n),
-               np.r_[x0, x0] + d * np.r_[np.cos(phi), np.cos(phi)], np.r_[y0, y0] + d * np.r_[np.sin(phi), np.sin(phi)])
+    em_showers(
+        grids,
+        rng,
+        evt,
+        np.r_[e1, e2],
+        rng.exponential(9.0 / 7.0, 2 * n),
+        np.r_[x0, x0] + d * np.r_[np.cos(phi), np.cos(phi)],
+        np.r_[y0, y0] + d * np.r_[np.sin(phi), np.sin(phi)],
+    )
     return x0, y0, {"photon1_energy": e1, "photon2_energy": e2, "opening_angle": opening}
 
 
@@ -286,8 +309,15 @@ def _charged_pions(grids, rng, n, energy, tracks):
     split = rng.uniform(0.2, 0.8, len(hit))
     kick = rng.normal(0.0, 20.0, (4, len(hit)))  # mm
     start = np.tile(np.interp(t, LAMBDA_EDGES, X0_EDGES), 2) + rng.exponential(0.5, 2 * len(hit))
-    em_showers(grids, rng, np.tile(hit, 2), np.r_[e * f_em * split, e * f_em * (1 - split)], start,
-               np.tile(x, 2) + kick[:2].reshape(-1), np.tile(y, 2) + kick[2:].reshape(-1))
+    em_showers(
+        grids,
+        rng,
+        np.tile(hit, 2),
+        np.r_[e * f_em * split, e * f_em * (1 - split)],
+        start,
+        np.tile(x, 2) + kick[:2].reshape(-1),
+        np.tile(y, 2) + kick[2:].reshape(-1),
+    )
     hadronic_showers(grids, rng, hit, e * (1 - f_em) / E_OVER_H, e, t, x, y)
     return x0, y0, {}
 
@@ -298,14 +328,27 @@ def _overlay(grids, rng, n):
     evt = np.repeat(np.arange(n), rng.poisson(OVERLAY_PHOTONS, n))
     m = len(evt)
     if m:
-        em_showers(grids, rng, evt, 0.05 + rng.exponential(0.3, m), rng.exponential(9.0 / 7.0, m),
-                   *rng.uniform(-half_ecal, half_ecal, (2, m)))
+        em_showers(
+            grids,
+            rng,
+            evt,
+            0.05 + rng.exponential(0.3, m),
+            rng.exponential(9.0 / 7.0, m),
+            *rng.uniform(-half_ecal, half_ecal, (2, m)),
+        )
     evt = np.repeat(np.arange(n), rng.poisson(OVERLAY_HADRONS, n))
     m = len(evt)
     if m:
         energy = 0.2 + rng.exponential(0.5, m)
-        hadronic_showers(grids, rng, evt, energy / E_OVER_H, energy, rng.exponential(1.0, m),
-                         *rng.uniform(-half_hcal, half_hcal, (2, m)))
+        hadronic_showers(
+            grids,
+            rng,
+            evt,
+            energy / E_OVER_H,
+            energy,
+            rng.exponential(1.0, m),
+            *rng.uniform(-half_hcal, half_hcal, (2, m)),
+        )
 
 
 def _sparse(cells: np.ndarray, calo: str):
@@ -315,9 +358,15 @@ def _sparse(cells: np.ndarray, calo: str):
     event, z, x, y = np.unravel_index(flat, cells.shape)
     counts = np.bincount(event, minlength=n)
     energy = cells.reshape(-1)[flat].astype(np.float32)
-    jagged = {f"{calo}_{name}": ak.unflatten(values, counts)
-              for name, values in (("x", x.astype(np.uint8)), ("y", y.astype(np.uint8)),
-                                   ("z", z.astype(np.uint8)), ("e", energy))}
+    jagged = {
+        f"{calo}_{name}": ak.unflatten(values, counts)
+        for name, values in (
+            ("x", x.astype(np.uint8)),
+            ("y", y.astype(np.uint8)),
+            ("z", z.astype(np.uint8)),
+            ("e", energy),
+        )
+    }
     total = np.bincount(event, weights=energy.astype(np.float64), minlength=n)
     return jagged, total
 
@@ -344,13 +393,18 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
         pdg = 211 * charge
     _overlay(grids, rng, n)
 
-    chunk = {"energy": energy.astype(np.float32), "pdg": pdg.astype(np.int32),
-             "impact_x": x0.astype(np.float32), "impact_y": y0.astype(np.float32)}
+    chunk = {
+        "energy": energy.astype(np.float32),
+        "pdg": pdg.astype(np.int32),
+        "impact_x": x0.astype(np.float32),
+        "impact_y": y0.astype(np.float32),
+    }
     visible = {}
     for calo, slabs in (("ecal", ECAL_SLABS), ("hcal", HCAL_SLABS)):
         response = RESPONSE[slabs, None, None].astype(np.float32)
-        visible[calo] = (_sample(rng, grids.em[calo] * response, K2_EM[slabs, None, None])
-                         + _sample(rng, grids.had[calo] * response, K2_HAD))
+        visible[calo] = _sample(rng, grids.em[calo] * response, K2_EM[slabs, None, None]) + _sample(
+            rng, grids.had[calo] * response, K2_HAD
+        )
     for evt, t_int, tx, ty in tracks:
         _mip_track(visible, rng, n, evt, t_int, tx, ty)
     sums = {}
@@ -367,10 +421,27 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     return chunk
 
 
-def generate(out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", *,
-             events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE,
-             particles: tuple[str, ...] = PARTICLES) -> list[Path]:
+def generate(
+    out_dir: str | Path,
+    events: int,
+    seed: int = 1,
+    fmt: str = "ttree",
+    *,
+    events_per_file: int = DEFAULT_EVENTS_PER_FILE,
+    tree: str = DEFAULT_TREE,
+    particles: tuple[str, ...] = PARTICLES,
+) -> list[Path]:
     """Write ``events`` events of each particle into ``out_dir``: ``electron_000.root, ...``,
     then ``photon_*``, ``pi0_*``, ``chpi_*`` (``particles`` picks a subset). Returns the paths."""
-    return write_classes(out_dir, PARTICLES, generate_chunk, events, seed, fmt, chunk_size=CHUNK_SIZE,
-                         events_per_file=events_per_file, tree=tree, only=particles)
+    return write_classes(
+        out_dir,
+        PARTICLES,
+        generate_chunk,
+        events,
+        seed,
+        fmt,
+        chunk_size=CHUNK_SIZE,
+        events_per_file=events_per_file,
+        tree=tree,
+        only=particles,
+    )

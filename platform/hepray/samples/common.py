@@ -178,8 +178,7 @@ class _Writer:
             self.tmp.unlink(missing_ok=True)
 
 
-def write_file(path: str | Path, chunks: Iterable[Chunk], *, tree: str = DEFAULT_TREE,
-               fmt: str = "ttree") -> int:
+def write_file(path: str | Path, chunks: Iterable[Chunk], *, tree: str = DEFAULT_TREE, fmt: str = "ttree") -> int:
     """Write all chunks into one file; returns the number of events written."""
     writer = _Writer(Path(path), tree, fmt)
     try:
@@ -217,9 +216,15 @@ def remove_outputs(out_dir: str | Path, prefix: str) -> list[Path]:
     return removed
 
 
-def write_split(out_dir: str | Path, prefix: str, chunks: Iterable[Chunk], *,
-                events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE,
-                fmt: str = "ttree") -> list[Path]:
+def write_split(
+    out_dir: str | Path,
+    prefix: str,
+    chunks: Iterable[Chunk],
+    *,
+    events_per_file: int = DEFAULT_EVENTS_PER_FILE,
+    tree: str = DEFAULT_TREE,
+    fmt: str = "ttree",
+) -> list[Path]:
     """Write a stream of chunks to ``out_dir/{prefix}_000.root, {prefix}_001.root, ...``.
 
     Each file holds at most ``events_per_file`` events (chunks are cut at file
@@ -267,10 +272,19 @@ def chunk_sizes(events: int, chunk_size: int) -> Iterator[int]:
         yield rest
 
 
-def write_classes(out_dir: str | Path, classes: Sequence[str],
-                  generate_chunk: Callable[[np.random.Generator, int, str], Chunk], events: int, seed: int,
-                  fmt: str, *, chunk_size: int, events_per_file: int = DEFAULT_EVENTS_PER_FILE,
-                  tree: str = DEFAULT_TREE, only: Sequence[str] | None = None) -> list[Path]:
+def write_classes(
+    out_dir: str | Path,
+    classes: Sequence[str],
+    generate_chunk: Callable[[np.random.Generator, int, str], Chunk],
+    events: int,
+    seed: int,
+    fmt: str,
+    *,
+    chunk_size: int,
+    events_per_file: int = DEFAULT_EVENTS_PER_FILE,
+    tree: str = DEFAULT_TREE,
+    only: Sequence[str] | None = None,
+) -> list[Path]:
     """Write ``events`` events of each class (or of the subset ``only``) into
     ``<out_dir>/<class>_000.root, ...``, in class order.
 
@@ -288,7 +302,9 @@ def write_classes(out_dir: str | Path, classes: Sequence[str],
     for index, kind in enumerate(classes):
         if only is not None and kind not in only:
             continue
-        chunks = (generate_chunk(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, j))), n, kind)
-                  for j, n in enumerate(chunk_sizes(events, chunk_size)))
+        chunks = (
+            generate_chunk(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, j))), n, kind)
+            for j, n in enumerate(chunk_sizes(events, chunk_size))
+        )
         paths += write_split(out_dir, kind, chunks, events_per_file=events_per_file, tree=tree, fmt=fmt)
     return paths

@@ -121,9 +121,28 @@ ET_RANGE = (10.0, 200.0)
 BEND = 0.36  # dphi [rad] * pT [GeV] at the calorimeter: 0.3 * 2 T * 1.2 m / 2
 SOLENOID_RADIUS, SOLENOID_HALF_LENGTH = 1.2, 2.9  # m
 
-BRANCHES = ("e_true", "e_acc", "eta", "abs_eta", "phi", "mu", "npv", "trk_pt", "conv", "particle",
-            "e_ps", "e_l1", "e_l2", "e_l3", "seed_eta", "seed_phi",
-            "cell_eta", "cell_phi", "cell_e", "cell_layer")
+BRANCHES = (
+    "e_true",
+    "e_acc",
+    "eta",
+    "abs_eta",
+    "phi",
+    "mu",
+    "npv",
+    "trk_pt",
+    "conv",
+    "particle",
+    "e_ps",
+    "e_l1",
+    "e_l2",
+    "e_l3",
+    "seed_eta",
+    "seed_phi",
+    "cell_eta",
+    "cell_phi",
+    "cell_e",
+    "cell_layer",
+)
 
 
 def front_material(abs_eta):
@@ -194,8 +213,16 @@ def _electron(rng, n, energy, pt, u, v, tracker, abs_eta):
         # mean momentum on the way there is about kept ** (fraction / 2)
         emitted_at = rng.random(n)
         conversion = emitted_at * tracker + rng.exponential(PHOTON_MEAN_FREE_PATH, n)
-        parts.append(_Showers(evt, energy * (1 - kept) * fraction, u, v + bending(emitted_at, kept ** (emitted_at / 2)),
-                              conversion, np.zeros(n, bool)))
+        parts.append(
+            _Showers(
+                evt,
+                energy * (1 - kept) * fraction,
+                u,
+                v + bending(emitted_at, kept ** (emitted_at / 2)),
+                conversion,
+                np.zeros(n, bool),
+            )
+        )
     return _Showers.concat(parts), trk_pt, np.zeros(n)
 
 
@@ -204,8 +231,14 @@ def _photon(rng, n, energy, pt, u, v, tracker, abs_eta):
     depth = rng.exponential(PHOTON_MEAN_FREE_PATH, n)
     converted = depth < tracker
     x = rng.uniform(0.05, 0.95, n)
-    unconverted = _Showers(evt[~converted], energy[~converted], u[~converted], v[~converted],
-                           depth[~converted], np.zeros((~converted).sum(), bool))
+    unconverted = _Showers(
+        evt[~converted],
+        energy[~converted],
+        u[~converted],
+        v[~converted],
+        depth[~converted],
+        np.zeros((~converted).sum(), bool),
+    )
     c = converted
     remaining = 1 - depth[c] / tracker[c]  # fraction of the tracker's bending still ahead
     parts = [unconverted]
@@ -243,7 +276,7 @@ def _deposit(n, showers: _Showers, energy):
     grids = []
     for sigma, weight in energy:
         fu, fv = _profile(showers.u, sigma), _profile(showers.v, sigma)
-        grids.append((weight[:, None, None] * fu[:, :, None] * fv[:, None, :]))
+        grids.append(weight[:, None, None] * fu[:, :, None] * fv[:, None, :])
     contrib = np.sum(grids, axis=0)
     keys = showers.evt[:, None, None] * size * size + np.arange(size * size).reshape(size, size)
     return np.bincount(keys.ravel(), weights=contrib.ravel(), minlength=n * size * size).reshape(n, size, size)
@@ -298,8 +331,9 @@ def _cluster_cells(barrel):
     half_eta = np.where(barrel, CLUSTER["barrel"][0] // 2, CLUSTER["endcap"][0] // 2)
     half_phi = np.where(barrel, CLUSTER["barrel"][1] // 2, CLUSTER["endcap"][1] // 2)
     offsets = np.arange(WINDOW) - WINDOW // 2
-    return ((np.abs(offsets)[None, :, None] <= half_eta[:, None, None])
-            & (np.abs(offsets)[None, None, :] <= half_phi[:, None, None]))
+    return (np.abs(offsets)[None, :, None] <= half_eta[:, None, None]) & (
+        np.abs(offsets)[None, None, :] <= half_phi[:, None, None]
+    )
 
 
 def _shower_grid(n, layer, showers: _Showers, deposit, smear):
@@ -330,7 +364,7 @@ def _read_out(rng, layer, grid, seed_i, seed_j, cosh, actual, pileup_shift, has_
         sigma = np.where(has_ps, sigma, 0.0)
     evt = np.arange(n)[:, None, None]
     spread = native[evt, gid_eta[:, :, None], gid_phi[:, None, :]] / cells_per_native
-    image = spread[:, PAD:PAD + WINDOW, PAD:PAD + WINDOW]
+    image = spread[:, PAD : PAD + WINDOW, PAD : PAD + WINDOW]
     return image, np.broadcast_to((sigma / cells_per_native)[:, None, None], image.shape)
 
 
@@ -363,8 +397,12 @@ def _image_cells(images, noise_maps, seed_i, seed_j) -> dict:
     def jag(values):
         return ak.unflatten(np.asarray(values, dtype=np.float32), counts)
 
-    return {"cell_eta": jag(cell_eta), "cell_phi": jag(cell_phi), "cell_e": jag(stack.reshape(-1)[flat]),
-            "cell_layer": jag(layer)}
+    return {
+        "cell_eta": jag(cell_eta),
+        "cell_phi": jag(cell_phi),
+        "cell_e": jag(stack.reshape(-1)[flat]),
+        "cell_layer": jag(layer),
+    }
 
 
 def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
@@ -426,11 +464,27 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     }
 
 
-def generate(out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", *,
-             events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE) -> list[Path]:
+def generate(
+    out_dir: str | Path,
+    events: int,
+    seed: int = 1,
+    fmt: str = "ttree",
+    *,
+    events_per_file: int = DEFAULT_EVENTS_PER_FILE,
+    tree: str = DEFAULT_TREE,
+) -> list[Path]:
     """Write ``events`` electrons and ``events`` photons into ``out_dir``.
 
     Returns the paths: ``electron_000.root, ...`` then ``photon_000.root, ...``.
     """
-    return write_classes(out_dir, CLASSES, generate_chunk, events, seed, fmt, chunk_size=CHUNK_SIZE,
-                         events_per_file=events_per_file, tree=tree)
+    return write_classes(
+        out_dir,
+        CLASSES,
+        generate_chunk,
+        events,
+        seed,
+        fmt,
+        chunk_size=CHUNK_SIZE,
+        events_per_file=events_per_file,
+        tree=tree,
+    )

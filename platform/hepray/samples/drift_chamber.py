@@ -114,7 +114,6 @@ CHUNK_SIZE = 1000
 TRACKS = 4  # charged tracks per event in every class
 
 
-
 # --- kinematics ---------------------------------------------------------------------
 
 
@@ -286,8 +285,9 @@ def _layer_crossings(radius, turn, phi0, dz_ds, z0):
     outgoing = (crossing % 2 == 0)[None, None, :]
     whole_turns = (crossing // 2)[None, None, :]
     # arc length / (2R): outgoing a + pi k; incoming pi (k + 1) - a
-    u = np.where(outgoing, half_angle[:, :, None] + np.pi * whole_turns,
-                 np.pi * (whole_turns + 1) - half_angle[:, :, None])
+    u = np.where(
+        outgoing, half_angle[:, :, None] + np.pi * whole_turns, np.pi * (whole_turns + 1) - half_angle[:, :, None]
+    )
     s = 2 * radius[:, None, None] * u
     z = z0[:, None, None] + s * dz_ds[:, None, None]
     # the hit's azimuth is the chord's direction, phi0 + turn * s / 2R; every turn passes the
@@ -424,12 +424,30 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str, noise_hits: floa
     }
 
 
-def generate(out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", *,
-             events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE,
-             noise_hits: float = 0.0, classes: tuple[str, ...] = CLASSES) -> list[Path]:
+def generate(
+    out_dir: str | Path,
+    events: int,
+    seed: int = 1,
+    fmt: str = "ttree",
+    *,
+    events_per_file: int = DEFAULT_EVENTS_PER_FILE,
+    tree: str = DEFAULT_TREE,
+    noise_hits: float = 0.0,
+    classes: tuple[str, ...] = CLASSES,
+) -> list[Path]:
     """Write ``events`` events of each class into ``out_dir`` (``psip_ee_000.root``, ...,
     ``psip_mumu_*``, ``continuum_*``); ``noise_hits`` is the mean number of noise hits per event."""
     if noise_hits < 0:
         raise ValueError(f"noise_hits must be >= 0, got {noise_hits}")
-    return write_classes(out_dir, CLASSES, partial(generate_chunk, noise_hits=noise_hits), events, seed, fmt,
-                         chunk_size=CHUNK_SIZE, events_per_file=events_per_file, tree=tree, only=classes)
+    return write_classes(
+        out_dir,
+        CLASSES,
+        partial(generate_chunk, noise_hits=noise_hits),
+        events,
+        seed,
+        fmt,
+        chunk_size=CHUNK_SIZE,
+        events_per_file=events_per_file,
+        tree=tree,
+        only=classes,
+    )

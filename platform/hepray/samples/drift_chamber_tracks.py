@@ -82,14 +82,26 @@ def collect_tracks(events: int, seed: int = 1, chunk_size: int = dc.CHUNK_SIZE) 
     out = {}
     for prefix, chunks in parts.items():
         pick = shuffle.permutation(have[prefix])[:events]
-        out[prefix] = {name: (ak.concatenate([p[name] for p in chunks]) if isinstance(chunks[0][name], ak.Array)
-                              else np.concatenate([p[name] for p in chunks]))[pick]
-                       for name in chunks[0]}
+        out[prefix] = {
+            name: (
+                ak.concatenate([p[name] for p in chunks])
+                if isinstance(chunks[0][name], ak.Array)
+                else np.concatenate([p[name] for p in chunks])
+            )[pick]
+            for name in chunks[0]
+        }
     return out
 
 
-def generate(out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", *,
-             events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE) -> list[Path]:
+def generate(
+    out_dir: str | Path,
+    events: int,
+    seed: int = 1,
+    fmt: str = "ttree",
+    *,
+    events_per_file: int = DEFAULT_EVENTS_PER_FILE,
+    tree: str = DEFAULT_TREE,
+) -> list[Path]:
     """Write ``events`` tracks of each particle type into ``out_dir`` (``track_e_000.root``, ...)."""
     check_fmt(fmt)
     if events < 1:

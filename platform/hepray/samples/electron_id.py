@@ -89,8 +89,19 @@ CHUNK_SIZE = 1000
 PT_SLOPE = {"electron": 28.0, "fake": 20.0}
 PI0_RICH_FRACTION = 0.3
 
-BRANCHES = ("ele_pt", "ele_eta", "ele_phi", "ele_iso", "ele_width", "ele_hoe",
-            "tower_eta", "tower_phi", "tower_e", "tower_em", "tower_had")
+BRANCHES = (
+    "ele_pt",
+    "ele_eta",
+    "ele_phi",
+    "ele_iso",
+    "ele_width",
+    "ele_hoe",
+    "tower_eta",
+    "tower_phi",
+    "tower_e",
+    "tower_em",
+    "tower_had",
+)
 
 
 class _Deposits:
@@ -226,8 +237,9 @@ def _electrons(dep: _Deposits, rng, n, fu, fv, eta, pt_true):
     # a few percent with nearby jet activity (heavy flavour, overlapping jets)
     busy = rng.random(n) < 0.06
     if busy.any():
-        _jet_remnant(dep, rng, evt[busy], pt_true[busy] * cosh[busy] * rng.uniform(0.1, 0.6, busy.sum()),
-                     0.2, 1.5, fu, fv, eta)
+        _jet_remnant(
+            dep, rng, evt[busy], pt_true[busy] * cosh[busy] * rng.uniform(0.1, 0.6, busy.sum()), 0.2, 1.5, fu, fv, eta
+        )
     return e_meas / cosh
 
 
@@ -362,11 +374,27 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     }
 
 
-def generate(out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", *,
-             events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE) -> list[Path]:
+def generate(
+    out_dir: str | Path,
+    events: int,
+    seed: int = 1,
+    fmt: str = "ttree",
+    *,
+    events_per_file: int = DEFAULT_EVENTS_PER_FILE,
+    tree: str = DEFAULT_TREE,
+) -> list[Path]:
     """Write ``events`` electron and ``events`` fake candidates into ``out_dir``.
 
     Returns the paths: ``electron_000.root, ...`` then ``fake_000.root, ...``.
     """
-    return write_classes(out_dir, CLASSES, generate_chunk, events, seed, fmt, chunk_size=CHUNK_SIZE,
-                         events_per_file=events_per_file, tree=tree)
+    return write_classes(
+        out_dir,
+        CLASSES,
+        generate_chunk,
+        events,
+        seed,
+        fmt,
+        chunk_size=CHUNK_SIZE,
+        events_per_file=events_per_file,
+        tree=tree,
+    )

@@ -68,8 +68,18 @@ from hepray.samples.common import (
 
 CLASSES = ("hbb", "qcd")
 CHUNK_SIZE = 1000
-BRANCHES = ("jet_pt", "jet_eta", "jet_phi", "jet_mass", "tau1", "tau2", "tau21",
-            "pfcand_ptrel", "pfcand_etarel", "pfcand_phirel")
+BRANCHES = (
+    "jet_pt",
+    "jet_eta",
+    "jet_phi",
+    "jet_mass",
+    "tau1",
+    "tau2",
+    "tau21",
+    "pfcand_ptrel",
+    "pfcand_etarel",
+    "pfcand_phirel",
+)
 
 # --- kinematics and reconstruction ------------------------------------------------
 PT_MIN, PT_MAX, PT_SLOPE = 300.0, 1000.0, 250.0  # GeV
@@ -105,10 +115,10 @@ class _Particles:
         self.evt, self.pt, self.u, self.v = evt, pt, u, v
 
     @staticmethod
-    def concat(parts: list["_Particles"]) -> "_Particles":
+    def concat(parts: list[_Particles]) -> _Particles:
         return _Particles(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("evt", "pt", "u", "v")))
 
-    def take(self, mask) -> "_Particles":
+    def take(self, mask) -> _Particles:
         return _Particles(self.evt[mask], self.pt[mask], self.u[mask], self.v[mask])
 
 
@@ -202,8 +212,7 @@ def _signal(rng, n, pt):
     # the shower keeps the emitter's flavour in its "hard" daughter and emits gluons, so the
     # non-gluon partons are exactly the two b quarks
     is_b = ~gluon
-    return _Particles.concat([_b_quarks(rng, showered.take(is_b)),
-                              _hadronize(rng, showered.take(~is_b), gluon[~is_b])])
+    return _Particles.concat([_b_quarks(rng, showered.take(is_b)), _hadronize(rng, showered.take(~is_b), gluon[~is_b])])
 
 
 def _qcd(rng, n, pt):
@@ -248,8 +257,9 @@ def nsubjettiness(pt, deta, dphi, counts, candidates: int = AXIS_CANDIDATES, r0:
 
     def per_jet(values):  # (P, A) -> (n, A) pT-weighted sums
         a = values.shape[1]
-        sums = np.bincount((evt[:, None] * a + np.arange(a)).ravel(), weights=(pt[:, None] * values).ravel(),
-                           minlength=n * a)
+        sums = np.bincount(
+            (evt[:, None] * a + np.arange(a)).ravel(), weights=(pt[:, None] * values).ravel(), minlength=n * a
+        )
         return sums.reshape(n, a) / d0[:, None]
 
     jet_axis = np.hypot(deta, dphi)[:, None]
@@ -326,11 +336,27 @@ def generate_chunk(rng: np.random.Generator, n: int, kind: str) -> dict:
     }
 
 
-def generate(out_dir: str | Path, events: int, seed: int = 1, fmt: str = "ttree", *,
-             events_per_file: int = DEFAULT_EVENTS_PER_FILE, tree: str = DEFAULT_TREE) -> list[Path]:
+def generate(
+    out_dir: str | Path,
+    events: int,
+    seed: int = 1,
+    fmt: str = "ttree",
+    *,
+    events_per_file: int = DEFAULT_EVENTS_PER_FILE,
+    tree: str = DEFAULT_TREE,
+) -> list[Path]:
     """Write ``events`` H -> bb and ``events`` QCD jets into ``out_dir``.
 
     Returns the paths: ``hbb_000.root, ...`` then ``qcd_000.root, ...``.
     """
-    return write_classes(out_dir, CLASSES, generate_chunk, events, seed, fmt, chunk_size=CHUNK_SIZE,
-                         events_per_file=events_per_file, tree=tree)
+    return write_classes(
+        out_dir,
+        CLASSES,
+        generate_chunk,
+        events,
+        seed,
+        fmt,
+        chunk_size=CHUNK_SIZE,
+        events_per_file=events_per_file,
+        tree=tree,
+    )

@@ -14,11 +14,11 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from hepray.monitoring import TrainMeter
 from hepray.data.augment import augment
 from hepray.data.batches import ModelBatch
 from hepray.data.events import LABEL, WEIGHT
 from hepray.models import build_model
+from hepray.monitoring import TrainMeter
 from hepray.spec import JobSpec
 from hepray.train.reweight import ReweightTable
 from hepray.train.reweight import column as reweight_column
@@ -42,7 +42,9 @@ def make_scheduler(job: JobSpec, optimizer: torch.optim.Optimizer, steps_per_epo
     if t.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
     if t.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t.lr, epochs=t.epochs, steps_per_epoch=steps_per_epoch)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=t.lr, epochs=t.epochs, steps_per_epoch=steps_per_epoch
+        )
     if t.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     return None
@@ -115,8 +117,9 @@ def train_loop_per_worker(config: dict) -> None:
 class WorkerRun:
     """One Ray Train worker's model, optimizer, schedule and data shards, epoch by epoch."""
 
-    def __init__(self, job: JobSpec, train_events: int, weight_scale: float | None = None,
-                 reweight: ReweightTable | None = None):
+    def __init__(
+        self, job: JobSpec, train_events: int, weight_scale: float | None = None, reweight: ReweightTable | None = None
+    ):
         self.job = job
         self.weight_scale = weight_scale  # train.weight_norm global: the train split's mean |weight|
         self.reweight = reweight
@@ -140,11 +143,17 @@ class WorkerRun:
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard("val")
         # ModelBatch densifies sparse images in Ray's prefetch threads, overlapping the training step.
-        self.batch_kwargs = dict(batch_size=job.train.batch_size, device=self.device, prefetch_batches=2,
-                                 pin_memory=use_cuda, collate_fn=ModelBatch())
+        self.batch_kwargs = dict(
+            batch_size=job.train.batch_size,
+            device=self.device,
+            prefetch_batches=2,
+            pin_memory=use_cuda,
+            collate_fn=ModelBatch(),
+        )
         # bf16 autocast only on CUDA: CPU autocast slows small convolutions and changes numerics in tests.
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda
-                         else torch.autocast("cpu", enabled=False))
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
+        )
         self.meter = TrainMeter(job.name, self.rank, self.device)  # Prometheus metrics, every few seconds
 
     def restore(self, checkpoint) -> int:
@@ -165,9 +174,12 @@ class WorkerRun:
 
     def state(self, epoch: int) -> dict:
         return {
-            "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "early_stopping": self.stopper.state(), "history": self.history, "epoch": epoch,
+            "early_stopping": self.stopper.state(),
+            "history": self.history,
+            "epoch": epoch,
         }
 
     def batches(self, shard, what: str, **options):
@@ -179,8 +191,12 @@ class WorkerRun:
         self.meter.start_epoch(epoch)
         loss_sum, seen, self.kept = 0.0, 0, []
         started = time.perf_counter()
-        batches = self.batches(self.train_shard, "training", local_shuffle_buffer_size=self.job.train.shuffle_buffer or None,
-                               local_shuffle_seed=self.job.train.seed + epoch)
+        batches = self.batches(
+            self.train_shard,
+            "training",
+            local_shuffle_buffer_size=self.job.train.shuffle_buffer or None,
+            local_shuffle_seed=self.job.train.seed + epoch,
+        )
         for number, batch in enumerate(batches):
             self.meter.waited()
             step_loss, events = self.step(batch, epoch, number)
@@ -192,27 +208,36 @@ class WorkerRun:
         self.meter.flush()
         seconds = time.perf_counter() - started
         # Events trained on per second (all workers), data waits included: benchmarks/train.py compares it.
-        return {"epoch": epoch, "train_loss": _global_mean(loss_sum, seen),
-                "train_events_per_s": _global_mean(seen, 1) * self.world_size / seconds}
+        return {
+            "epoch": epoch,
+            "train_loss": _global_mean(loss_sum, seen),
+            "train_events_per_s": _global_mean(seen, 1) * self.world_size / seconds,
+        }
 
     def step(self, batch: dict, epoch: int, number: int) -> tuple[float, int]:
         """One optimizer step; the batch's loss and size. A non-finite loss stops the run."""
-        inputs = augment({name: batch[name] for name in self.shapes}, self.image_names, self.job.data.augment,
-                         self.generator)
+        inputs = augment(
+            {name: batch[name] for name in self.shapes}, self.image_names, self.job.data.augment, self.generator
+        )
         truth = batch[self.task.truth_column]
         with self.autocast:
             loss = self.task.loss(self.model(inputs), truth, self.event_weight(batch), self.weight_scale)
         step_loss = loss.item()
         if not math.isfinite(step_loss):
-            raise TrainingStopped(f"training loss is {step_loss} at epoch {epoch + 1}, batch {number + 1} (worker "
-                                  f"{self.rank}): check the inputs' scale and norm, or lower train.lr")
+            raise TrainingStopped(
+                f"training loss is {step_loss} at epoch {epoch + 1}, batch {number + 1} (worker "
+                f"{self.rank}): check the inputs' scale and norm, or lower train.lr"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.job.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.job.train.grad_clip)
         self.optimizer.step()
         scheduler = self.scheduler
-        if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.last_epoch < scheduler.total_steps - 1:
+        if (
+            isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+            and scheduler.last_epoch < scheduler.total_steps - 1
+        ):
             scheduler.step()
         return step_loss, len(truth)
 
@@ -259,8 +284,9 @@ def evaluate_batches(model, task: Task, shapes, batches, prefix: str, autocast) 
     weight = gather(torch.cat(weights).numpy()) if weights else None
     if len(truth) == 0:
         return {f"{prefix}_loss": float("nan")}
-    loss = task.loss(torch.from_numpy(output), torch.from_numpy(truth),
-                     None if weight is None else torch.from_numpy(weight)).item()
+    loss = task.loss(
+        torch.from_numpy(output), torch.from_numpy(truth), None if weight is None else torch.from_numpy(weight)
+    ).item()
     return {f"{prefix}_loss": loss, **task.epoch_metrics(output, truth, prefix, weight)}
 
 
@@ -273,8 +299,11 @@ def _global_mean(total: float, count: int) -> float:
 
 
 def progress_line(metrics: dict, epochs: int) -> str:
-    shown = " ".join(f"{key}={value:.4g}" for key, value in metrics.items()
-                     if key.startswith(("train", "val")) and "accuracy" not in key)
+    shown = " ".join(
+        f"{key}={value:.4g}"
+        for key, value in metrics.items()
+        if key.startswith(("train", "val")) and "accuracy" not in key
+    )
     return f"epoch {metrics['epoch'] + 1}/{epochs}: {shown}" + ("  (early stop)" if metrics["stopped_early"] else "")
 
 

@@ -33,8 +33,13 @@ class Task:
     def truth_column(self) -> str:
         return TARGET if self.kind == "regression" else LABEL
 
-    def loss(self, outputs: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor | None = None,
-             weight_scale: float | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        outputs: torch.Tensor,
+        truth: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        weight_scale: float | None = None,
+    ) -> torch.Tensor:
         """The batch's loss. Without event weights: the mean over events (multiclass with class
         weights: divided by the events' summed class weights, as cross_entropy does). With them:
         sum(weight * loss) over the batch's summed |weight|, or, given `weight_scale` (the train
@@ -48,8 +53,11 @@ class Task:
             if self.kind == "multiclass":
                 norm = class_weight
         if weight is None:
-            return losses.sum() / norm.sum() if self.kind == "multiclass" and self.class_weights is not None \
+            return (
+                losses.sum() / norm.sum()
+                if self.kind == "multiclass" and self.class_weights is not None
                 else losses.mean()
+            )
         weight = weight.to(losses.dtype)
         if weight_scale is not None:
             return (weight * losses).sum() / (len(losses) * weight_scale)
@@ -80,7 +88,7 @@ class Task:
         losses = per_component.sum(dim=2).mean(dim=1)
         if self.conservation_weight > 0:
             imbalance = prediction.sum(dim=1) - prediction.new_tensor(self.initial_momentum)
-            losses = losses + self.conservation_weight * (imbalance ** 2).sum(dim=1)
+            losses = losses + self.conservation_weight * (imbalance**2).sum(dim=1)
         return losses
 
     def scores(self, outputs: np.ndarray) -> np.ndarray:
@@ -93,8 +101,9 @@ class Task:
             return shifted / shifted.sum(axis=1, keepdims=True)
         return outputs if outputs.shape[1] > 1 else outputs[:, 0]
 
-    def epoch_metrics(self, outputs: np.ndarray, truth: np.ndarray, prefix: str,
-                      weight: np.ndarray | None = None) -> dict[str, float]:
+    def epoch_metrics(
+        self, outputs: np.ndarray, truth: np.ndarray, prefix: str, weight: np.ndarray | None = None
+    ) -> dict[str, float]:
         """The metrics reported each epoch beside the loss, for early stopping and searches
         (classifiers' event-weighted when given weights; regression's are quantiles, unweighted)."""
         if len(truth) == 0:
@@ -117,9 +126,14 @@ class Task:
         if truth.ndim == 3:  # track momenta: the tracks' pT, and the events' momentum imbalance
             prediction = scores.reshape(truth.shape)
             imbalance = np.linalg.norm(prediction.sum(axis=1) - self.initial_momentum, axis=1)
-            return {**_response(np.hypot(prediction[..., 0], prediction[..., 1]).ravel(),
-                                np.hypot(truth[..., 0], truth[..., 1]).ravel(), prefix),
-                    f"{prefix}_imbalance": float(imbalance.mean())}
+            return {
+                **_response(
+                    np.hypot(prediction[..., 0], prediction[..., 1]).ravel(),
+                    np.hypot(truth[..., 0], truth[..., 1]).ravel(),
+                    prefix,
+                ),
+                f"{prefix}_imbalance": float(imbalance.mean()),
+            }
         return _response(scores, truth, prefix)
 
 

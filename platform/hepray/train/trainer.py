@@ -13,7 +13,6 @@ from hepray.spec import JobSpec, ScalingSpec, SpecError
 from hepray.train.loop import train_loop_per_worker
 from hepray.train.reweight import ReweightTable
 
-
 READ_CPUS = 1.0  # a Ray Data read task's CPU: training must leave at least this much free
 
 
@@ -49,16 +48,19 @@ def check_scaling(scaling: ScalingSpec, trials: int = 1, reserved: float = 0.0) 
     if per_worker <= 0 or workers * per_worker + reserved > cpus - READ_CPUS:
         largest = _floor_twentieth((cpus - READ_CPUS - reserved) / workers)
         fewer = int((cpus - READ_CPUS - reserved) // min(per_worker, 1.0)) if per_worker > 0 else 0
-        advice = (f"set scaling.cpus_per_worker <= {largest:g}" if largest > 0 else "add CPUs to the cluster")
+        advice = f"set scaling.cpus_per_worker <= {largest:g}" if largest > 0 else "add CPUs to the cluster"
         per_run = fewer // trials
         if 1 <= per_run < scaling.num_workers:
             advice += f" or scaling.num_workers <= {per_run}"
         raise ResourceError(
-            f"scaling: {workers} workers x {per_worker:g} CPU leave no CPU for reading on a {cpus:g}-CPU cluster; {advice}")
+            f"scaling: {workers} workers x {per_worker:g} CPU leave no CPU for reading on a {cpus:g}-CPU cluster; {advice}"
+        )
     gpus = ray.cluster_resources().get("GPU", 0.0)
     if scaling.use_gpu is True and workers * scaling.gpus_per_worker > gpus:
-        raise ResourceError(f"scaling: {workers} workers x {scaling.gpus_per_worker:g} GPU ask for more than the "
-                            f"cluster's {gpus:g} GPUs; set scaling.use_gpu: auto or fewer workers")
+        raise ResourceError(
+            f"scaling: {workers} workers x {scaling.gpus_per_worker:g} GPU ask for more than the "
+            f"cluster's {gpus:g} GPUs; set scaling.use_gpu: auto or fewer workers"
+        )
     return per_worker
 
 
@@ -83,9 +85,16 @@ def selection_metric(job: JobSpec) -> tuple[str, str]:
     return (rule.metric, rule.mode) if rule else ("val_loss", "min")
 
 
-def build_trainer(job: JobSpec, data, storage_path: Path, name: str, tensorboard_dir: Path,
-                  callbacks: list | None = None, weight_scale: float | None = None,
-                  reweight: ReweightTable | None = None) -> TorchTrainer:
+def build_trainer(
+    job: JobSpec,
+    data,
+    storage_path: Path,
+    name: str,
+    tensorboard_dir: Path,
+    callbacks: list | None = None,
+    weight_scale: float | None = None,
+    reweight: ReweightTable | None = None,
+) -> TorchTrainer:
     """The job's TorchTrainer on its train/val datasets; Ray Train keeps runs in storage_path/name.
     weight_scale: the train split's mean |event weight| (train.weight_norm: global); reweight:
     the factors of data.reweight, applied to the training and validation losses."""
@@ -106,8 +115,9 @@ def build_trainer(job: JobSpec, data, storage_path: Path, name: str, tensorboard
         run_config=RunConfig(
             storage_path=str(storage_path),
             name=name,
-            checkpoint_config=CheckpointConfig(num_to_keep=job.train.keep_checkpoints,
-                                               checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=job.train.keep_checkpoints, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
             failure_config=FailureConfig(max_failures=job.scaling.max_failures),
             callbacks=callbacks,
         ),

@@ -29,8 +29,10 @@ def starved_of_cpus() -> str | None:
     if free >= 1.0:
         return None
     total = ray.cluster_resources().get("CPU", 0.0)
-    return (f"{free:g} of the cluster's {total:g} CPUs are free and a read task needs 1; "
-            f"lower scaling.cpus_per_worker or scaling.num_workers (or leave cpus_per_worker: auto)")
+    return (
+        f"{free:g} of the cluster's {total:g} CPUs are free and a read task needs 1; "
+        f"lower scaling.cpus_per_worker or scaling.num_workers (or leave cpus_per_worker: auto)"
+    )
 
 
 def watched(batches: Iterable, stall_seconds: float, what: str) -> Iterator:
@@ -63,7 +65,9 @@ def watched(batches: Iterable, stall_seconds: float, what: str) -> Iterator:
                 waited = time.monotonic() - last
                 reason = starved_of_cpus() if waited >= stall_seconds else None
                 if reason:
-                    raise TrainingStopped(f"no {what} batch for {waited:.0f} s (train.stall_seconds): {reason}") from None
+                    raise TrainingStopped(
+                        f"no {what} batch for {waited:.0f} s (train.stall_seconds): {reason}"
+                    ) from None
                 continue
             if item is _DONE:
                 return

@@ -10,8 +10,8 @@ import os
 import time
 from pathlib import Path
 
-from hepray.spec import JobSpec, SpecError, load_job
 from hepray.app.run import HEADLINE, run_job
+from hepray.spec import JobSpec, SpecError, load_job
 from hepray.tune.search import BEST_JOB_FILE, TABLE_FILE, load_best_job, trial_epochs
 from hepray.tune.space import TuneSpec
 
@@ -92,8 +92,10 @@ def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path,
     baseline = run_once(base, out_dir / "baseline", reuse=(out_dir / "best",))
     tuned = run_once(tuned_job, out_dir / "best", reuse=(out_dir / "baseline",))
     rows = list(csv.DictReader((out_dir / TABLE_FILE).open()))
-    lines = [*_search_section(spec, base, space_file, out_dir, rows),
-             *_comparison_section(spec, base, tuned_job, baseline, tuned, out_dir)]
+    lines = [
+        *_search_section(spec, base, space_file, out_dir, rows),
+        *_comparison_section(spec, base, tuned_job, baseline, tuned, out_dir),
+    ]
     if spec.report.binary_jobs:
         lines += _pairs_section(spec, baseline, tuned, out_dir)
     lines += ["", "## Trials (best first)", "", *_trials_table(spec, rows)]
@@ -124,8 +126,9 @@ def _search_section(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Pa
     ]
 
 
-def _comparison_section(spec: TuneSpec, base: JobSpec, tuned_job: JobSpec, baseline: dict, tuned: dict,
-                        out_dir: Path) -> list[str]:
+def _comparison_section(
+    spec: TuneSpec, base: JobSpec, tuned_job: JobSpec, baseline: dict, tuned: dict, out_dir: Path
+) -> list[str]:
     """Baseline vs tuned, both trained in full: test metrics, losses and their gap, and the searched keys."""
     same = _settings(tuned_job.model_dump(mode="json")) == _settings(base.model_dump(mode="json"))
     objective = spec.metrics[0]
@@ -136,8 +139,12 @@ def _comparison_section(spec: TuneSpec, base: JobSpec, tuned_job: JobSpec, basel
         "",
         f"Baseline: `{spec.base_job}` as written. Tuned: the best trial's keys on the same job "
         f"(`{out_dir / BEST_JOB_FILE}`), same data, epochs and early stopping."
-        + (" **At this budget the best trial was the baseline setup itself: the search found nothing better, "
-           "and both columns are the same run.**" if same else ""),
+        + (
+            " **At this budget the best trial was the baseline setup itself: the search found nothing better, "
+            "and both columns are the same run.**"
+            if same
+            else ""
+        ),
         "",
         "| | baseline | tuned |",
         "|---|---|---|",
@@ -150,9 +157,15 @@ def _comparison_section(spec: TuneSpec, base: JobSpec, tuned_job: JobSpec, basel
     return lines + [
         f"| loss gap `val_loss − train_eval_loss` | {_fmt(_gap(baseline))} | {_fmt(_gap(tuned))} |",
         f"| loss gap at the last epoch | {_fmt(_gap(baseline, 'last_epoch_'))} | {_fmt(_gap(tuned, 'last_epoch_'))} |",
-        *(f"| {label} | {_counts(baseline, keys)} | {_counts(tuned, keys)} |" for label, keys in (
-            ("best epoch / epochs run", ("best_epoch", "epochs_run")), ("test events", ("test_events",)),
-            ("parameters", ("parameters",)), ("train seconds", ("train_seconds",)))),
+        *(
+            f"| {label} | {_counts(baseline, keys)} | {_counts(tuned, keys)} |"
+            for label, keys in (
+                ("best epoch / epochs run", ("best_epoch", "epochs_run")),
+                ("test events", ("test_events",)),
+                ("parameters", ("parameters",)),
+                ("train seconds", ("train_seconds",)),
+            )
+        ),
         "",
         "Losses are at the best epoch (the checkpoint kept), those of the 'last epoch' row at the last epoch trained; `train_eval_loss` "
         "re-evaluates training events in eval mode, so the gap compares like with like (no dropout, no augmentation).",
@@ -184,8 +197,10 @@ def _pairs_section(spec: TuneSpec, baseline: dict, tuned: dict, out_dir: Path) -
         key = next(k for k in (f"test_auc_{a}_vs_{b}", f"test_auc_{b}_vs_{a}") if k in tuned)
         before, after = binary - baseline[key], binary - tuned[key]
         met += after <= spec.report.pair_goal
-        lines.append(f"| {a} vs {b} | `{job_file}` | {_fmt(binary)} | {_fmt(baseline[key])} | {_fmt(before)} | "
-                     f"{_fmt(tuned[key])} | {_fmt(after)} | {'yes' if after <= spec.report.pair_goal else 'no'} |")
+        lines.append(
+            f"| {a} vs {b} | `{job_file}` | {_fmt(binary)} | {_fmt(baseline[key])} | {_fmt(before)} | "
+            f"{_fmt(tuned[key])} | {_fmt(after)} | {'yes' if after <= spec.report.pair_goal else 'no'} |"
+        )
     lines += ["", f"Goal met for {met} of {len(spec.report.binary_jobs)} pairs."]
     return lines
 
@@ -198,11 +213,24 @@ def _trials_table(spec: TuneSpec, rows: list[dict]) -> list[str]:
         return sign * float(value) if value else float("inf")
 
     params = list(spec.space)
-    header = ["trial", "state", "epochs", "stopped by ASHA", "best epoch", *dict.fromkeys([*spec.metrics, "loss_gap"]), *params]
+    header = [
+        "trial",
+        "state",
+        "epochs",
+        "stopped by ASHA",
+        "best epoch",
+        *dict.fromkeys([*spec.metrics, "loss_gap"]),
+        *params,
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=order):
-        cells = [row["trial"], row["state"], row["epochs_run"], "yes" if row["stopped_by_asha"] == "True" else "",
-                 row["best_epoch"]]
+        cells = [
+            row["trial"],
+            row["state"],
+            row["epochs_run"],
+            "yes" if row["stopped_by_asha"] == "True" else "",
+            row["best_epoch"],
+        ]
         cells += [_fmt(float(row[m])) if row.get(m) else "–" for m in dict.fromkeys([*spec.metrics, "loss_gap"])]
         cells += [_short(row.get(p, "")) for p in params]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

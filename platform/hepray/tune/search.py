@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -24,9 +23,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hepray.app.job_data import build_job_data, ensure_data, training_job
-from hepray.spec import JobSpec, SpecError, validate_job
 from hepray.app.reweight import reweight_table
 from hepray.app.session import ensure_ray
+from hepray.spec import JobSpec, SpecError, validate_job
 from hepray.train.trainer import ResourceError, build_trainer, check_scaling
 from hepray.tune.optuna_internals import mark_interrupted
 from hepray.tune.ray_internals import RecordTrainResources, ReleaseStoppedTrials, resources_file
@@ -93,9 +92,14 @@ def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> No
     trained, weight_scale = training_job(job, data)
     table = reweight_table(job, data, runs / f"trial_{number:03d}")[0] if job.data.reweight else None
     trainer = build_trainer(
-        trained, data, runs, f"trial_{number:03d}", Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
+        trained,
+        data,
+        runs,
+        f"trial_{number:03d}",
+        Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
         callbacks=[ObjectiveReport(spec.metrics, spec.modes[0]), RecordTrainResources(resources_file(runs, number))],
-        weight_scale=weight_scale, reweight=table,
+        weight_scale=weight_scale,
+        reweight=table,
     )
     trainer.fit()
 
@@ -106,8 +110,9 @@ def trial_epochs(spec: TuneSpec, base: JobSpec) -> int:
 
 def open_study(spec: TuneSpec, out_dir: Path) -> optuna.Study:
     directions = ["maximize" if mode == "max" else "minimize" for mode in spec.modes]
-    return optuna.create_study(storage=storage_url(out_dir), study_name=spec.name, directions=directions,
-                               load_if_exists=True)
+    return optuna.create_study(
+        storage=storage_url(out_dir), study_name=spec.name, directions=directions, load_if_exists=True
+    )
 
 
 def storage_url(out_dir: Path) -> str:
@@ -131,19 +136,29 @@ def _close_interrupted(study: optuna.Study) -> int:
 def check_resources(spec: TuneSpec, base: JobSpec) -> float:
     """Concurrent trials must leave a CPU to Ray Data's read tasks, or every trial waits forever.
     Returns the CPUs per worker of each trial (`auto` resolved for the concurrent trials)."""
-    scaling = base.scaling.model_copy(update={
-        key: value for key, value in (("num_workers", spec.resources.num_workers),
-                                      ("cpus_per_worker", spec.resources.cpus_per_worker)) if value is not None})
+    scaling = base.scaling.model_copy(
+        update={
+            key: value
+            for key, value in (
+                ("num_workers", spec.resources.num_workers),
+                ("cpus_per_worker", spec.resources.cpus_per_worker),
+            )
+            if value is not None
+        }
+    )
     reserved = spec.max_concurrent_trials * spec.resources.driver_cpus
     try:
         return check_scaling(scaling, trials=spec.max_concurrent_trials, reserved=reserved)
     except ResourceError as error:
-        raise SpecError(f"{spec.name}: resources: {spec.max_concurrent_trials} concurrent trials with "
-                        f"{spec.resources.driver_cpus:g} driver CPUs each: {error}") from None
+        raise SpecError(
+            f"{spec.name}: resources: {spec.max_concurrent_trials} concurrent trials with "
+            f"{spec.resources.driver_cpus:g} driver CPUs each: {error}"
+        ) from None
 
 
-def run_search(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: str | Path,
-               resume: bool = False) -> dict[str, Any]:
+def run_search(
+    spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: str | Path, resume: bool = False
+) -> dict[str, Any]:
     """Run (or continue) the search; write the trial table and the best job. Returns a summary."""
     out_dir = Path(out_dir).resolve()
     if not resume:
@@ -184,40 +199,58 @@ def run_search(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: str | Pat
     }
 
 
-def _tune_session(spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, study: optuna.Study,
-                  num_samples: int) -> None:
+def _tune_session(
+    spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, study: optuna.Study, num_samples: int
+) -> None:
     objectives = [f"best_{metric}" for metric in spec.metrics]
     single = len(objectives) == 1
     # A new seed per session: the same seed would replay the first session's random startup trials.
-    sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials), n_startup_trials=spec.startup_trials,
-                                         constant_liar=spec.max_concurrent_trials > 1)
+    sampler = optuna.samplers.TPESampler(
+        seed=spec.seed + len(study.trials),
+        n_startup_trials=spec.startup_trials,
+        constant_liar=spec.max_concurrent_trials > 1,
+    )
     resolved = base.model_dump(mode="json", by_alias=True)  # defaults filled in: the base job exactly
     first = [spec.base_point(resolved)] if spec.evaluate_base_first and not study.trials else None
     searcher = OptunaSearch(
-        space=_DefineByRun(spec), metric=objectives[0] if single else objectives,
-        mode=spec.modes[0] if single else spec.modes, points_to_evaluate=first, sampler=sampler,
-        study_name=spec.name, storage=optuna.storages.RDBStorage(storage_url(out_dir)),
+        space=_DefineByRun(spec),
+        metric=objectives[0] if single else objectives,
+        mode=spec.modes[0] if single else spec.modes,
+        points_to_evaluate=first,
+        sampler=sampler,
+        study_name=spec.name,
+        storage=optuna.storages.RDBStorage(storage_url(out_dir)),
     )
     epochs = trial_epochs(spec, base)
     scheduler = ASHAScheduler(
-        time_attr="training_iteration", metric=objectives[0], mode=spec.modes[0],
-        max_t=spec.scheduler.max_t or epochs, grace_period=spec.scheduler.grace_period,
+        time_attr="training_iteration",
+        metric=objectives[0],
+        mode=spec.modes[0],
+        max_t=spec.scheduler.max_t or epochs,
+        grace_period=spec.scheduler.grace_period,
         reduction_factor=spec.scheduler.reduction_factor,
     )
-    trainable = tune.with_parameters(_trainable, spec_raw=spec.model_dump(mode="json"), base_raw=base_raw,
-                                     out_dir=str(out_dir))
+    trainable = tune.with_parameters(
+        _trainable, spec_raw=spec.model_dump(mode="json"), base_raw=base_raw, out_dir=str(out_dir)
+    )
     sessions = out_dir / "ray"
     session = f"session_{len(list(sessions.glob('session_*'))) if sessions.exists() else 0:02d}"
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": spec.resources.driver_cpus}),
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=num_samples,
             max_concurrent_trials=spec.max_concurrent_trials,
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=tune.RunConfig(storage_path=str(sessions), name=session, verbose=1,
-                                  callbacks=[ReleaseStoppedTrials(out_dir / "trials", TRIAL_KEY)],
-                                  failure_config=tune.FailureConfig(max_failures=spec.trial_retries)),
+        run_config=tune.RunConfig(
+            storage_path=str(sessions),
+            name=session,
+            verbose=1,
+            callbacks=[ReleaseStoppedTrials(out_dir / "trials", TRIAL_KEY)],
+            failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
+        ),
     )
     tuner.fit()
 
@@ -293,13 +326,16 @@ def best_job_raw(spec: TuneSpec, base_raw: dict, trial: optuna.trial.FrozenTrial
     return raw
 
 
-def write_best_job(spec: TuneSpec, base_raw: dict, trial: optuna.trial.FrozenTrial, n_trials: int,
-                   epochs: int, path: Path) -> None:
+def write_best_job(
+    spec: TuneSpec, base_raw: dict, trial: optuna.trial.FrozenTrial, n_trials: int, epochs: int, path: Path
+) -> None:
     raw = best_job_raw(spec, base_raw, trial)
     validate_job(raw, str(path))
     values = ", ".join(f"{m}={v:.4f}" for m, v in zip(spec.metrics, trial.values))
-    header = (f"# Best of {n_trials} trials of search '{spec.name}' (base job {spec.base_job}): trial {trial.number},\n"
-              f"# {values} at its best epoch in trials of {epochs} epochs. Train it: hepray run {path.name}\n")
+    header = (
+        f"# Best of {n_trials} trials of search '{spec.name}' (base job {spec.base_job}): trial {trial.number},\n"
+        f"# {values} at its best epoch in trials of {epochs} epochs. Train it: hepray run {path.name}\n"
+    )
     path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
 
 

@@ -24,8 +24,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from hepray.spec import (ERROR_MESSAGES, JobSpec, SpecError, Strict, set_path, yaml_path, load_job, read_yaml,
-                         validate_job)
+from hepray.spec import (
+    ERROR_MESSAGES,
+    JobSpec,
+    SpecError,
+    Strict,
+    load_job,
+    read_yaml,
+    set_path,
+    validate_job,
+    yaml_path,
+)
 
 # What the training loop reports each epoch, per task kind (see train/loop.py and train/tasks.py).
 _EPOCH_METRICS = {
@@ -45,10 +54,11 @@ class Dimension(Strict):
     loguniform: tuple[float, float] | None = None
     randint: tuple[int, int] | None = None
     when: dict[str, Any] | None = Field(
-        None, description="searched only when each earlier key has this value (or one of this list)")
+        None, description="searched only when each earlier key has this value (or one of this list)"
+    )
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Dimension":
+    def _one_kind(self) -> Dimension:
         kinds = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError("give exactly one of choice, uniform, loguniform, randint")
@@ -121,7 +131,9 @@ class TrialResources(Strict):
 class Report(Strict):
     """What `hepray tune --report` compares besides baseline and tuned job."""
 
-    binary_jobs: list[str] = Field([], description="dedicated two-class jobs; their AUC vs the tuned model's pairwise AUC")
+    binary_jobs: list[str] = Field(
+        [], description="dedicated two-class jobs; their AUC vs the tuned model's pairwise AUC"
+    )
     pair_goal: float = Field(0.005, ge=0, description="largest acceptable binary - multiclass pairwise AUC gap")
 
 
@@ -135,11 +147,14 @@ class TuneSpec(Strict):
     seed: int = 1
     startup_trials: int = Field(10, gt=0, description="random trials before TPE models the results")
     evaluate_base_first: bool = Field(True, description="trial 0 uses the base job's values of the searched keys")
-    trial_retries: int = Field(1, ge=0, description="a failed trial (e.g. a worker killed out of memory) is rerun this often")
+    trial_retries: int = Field(
+        1, ge=0, description="a failed trial (e.g. a worker killed out of memory) is rerun this often"
+    )
     scheduler: Scheduler = Scheduler()
     resources: TrialResources = TrialResources()
     trial_overrides: dict[str, Any] = Field(
-        {}, description="job keys set for trials only (e.g. fewer epochs); the best job keeps the base job's")
+        {}, description="job keys set for trials only (e.g. fewer epochs); the best job keeps the base job's"
+    )
     space: dict[str, Dimension] = Field(min_length=1)
     report: Report = Report()
 
@@ -151,7 +166,7 @@ class TuneSpec(Strict):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TuneSpec":
+    def _consistent(self) -> TuneSpec:
         if len(self.metrics) != len(self.modes):
             raise ValueError("mode: one mode per metric")
         keys = list(self.space)
@@ -266,8 +281,9 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> tuple[T
     known = _COMMON_METRICS + _EPOCH_METRICS[base.task.kind]
     for metric in spec.metrics:
         if metric not in known:
-            raise SpecError(f"{path}: metric: '{metric}' is not reported by a {base.task.kind} job "
-                            f"(one of {', '.join(known)})")
+            raise SpecError(
+                f"{path}: metric: '{metric}' is not reported by a {base.task.kind} job (one of {', '.join(known)})"
+            )
     _check_binary_jobs(spec, base, path)
     for key, dimension in spec.space.items():
         values = {k: spec.space[k].example() for k in dimension.when or {}}
@@ -280,8 +296,10 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> tuple[T
         resolved = base.model_dump(mode="json", by_alias=True)
         for key, value in spec.base_point(resolved).items():
             if not spec.space[key].can_fix(spec.space[key].decode(value)):
-                raise SpecError(f"{path}: space.{key}: the base job's value {value!r} cannot be drawn from it, "
-                                "so trial 0 cannot be the base job; add it or set evaluate_base_first: false")
+                raise SpecError(
+                    f"{path}: space.{key}: the base job's value {value!r} cannot be drawn from it, "
+                    "so trial 0 cannot be the base job; add it or set evaluate_base_first: false"
+                )
     return spec, base, base_raw
 
 
@@ -295,8 +313,10 @@ def _check_binary_jobs(spec: TuneSpec, base: JobSpec, path: Path) -> None:
         job = load_job(job_file)
         names = job.data.class_names
         if job.task.kind != "binary" or len(names) != 2 or not set(names) <= set(classes):
-            raise SpecError(f"{path}: report.binary_jobs: {job_file} is a {job.task.kind} job of classes {names}; "
-                            f"a pair needs a binary job of two of {classes}")
+            raise SpecError(
+                f"{path}: report.binary_jobs: {job_file} is a {job.task.kind} job of classes {names}; "
+                f"a pair needs a binary job of two of {classes}"
+            )
 
 
 def _check_job(raw: dict, where: str) -> None:

@@ -24,7 +24,9 @@ def files(tmp_path_factory):
 
 
 def make_job(files, **data) -> JobSpec:
-    return JobSpec.model_validate(etaphi_job({"sig": str(files / "sig_*.root"), "bkg": str(files / "bkg_*.root")}, **data))
+    return JobSpec.model_validate(
+        etaphi_job({"sig": str(files / "sig_*.root"), "bkg": str(files / "bkg_*.root")}, **data)
+    )
 
 
 def read_all(job: JobSpec, split: str | None) -> dict[str, np.ndarray]:
@@ -32,10 +34,12 @@ def read_all(job: JobSpec, split: str | None) -> dict[str, np.ndarray]:
     reader = EventReader(job.data, split)
     plan = plan_reads(job.data, reader.branches())
     blocks = [block for task in plan.tasks for block in reader.read(task)]
-    return {name: np.concatenate([block[name].to_numpy() for block in blocks]) for name in ("obs_evt", "label", "obs_x")}
+    return {
+        name: np.concatenate([block[name].to_numpy() for block in blocks]) for name in ("obs_evt", "label", "obs_x")
+    }
 
 
-@pytest.mark.parametrize("events_per_task", [1, 97, 500, 100000])
+@pytest.mark.parametrize("events_per_task", [pytest.param(1, marks=pytest.mark.slow), 97, 500, 100000])  # 1: 2600 reads
 def test_every_entry_read_exactly_once_for_any_task_size(files, events_per_task):
     job = make_job(files, events_per_task=events_per_task)
     ids = read_all(job, None)["obs_evt"]
@@ -54,7 +58,15 @@ def test_read_tasks_mix_the_label_groups(files):
 def test_only_needed_branches_are_read(files):
     """The background file's all-NaN branch would fail validation if it were read."""
     job = make_job(files)
-    assert EventReader(job.data, None).branches() == {"evt", "x", "cand_eta", "cand_phi", "tower_eta", "tower_phi", "tower_e"}
+    assert EventReader(job.data, None).branches() == {
+        "evt",
+        "x",
+        "cand_eta",
+        "cand_phi",
+        "tower_eta",
+        "tower_phi",
+        "tower_e",
+    }
     assert len(read_all(job, None)["obs_evt"]) == 2600
 
 
@@ -74,7 +86,9 @@ def test_label_from_branch(files, tmp_path):
     data = towers(300, 0, seed=5)
     data["is_signal"] = (data["x"] > 0.3).astype(np.int32)
     write_tree(tmp_path / "mixed.root", data)
-    job = JobSpec.model_validate(etaphi_job([str(tmp_path / "mixed.root")], label_branch="is_signal", classes=["bkg", "sig"]))
+    job = JobSpec.model_validate(
+        etaphi_job([str(tmp_path / "mixed.root")], label_branch="is_signal", classes=["bkg", "sig"])
+    )
     out = read_all(job, None)
     assert np.array_equal(out["label"], (out["obs_x"] > 0.3).astype(int))
 
@@ -144,7 +158,10 @@ def test_missing_branch(files):
 def test_wrong_branch_type(files):
     per_event_as_points = bad_job(files / "sig_0.root")
     per_event_as_points.data.inputs["image"].points[0].value = "x"
-    with pytest.raises(DataError, match=r"sig_0.root: entries \[0, \d+\): input 'image': branch 'x': expected a list of numbers per event"):
+    with pytest.raises(
+        DataError,
+        match=r"sig_0.root: entries \[0, \d+\): input 'image': branch 'x': expected a list of numbers per event",
+    ):
         bad_read(per_event_as_points)
     points_as_observer = bad_job(files / "sig_0.root", observers=["tower_e"])
     with pytest.raises(DataError, match=r"sig_0.root: entries \[0, \d+\): 'tower_e' has a list of values per event"):
@@ -164,7 +181,9 @@ def test_nan_values(tmp_path):
     energy[first_of_event_57] = np.nan
     data["tower_e"] = ak.unflatten(energy, ak.num(data["tower_e"]))
     write_tree(tmp_path / "nan.root", data)
-    with pytest.raises(DataError, match=r"nan.root: entries \[0, 100\): branch 'tower_e' has 1 NaN/inf values \(first at entry 57\)"):
+    with pytest.raises(
+        DataError, match=r"nan.root: entries \[0, 100\): branch 'tower_e' has 1 NaN/inf values \(first at entry 57\)"
+    ):
         bad_read(bad_job(tmp_path / "nan.root", events_per_task=200))
 
 
@@ -178,7 +197,10 @@ def test_jagged_counts_disagree(tmp_path):
     write_tree(tmp_path / "ragged.root", data)
     job = JobSpec.model_validate(etaphi_job({"a": str(tmp_path / "ragged.root"), "b": str(tmp_path / "ragged.root")}))
     job.data.inputs["image"].points[0].value = "cell_e"
-    with pytest.raises(DataError, match=r"ragged.root: entries \[0, 50\): input 'image': branches 'tower_eta' and 'cell_e' have different numbers of points"):
+    with pytest.raises(
+        DataError,
+        match=r"ragged.root: entries \[0, 50\): input 'image': branches 'tower_eta' and 'cell_e' have different numbers of points",
+    ):
         bad_read(job)
 
 
@@ -192,9 +214,13 @@ def test_skip_mode_counts_what_it_skips(ray_session, files, tmp_path):
     data["tower_e"] = ak.unflatten(energy, ak.num(data["tower_e"]))
     write_tree(tmp_path / "sig_nan.root", data)
     (tmp_path / "sig_broken.root").write_bytes(b"not a root file")
-    job = JobSpec.model_validate(etaphi_job(
-        {"sig": [str(files / "sig_0.root"), str(tmp_path / "sig_*.root")], "bkg": str(files / "bkg_0.root")},
-        on_error="skip", events_per_task=200))
+    job = JobSpec.model_validate(
+        etaphi_job(
+            {"sig": [str(files / "sig_0.root"), str(tmp_path / "sig_*.root")], "bkg": str(files / "bkg_0.root")},
+            on_error="skip",
+            events_per_task=200,
+        )
+    )
     from hepray.app.job_data import build_job_data
 
     data = build_job_data(job, splits=("train", "val", "test"))
@@ -203,11 +229,16 @@ def test_skip_mode_counts_what_it_skips(ray_session, files, tmp_path):
     assert total == 1999
     assert report["events_skipped"] == 1 and report["ranges_skipped"] == 1 and report["observers_nonfinite"] == 1
     assert any("sig_broken.root" in reason for reason in report["skipped"])
-    assert f"{tmp_path}/sig_nan.root: entries [0, 100): 1 event skipped: branch 'tower_e' is NaN/inf (first at entry 40)" \
+    assert (
+        f"{tmp_path}/sig_nan.root: entries [0, 100): 1 event skipped: branch 'tower_e' is NaN/inf (first at entry 40)"
         in report["skipped"]
+    )
     # Only the splits streamed to the trainers drop Ray Data's operator reservation (pipeline.py).
     assert [data.datasets[s].context.op_resource_reservation_enabled for s in ("train", "val", "test")] == [
-        False, False, True]
+        False,
+        False,
+        True,
+    ]
 
 
 def test_branch_names_as_files_have_them(tmp_path):
@@ -219,13 +250,19 @@ def test_branch_names_as_files_have_them(tmp_path):
     pt = ak.Array([[30.0, 10.0], [5.0], [50.0, 40.0, 1.0], []])
     with uproot.recreate(tmp_path / "delphes.root") as file:
         file.mktree("dir/Delphes", {"Jet.PT": pt.type, "Event.Weight": np.float64, "log": np.float64})
-        file["dir/Delphes"].extend({"Jet.PT": pt, "Event.Weight": np.array([1.0, 2.0, 3.0, 4.0]),
-                                   "log": np.array([0.5, 0.6, 0.7, 0.8])})
-    spec = DataSpec.model_validate({
-        "files": [str(tmp_path / "delphes.root")], "tree": "dir/Delphes", "cut": "`Event.Weight` > 1.5",
-        "observers": ["log"], "split": {"val": 0.0, "test": 0.0},
-        "inputs": {"jets": {"kind": "points", "features": ["`Jet.PT`", "log(`Jet.PT`)"], "max": 2}},
-    })
+        file["dir/Delphes"].extend(
+            {"Jet.PT": pt, "Event.Weight": np.array([1.0, 2.0, 3.0, 4.0]), "log": np.array([0.5, 0.6, 0.7, 0.8])}
+        )
+    spec = DataSpec.model_validate(
+        {
+            "files": [str(tmp_path / "delphes.root")],
+            "tree": "dir/Delphes",
+            "cut": "`Event.Weight` > 1.5",
+            "observers": ["log"],
+            "split": {"val": 0.0, "test": 0.0},
+            "inputs": {"jets": {"kind": "points", "features": ["`Jet.PT`", "log(`Jet.PT`)"], "max": 2}},
+        }
+    )
     reader = EventReader(spec, None)
     assert reader.branches() == {"Jet.PT", "Event.Weight", "log"}
     plan = plan_reads(spec, reader.branches())

@@ -22,8 +22,8 @@ import numpy as np
 import uproot
 from sklearn.linear_model import LinearRegression
 
-from hepray.inputs import branches_for, make_input
 from hepray.evaluate.resolution import response_summary
+from hepray.inputs import branches_for, make_input
 from hepray.spec import load_job
 
 BINS = [10, 20, 40, 80, 160, 500]
@@ -43,7 +43,8 @@ def features(pattern: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         energies.append(arrays["energy"].to_numpy())
         parts["summed energy"].append((ecal_cells.sum((1, 2, 3)) + hcal_cells.sum((1, 2, 3)))[:, None])
         parts["longitudinal profiles"].append(
-            np.hstack([ecal_cells.sum((1, 2)), hcal_cells.sum((1, 2)).reshape(n, 6, 10).sum(2)]))
+            np.hstack([ecal_cells.sum((1, 2)), hcal_cells.sum((1, 2)).reshape(n, 6, 10).sum(2)])
+        )
         parts["face-on maps"].append(np.hstack([ecal_cells.sum(3).reshape(n, -1), hcal_cells.sum(3).reshape(n, -1)]))
     if not energies:
         raise SystemExit(f"no files match {pattern!r}: hepray make-data calo3d --out ... first")
@@ -62,7 +63,7 @@ def main() -> None:
     print(f"sigma(E)/E [%] of electrons ({len(train_energy)} to fit, {len(test_energy)} to measure)")
     print(f"{'inputs of E = w . x + c':24s}" + "".join(f"{f'{lo}-{hi} GeV':>12s}" for lo, hi in zip(BINS, BINS[1:])))
     for name in train:
-        fit = LinearRegression().fit(train[name], train_energy, sample_weight=train_energy ** -2.0)
+        fit = LinearRegression().fit(train[name], train_energy, sample_weight=train_energy**-2.0)
         predicted = fit.predict(test[name])
         widths = []
         for low, high in zip(BINS, BINS[1:]):

@@ -114,6 +114,11 @@ class Expression:
         ):
             for arg in node.args:
                 self._check(arg)
+        elif isinstance(node, ast.Attribute):  # Delphes' Jet.PT: a branch name with a dot
+            raise ExpressionError(
+                f"'{self.text}': '{ast.unparse(node)}' is not supported; a branch whose name is "
+                f"not a Python name is written in backquotes: `{ast.unparse(node)}`"
+            )
         else:
             allowed = ", ".join(sorted(FUNCTIONS))
             raise ExpressionError(

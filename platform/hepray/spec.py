@@ -26,8 +26,12 @@ class SpecError(ValueError):
 
 
 def did_you_mean(name: str, choices) -> str:
-    """'; did you mean 'x'?' for the closest of `choices` to a misspelt name, or ''."""
-    close = difflib.get_close_matches(name, sorted(set(choices)), n=1)
+    """'; did you mean 'x'?' for the closest of `choices` to a misspelt name, or ''. A choice the
+    name abbreviates (val_acc: val_accuracy) comes first."""
+    choices = sorted(set(choices))
+    close = [choice for choice in choices if choice.startswith(name)][:1] or difflib.get_close_matches(
+        name, choices, n=1
+    )
     return f"; did you mean '{close[0]}'?" if close else ""
 
 

@@ -39,7 +39,6 @@ from hepray.data.events import ENTRY, FILE_KEY, LABEL, PASS_CUT, TARGET, WEIGHT,
 from hepray.data.rootio import DataError, describe, entry_ranges, expand_glob, read_arrays
 from hepray.expr import Expression
 from hepray.inputs import Ragged, encoder_for
-from hepray.inputs.scalars import ScalarsEncoder
 from hepray.monitoring import record_read
 from hepray.spec import DataSpec, TrackMomenta
 
@@ -415,12 +414,9 @@ class EventReader:
         ]
         derived += [(f"target '{expr.text}'", batch[TARGET][:, :, k]) for k, expr in enumerate(self.track_momenta)]
         for name, encoder in self.encoders.items():
-            if isinstance(encoder, ScalarsEncoder):
-                with np.errstate(all="ignore"):
-                    derived += [
-                        (f"input '{name}': '{expr.text}'", _floats(expr.evaluate(arrays), len(entries)))
-                        for expr in encoder.expressions
-                    ]
+            derived += [
+                (f"input '{name}': {what}", values) for what, values in encoder.derived_values(arrays, len(entries))
+            ]
         for what, values in derived:
             if values is not None and not np.isfinite(values).all():
                 bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
@@ -556,17 +552,6 @@ def _nonfinite_branch(name: str, array, entries: np.ndarray, task: EntryRange) -
 
 def _events(count) -> str:
     return f"{int(count)} event{'s' * (int(count) != 1)}"
-
-
-def _floats(values, n: int) -> np.ndarray | None:
-    """A per-event expression's values as float32 (what the scalars input ships), or None if it is
-    not one number per event (the input then names the problem)."""
-    if isinstance(values, ak.Array):
-        if values.ndim != 1:
-            return None
-        values = ak.to_numpy(values)
-    values = np.asarray(values)
-    return values.astype(np.float32) if values.shape == (n,) else None
 
 
 def _one_per_event(values, text: str, task: EntryRange) -> np.ndarray:

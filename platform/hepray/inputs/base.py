@@ -38,6 +38,11 @@ class Encoder:
         """The model's input for a slice of events: float32 (N, *shape), norm applied."""
         raise NotImplementedError
 
+    def derived_values(self, arrays: dict[str, ArrayLike], n_events: int) -> list[tuple[str, np.ndarray]]:
+        """Per-event values this input computes from its branches, as (what, float32 values), for
+        read tasks to check finite event by event (the branches themselves are checked anyway)."""
+        return []
+
     @property
     def travels_ragged(self) -> bool:
         """Whether a read task ships this input's events as `ragged` rows instead of dense tensors."""

@@ -43,6 +43,27 @@ class ScalarsEncoder(Encoder):
             values[expression.text] = value
         return _scalars(self.spec, values)
 
+    def derived_values(self, arrays: dict[str, ArrayLike], n_events: int) -> list[tuple[str, np.ndarray]]:
+        """Each expression's values as float32, what the input ships (a value too large for float32
+        is inf); an expression that is not one number per event is left to `dense` to name."""
+        found = []
+        with np.errstate(all="ignore"):
+            for expression in self.expressions:
+                values = _floats(expression.evaluate(arrays), n_events)
+                if values is not None:
+                    found.append((f"'{expression.text}'", values))
+        return found
+
+
+def _floats(values, n: int) -> np.ndarray | None:
+    """A per-event expression's values as float32, or None if it is not one number per event."""
+    if isinstance(values, ak.Array):
+        if values.ndim != 1:
+            return None
+        values = ak.to_numpy(values)
+    values = np.asarray(values)
+    return values.astype(np.float32) if values.shape == (n,) else None
+
 
 def _scalars(spec: Scalars, arrays: dict[str, ArrayLike]) -> np.ndarray:
     first = get_branch(arrays, spec.branches[0])

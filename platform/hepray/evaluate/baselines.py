@@ -20,6 +20,7 @@ from itertools import product
 
 import numpy as np
 
+from hepray.data.events import LABEL, TARGET, WEIGHT
 from hepray.evaluate.resolution import weighted_quantile
 from hepray.spec import CutsBaseline, GBDTBaseline, JobSpec, LinearBaseline
 
@@ -120,8 +121,8 @@ class Baselines:
 
     def _fit(self, baseline, train: dict[str, np.ndarray]):
         x = _matrix(baseline, train)
-        truth = train["target" if self.job.task.kind == "regression" else "label"]
-        weights = train.get("weight")
+        truth = train[TARGET if self.job.task.kind == "regression" else LABEL]
+        weights = train.get(WEIGHT)
         weights = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
         if isinstance(baseline, CutsBaseline):
             sign = np.array([1.0 if side == "below" else -1.0 for side in baseline.vars.values()])

@@ -21,6 +21,7 @@ import ray
 import torch
 
 from hepray.data.batches import to_tensors
+from hepray.data.events import LABEL, TARGET, WEIGHT
 from hepray.evaluate.metrics import key_name, safe_auc
 from hepray.evaluate.resolution import ratio_and_weights, weighted_quantile
 from hepray.expr import Expression
@@ -85,8 +86,8 @@ def permutation_importance(
     """``importance_<name>`` for every scalar column, on ``events`` (the test split's model
     inputs and truth, from ``collect_inputs``); ``model`` in eval mode on the CPU."""
     task = job.task.kind
-    truth = events["target" if task == "regression" else "label"]
-    weights = events.get("weight")
+    truth = events[TARGET if task == "regression" else LABEL]
+    weights = events.get(WEIGHT)
     inputs = {name: np.ascontiguousarray(events[name]) for name in job.data.inputs}
     reference = headline(task, _outputs(model, inputs), truth, weights)
     rng = np.random.default_rng(seed)

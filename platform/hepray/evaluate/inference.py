@@ -16,6 +16,7 @@ import ray
 import torch
 
 from hepray.data.batches import to_tensors
+from hepray.data.events import OUTPUT
 from hepray.models import build_model
 from hepray.spec import JobSpec, SpecError, validate_job
 
@@ -139,7 +140,7 @@ class ModelPredictor:
                 tensors = {name: batch[name].to(self.device) for name in self.inputs}
                 output = self.model(tensors).float().cpu().numpy()
         carried = {key: value.numpy() for key, value in batch.items() if key not in self.inputs}
-        return {**carried, "output": output}
+        return {**carried, OUTPUT: output}
 
 
 def onnx_session(path: Path, gpu: bool = False):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hepray.data.events import OUTPUT, WEIGHT, observer
 from hepray.evaluate.report import evaluate_predictions
 from hepray.spec import JobSpec
 
@@ -33,7 +34,7 @@ COMPONENTS = ("px", "py", "pz")
 def track_observers(job: JobSpec, events: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, np.ndarray]:
     """One value per track, events' tracks in slot order: the job's observers and the tracks' truth."""
     n_events, tracks = truth.shape[:2]
-    observers = {name: np.repeat(events[f"obs_{name}"], tracks) for name in job.data.observers}
+    observers = {name: np.repeat(events[observer(name)], tracks) for name in job.data.observers}
     observers.update(
         track_pt=np.hypot(truth[..., 0], truth[..., 1]).ravel(),
         track_p=np.linalg.norm(truth, axis=2).ravel(),
@@ -56,9 +57,9 @@ def evaluate_track_momenta(
     job has one, `weight` columns); plots and evaluation.json go to out_dir as for any regression.
     `unweighted`: as for `evaluate_predictions`."""
     truth = np.asarray(events["target"], dtype=np.float64)  # (events, tracks, 3)
-    prediction = np.asarray(events["output"], dtype=np.float64).reshape(truth.shape)
+    prediction = np.asarray(events[OUTPUT], dtype=np.float64).reshape(truth.shape)
     observers = track_observers(job, events, truth)
-    weights = events.get("weight")
+    weights = events.get(WEIGHT)
     weights = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     per_track = None if weights is None else np.broadcast_to(weights[:, None], truth.shape[:2])  # (events, tracks)
     error = prediction - truth

@@ -35,6 +35,11 @@ TINY = {
         "pair_features": {"eta": 0, "phi": 1, "pt": 2},
         "pair_hidden": [4],
     },
+    "combined": {
+        "name": "combined",
+        "towers": {"image": {"name": "resnet", "widths": [4], "depth": 1}, "cands": {"name": "deepsets", "phi": [8]}},
+        "head": [8],
+    },
 }
 
 # (family, input shapes): odd sizes, with and without scalars where the family allows it.
@@ -56,6 +61,8 @@ CASES = [
     ("particlenet", {"cands": (12, 5)}),
     ("particlenet", {"cands": (9, 3), "jet": (3,)}),
     ("transformer", {"cands": (12, 5), "jet": (3,)}),
+    ("combined", {"image": (1, 9, 9), "cands": (12, 5)}),
+    ("combined", {"cands": (9, 3), "image": (2, 9, 11), "jet": (3,)}),
 ]
 
 
@@ -108,6 +115,7 @@ def test_defaults_build(family):
         "deepsets": {"cands": (30, 5)},
         "particlenet": {"cands": (30, 5)},
         "transformer": {"cands": (30, 5)},
+        "combined": {"image": (1, 33, 33), "cands": (30, 5)},  # default towers: resnet, particlenet
     }[family]
     model = build_model(ADAPTER.validate_python({"name": family}), {k: list(v) for k, v in shapes.items()}, 2)
     model.eval()

@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from hepray.models.calo3d import Calo3D, Calo3DConfig
+from hepray.models.combined import Combined, CombinedConfig
 from hepray.models.cvn import CVN, CVNConfig
 from hepray.models.deepsets import DeepSets, DeepSetsConfig
 from hepray.models.film import FiLMConfig, FiLMNet
@@ -30,6 +31,7 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "deepsets": DeepSets,  # point clouds: Deep Sets / Particle Flow Network
     "particlenet": ParticleNet,  # point clouds: ParticleNet (-Lite by default)
     "transformer": Transformer,  # point clouds: Particle-Transformer-style attention
+    "combined": Combined,  # one tower per image / points input (the families above), one head
 }
 
 ModelConfig = Annotated[
@@ -40,7 +42,8 @@ ModelConfig = Annotated[
     | ResNetConfig
     | DeepSetsConfig
     | ParticleNetConfig
-    | TransformerConfig,
+    | TransformerConfig
+    | CombinedConfig,
     Field(discriminator="name"),
 ]
 

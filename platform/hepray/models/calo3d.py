@@ -88,6 +88,9 @@ class Calo3D(nn.Module):
         n_features = sum(branch.n_features for branch in self.branches)
         self.head = DenseHead(n_features, scalar_width(input_shapes), config.dense, config.dropout, n_outputs)
 
+    def embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The branches' features side by side, what the dense head reads."""
+        return torch.cat([branch(inputs[name]) for name, branch in zip(self.names, self.branches)], dim=1)
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = torch.cat([branch(inputs[name]) for name, branch in zip(self.names, self.branches)], dim=1)
-        return self.head(x, gather_scalars(inputs, self.input_shapes))
+        return self.head(self.embedding(inputs), gather_scalars(inputs, self.input_shapes))

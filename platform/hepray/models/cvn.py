@@ -147,11 +147,15 @@ class CVN(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(c_out + scalar_width(input_shapes), n_outputs)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The merged inceptions' output averaged over the image, what the head reads."""
         x = torch.cat(
             [align(tower(inputs[view])) for view, tower, align in zip(self.views, self.towers, self.align)], dim=1
         )
-        x = self.merged(x).mean(dim=(2, 3))
+        return self.merged(x).mean(dim=(2, 3))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.embedding(inputs)
         scalars = gather_scalars(inputs, self.input_shapes)
         if scalars is not None:
             x = torch.cat([x, scalars], dim=1)

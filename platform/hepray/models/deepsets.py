@@ -56,10 +56,13 @@ class DeepSets(nn.Module):
         self.pool = config.pool
         self.head = MLPHead(width, scalar_width(input_shapes), config.head, config.dropout, n_outputs)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The per-point MLP's output pooled over the real points, what the head reads."""
         x, mask = split_points(inputs[self.points])
         if self.norm is not None:
             x = self.norm(x, mask)
         x = self.phi(x) * mask
-        pooled = x.sum(1) if self.pool == "sum" else masked_mean(x, mask, 1)
-        return self.head(pooled, gather_scalars(inputs, self.input_shapes))
+        return x.sum(1) if self.pool == "sum" else masked_mean(x, mask, 1)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.embedding(inputs), gather_scalars(inputs, self.input_shapes))

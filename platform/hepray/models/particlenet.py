@@ -125,11 +125,15 @@ class ParticleNet(nn.Module):
             width = widths[-1]
         self.head = MLPHead(width, scalar_width(input_shapes), config.head, config.dropout, n_outputs)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The last block's features averaged over the real points, what the head reads."""
         x, mask = split_points(inputs[self.points])
         coords = x[..., self.coords]
         if self.norm is not None:
             x = self.norm(x, mask)
         for i, block in enumerate(self.blocks):
             x = block(coords if i == 0 else x, x, mask)
-        return self.head(masked_mean(x, mask, 1), gather_scalars(inputs, self.input_shapes))
+        return masked_mean(x, mask, 1)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.embedding(inputs), gather_scalars(inputs, self.input_shapes))

@@ -68,9 +68,12 @@ class ResNet(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(c_in + scalar_width(input_shapes), n_outputs)
 
+    def embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The last stage's output averaged over the image (2-D or 3-D), what the head reads."""
+        return self.blocks(self.stem(inputs[self.image])).flatten(2).mean(dim=2)
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = self.blocks(self.stem(inputs[self.image]))
-        x = x.flatten(2).mean(dim=2)  # global average pool, 2-D or 3-D
+        x = self.embedding(inputs)
         scalars = gather_scalars(inputs, self.input_shapes)
         if scalars is not None:
             x = torch.cat([x, scalars], dim=1)

@@ -56,14 +56,16 @@ class SeedCNN(nn.Module):
         }[config.head]
         self.head = DenseHead(n_features, scalar_width(input_shapes), config.dense, config.dropout, n_outputs)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The conv blocks' output flattened or pooled (`head`), what the dense head reads."""
         x = self.features(inputs[self.image])
         if self.head_kind == "flatten":
-            x = x.flatten(1)
-        elif self.head_kind == "max":
-            x = x.amax(dim=(2, 3))
-        elif self.head_kind == "avg":
-            x = x.mean(dim=(2, 3))
-        else:
-            x = torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)
-        return self.head(x, gather_scalars(inputs, self.input_shapes))
+            return x.flatten(1)
+        if self.head_kind == "max":
+            return x.amax(dim=(2, 3))
+        if self.head_kind == "avg":
+            return x.mean(dim=(2, 3))
+        return torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.embedding(inputs), gather_scalars(inputs, self.input_shapes))

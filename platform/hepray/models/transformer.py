@@ -155,7 +155,8 @@ class Transformer(nn.Module):
         self.final_norm = nn.LayerNorm(config.dim)
         self.head = MLPHead(config.dim, scalar_width(input_shapes), config.head, config.dropout, n_outputs)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embedding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The normalised class token after the class-attention blocks, what the head reads."""
         raw, mask = split_points(inputs[self.points])
         x = raw if self.norm is None else self.norm(raw, mask)
         x = self.embed(x) * mask
@@ -170,4 +171,7 @@ class Transformer(nn.Module):
         class_keys = torch.cat([torch.zeros_like(keys[..., :1]), keys], dim=-1)  # the class token is valid
         for block in self.class_blocks:
             cls = block(cls, class_keys, x)
-        return self.head(self.final_norm(cls.squeeze(1)), gather_scalars(inputs, self.input_shapes))
+        return self.final_norm(cls.squeeze(1))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.embedding(inputs), gather_scalars(inputs, self.input_shapes))

@@ -69,6 +69,8 @@ JETS_POINT_CLOUD_RUNS = [
     ("ParticleNet-Lite (point cloud), 2 epochs", "jets_particlenet_e2", True),
     ("transformer (point cloud), 1 epoch", "jets_transformer_e1", True),
     ("transformer (point cloud), 2 epochs", "jets_transformer_e2", False),
+    ("CVN image + ParticleNet-Lite (combined), 1 epoch", "jets_combined_e1", False),
+    ("CVN image + ParticleNet-Lite (combined), 2 epochs", "jets_combined_e2", False),
 ]
 
 ROWS = [
@@ -365,6 +367,12 @@ CHECKS = [
         for label, run, equal_time in JETS_POINT_CLOUD_RUNS
         if equal_time
     ],
+    (
+        "jets: the jet image and the constituents in one model (combined) beat ParticleNet-Lite alone at the "
+        "same epochs (2) on the same test split",
+        ["jets_particlenet_e2", "jets_combined_e2"],
+        lambda points, combined: combined["test_auc"] > points["test_auc"],
+    ),
     ("DeepCalo: rIQR of the FiLM model vs the BDT is positive", ["deepcalo"], lambda m: m["test_rIQR_vs_bdt"] > 0),
 ]
 

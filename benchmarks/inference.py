@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import bare_read_rate, cores, electron_id_job, emit, load, start_ray
-from hepray.app.predict import default_concurrency, predict_files
+from hepray.app.predict import predict_files
 from hepray.data.root_source import labelled_files
-from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, save_model
+from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, actor_pool, save_model
 from hepray.models import build_model
 from hepray.models.export import export_onnx
 
@@ -64,7 +64,7 @@ def main() -> None:
             load=load(),
         )
         start_ray(n_cores)
-        actors = default_concurrency(job)
+        actors = actor_pool(job).size
         predict_files(run_dir, files[:1], run_dir / "warm-up")  # first-run imports and file cache, not throughput
         for engine in ("torch", "onnx"):
             report = predict_files(run_dir, files, run_dir / engine, engine=engine, batch_size=BATCH)

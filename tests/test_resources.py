@@ -11,7 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from hepray.cli import app
-from hepray.spec import ScalingSpec
+from hepray.evaluate.inference import ActorPool, actor_pool
+from hepray.spec import ScalingSpec, validate_job
 from hepray.train.trainer import ResourceError, check_scaling, worker_cpus
 from hepray.train.watchdog import TrainingStopped, watched
 from rootfiles import etaphi_job, towers, write_tree
@@ -37,6 +38,18 @@ def test_a_request_that_cannot_fit_names_the_numbers(ray_session):
         check_scaling(ScalingSpec(num_workers=4), trials=1, reserved=1.0)
     with pytest.raises(ResourceError, match="GPU"):
         check_scaling(ScalingSpec(num_workers=1, cpus_per_worker=0.5, use_gpu=True))
+
+
+def test_evaluation_actors_follow_the_jobs_workers(ray_session):
+    def pool(scaling: dict, **options) -> ActorPool:
+        raw = etaphi_job({"a": "a.root", "b": "b.root"})
+        return actor_pool(validate_job({**raw, "scaling": scaling}, "job.yaml"), **options)
+
+    assert pool({"num_workers": 2}) == ActorPool(2, 0.5, 0.0)  # both workers, a CPU left for reading
+    assert pool({"num_workers": 1}) == ActorPool(1, 1.0, 0.0)
+    assert pool({"num_workers": 4, "cpus_per_worker": 0.5}) == ActorPool(2, 0.5, 0.0)  # as many as leave a CPU
+    assert pool({"num_workers": 2, "gpus_per_worker": 0.5, "use_gpu": "auto"}).gpus == 0.0  # no GPU here
+    assert pool({"num_workers": 2}, size=1, gpus=0.25) == ActorPool(1, 0.5, 0.25)  # predict's --concurrency, --num-gpus
 
 
 def job_file(tmp_path, scaling: dict) -> str:

@@ -162,6 +162,7 @@ def predict(
     observers: str | None = typer.Option(
         None, "--observers", help="comma-separated branches to copy (default the job's; '' for none)"
     ),
+    tree: str | None = typer.Option(None, "--tree", help="the tree to read (default the job's data.tree)"),
 ) -> None:
     """Score new ROOT files with a trained model: one friend-tree output per input file."""
     if fmt not in ("root", "parquet") or engine not in ("torch", "onnx"):
@@ -171,7 +172,7 @@ def predict(
     chosen = None if observers is None else [name for name in observers.split(",") if name.strip()]
     quiet_ray_about_user_errors()
     try:
-        report = predict_files(run_dir, files, out, fmt, concurrency, num_gpus, engine, batch_size, chosen)
+        report = predict_files(run_dir, files, out, fmt, concurrency, num_gpus, engine, batch_size, chosen, tree)
     except Exception as error:
         cause = data_error_in(error)
         if cause is None:
@@ -247,7 +248,10 @@ def _preflight(job, absent_ok: bool = False):
 
 @app.command()
 def tune(
-    space_file: Path = typer.Argument(..., help="search YAML (tune_spaces/NAME.yaml)"),
+    space_file: Path | None = typer.Argument(None, help="search YAML (tune_spaces/NAME.yaml)"),
+    status: Path | None = typer.Option(
+        None, "--status", help="print the trial table of the search in this directory (running or finished) and stop"
+    ),
     out: Path | None = typer.Option(None, "--out", help="output directory (default runs/tune/<search name>)"),
     set_: list[str] = typer.Option([], "--set", help="override a search key: --set num_samples=4"),
     resume: bool = typer.Option(False, "--resume", help="continue the search in --out; finished trials are kept"),
@@ -259,6 +263,11 @@ def tune(
     from hepray.spec import SpecError
     from hepray.tune.space import load_search
 
+    if status is not None:
+        _tune_status(status)
+        return
+    if space_file is None:
+        _fail(SpecError("give a search file (tune_spaces/NAME.yaml), or --status DIR"))
     try:
         spec, base, base_raw = load_search(space_file, set_)
     except SpecError as error:
@@ -290,6 +299,18 @@ def tune(
         if cause is None:
             raise
         _fail(cause)
+
+
+def _tune_status(out_dir: Path) -> None:
+    """The trial table of a search, read from its study and result files: no Ray, no training."""
+    from hepray.spec import SpecError
+    from hepray.tune.search import format_table, search_status
+
+    try:
+        rows = search_status(out_dir)
+    except SpecError as error:
+        _fail(error)
+    typer.echo(format_table(rows) if rows else f"{out_dir}: no trials yet")
 
 
 ADDRESS_HELP = "Ray dashboard / Jobs API address (default $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)"

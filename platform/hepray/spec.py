@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hepray.expr import Expression, ExpressionError
 from hepray.inputs import InputSpec
@@ -100,12 +100,25 @@ class Reweight(Strict):
         return self
 
 
+class Objects(Strict):
+    """Several objects per event (NanoAOD's electrons, Delphes' jets): each of an event's first
+    `max_per_event` objects is one example. A branch holding a list per event with as many values
+    as `count` in every entry read is per object (read at the object's index); any other branch
+    is per event, shared by its objects. The split stays per event."""
+
+    count: str = Field(description="the branch holding each event's number of objects, e.g. nElectron")
+    max_per_event: int | None = Field(None, gt=0, description="the first N objects of each event, in file order")
+
+
 class DataSpec(Strict):
     files: dict[str, list[str]] | list[str] = Field(
         description="class -> globs, one class per group with labels 0, 1, ... in order (binary: the "
         "second group is the signal), or plain globs with label_branch"
     )
-    tree: str = "events"
+    tree: str | dict[str, str] = Field(
+        "events", description="the TTree or RNTuple, or class group -> its tree (signal: TreeS, background: TreeB)"
+    )
+    objects: Objects | None = Field(None, description="one example per object: {count: nElectron, max_per_event: 2}")
     label_branch: str | None = None
     classes: list[str] | None = Field(None, description="class names for label_branch values 0..n-1")
     generate: Generate | None = None
@@ -136,6 +149,43 @@ class DataSpec(Strict):
         if isinstance(value, dict):
             return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
         return value
+
+    @field_validator("tree")
+    @classmethod
+    def _tree_per_group(cls, tree: str | dict[str, str], info: ValidationInfo) -> str | dict[str, str]:
+        files = info.data.get("files")
+        if isinstance(tree, str) or files is None:
+            return tree
+        if not isinstance(files, dict):
+            raise ValueError("a tree per class group needs data.files as class -> globs")
+        if set(tree) != set(files):
+            missing, unknown = [g for g in files if g not in tree], [g for g in tree if g not in files]
+            raise ValueError(
+                "one tree per class group of data.files"
+                + (f"; no tree for {', '.join(missing)}" if missing else "")
+                + (f"; {', '.join(unknown)} is not a class group{did_you_mean(unknown[0], files)}" if unknown else "")
+            )
+        return tree
+
+    def tree_of(self, label: int | None) -> str:
+        """The tree of a class group (by label); files without one (extra samples, `hepray predict`)
+        read the single tree of a mapping that names one."""
+        if isinstance(self.tree, str):
+            return self.tree
+        if label is not None:
+            return self.tree[self.class_names[label]]
+        if len(set(self.tree.values())) == 1:
+            return next(iter(self.tree.values()))
+        raise SpecError(
+            f"data.tree names a tree per class group ({self.trees_text()}); files outside the class groups "
+            "(evaluate.samples, hepray predict) need one: give data.tree one name, or hepray predict --tree NAME"
+        )
+
+    def trees_text(self) -> str:
+        """The tree, or each class group's, as `hepray validate` prints it."""
+        if isinstance(self.tree, str):
+            return f"tree '{self.tree}'"
+        return "trees " + ", ".join(f"{group}: '{self.tree[group]}'" for group in self.class_names)
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         """Input name -> the shape of one event's tensor (the model is built from these)."""
@@ -179,6 +229,19 @@ class TaskSpec(Strict):
         description="class weights from the weighted class totals of the train split, "
         "so every class counts the same in the loss",
     )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="classifiers: the target is 1 - s on the true class plus s spread evenly over the classes "
+        "(binary: targets s/2 and 1 - s/2), as torch's cross_entropy(label_smoothing=s); 0 = off",
+    )
+    focal_gamma: float = Field(
+        0.0,
+        ge=0,
+        description="classifiers: focal loss, each class's cross-entropy term times (1 - p)^gamma, so events "
+        "already classified well count less; 0 = cross-entropy",
+    )
     loss: Literal["mse", "huber", "relative"] = "mse"
     conservation_weight: float = Field(
         0.0,
@@ -189,6 +252,12 @@ class TaskSpec(Strict):
     initial_momentum: tuple[float, float, float] = Field(
         (0.0, 0.0, 0.0), description="track momenta: the initial state's (px, py, pz) in GeV, which the tracks sum to"
     )
+
+    @model_validator(mode="after")
+    def _classifier_losses(self) -> TaskSpec:
+        if self.kind == "regression" and (self.label_smoothing or self.focal_gamma):
+            raise ValueError("label_smoothing and focal_gamma shape a classifier's loss; a regression has none")
+        return self
 
 
 class EarlyStopping(Strict):
@@ -222,6 +291,15 @@ class TrainSpec(Strict):
     )
     stall_seconds: float = Field(
         300.0, gt=0, description="stop when no batch arrives for this long while no CPU is free for the read tasks"
+    )
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto",
+        description="mixed precision: auto = bf16 on GPUs that have it, fp16 with a grad scaler on older "
+        "GPUs, off on CPU; bf16 also runs on CPU; fp16 without a GPU falls back to float32, saying so",
+    )
+    channels_last: bool = Field(False, description="CNNs and 2-D images in channels-last memory (faster on GPUs)")
+    sync_batchnorm: bool = Field(
+        False, description="BatchNorm statistics over all workers' batches (SyncBatchNorm: CUDA and >1 worker only)"
     )
 
 

@@ -13,6 +13,10 @@ the driver handles ~20-40 bytes per event, far below uproot's write rate; writin
 no shared filesystem on a cluster and no merge of per-task partial files.
 Ranges skipped under `on_error: skip` become rows of NaN scores, so the friend tree still
 lines up; files skipped whole (unreadable, missing branches) get no output and are reported.
+
+With `data.objects` a row is an object: `entry` and `object` (its index in the event) say which,
+in (entry, object) order; events without objects have no row, so the output is a table to join
+on (entry, object) rather than a friend tree, and a skipped range simply has no rows.
 """
 
 from __future__ import annotations
@@ -29,13 +33,12 @@ import numpy as np
 import ray
 
 from hepray.app.session import ensure_ray
-from hepray.data.events import ENTRY, FILE_KEY, OUTPUT, PASS_CUT, observer
+from hepray.data.events import ENTRY, FILE_KEY, OBJECT, OUTPUT, PASS_CUT, observer
 from hepray.data.pipeline import build_dataset
 from hepray.data.root_source import DataError, EventReader, ReadPlan, SkipLedger, file_key, labelled_files, plan_reads
-from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, Engine, load_job, predict
+from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, Engine, actor_pool, load_job, predict
 from hepray.spec import DataSpec, JobSpec, TrackMomenta
 from hepray.train.tasks import Task
-from hepray.train.trainer import READ_CPUS, worker_cpus
 
 TREE = "predictions"
 FLUSH_EVENTS = 100_000  # rows buffered per output before a write: one TBasket / row group each
@@ -76,12 +79,13 @@ def score_columns(job: JobSpec) -> list[str]:
     return [f"score_{column_name(name)}" for name in names]
 
 
-def prediction_spec(job: JobSpec, files: list[str], observers: list[str]) -> DataSpec:
-    """The job's data spec over new files: same tree, inputs, norms and cut; no labels, no
-    target, no augmentation, nothing generated."""
+def prediction_spec(job: JobSpec, files: list[str], observers: list[str], tree: str | None = None) -> DataSpec:
+    """The job's data spec over new files: same tree (or `tree`), inputs, norms, objects and cut;
+    no labels, no target, no augmentation, nothing generated."""
     return job.data.model_copy(
         update={
             "files": files,
+            "tree": job.data.tree if tree is None else tree,
             "label_branch": None,
             "target": None,
             "observers": observers,
@@ -99,16 +103,21 @@ class OutputSchema:
         self.scores = score_columns(job)
         self.observers = {observer(name): column_name(name) for name in observers}
         self.has_cut = job.data.cut is not None
-        self.types = {ENTRY: np.dtype(np.int64), **{name: np.dtype(np.float32) for name in self.scores}}
+        self.per_object = job.data.objects is not None
+        self.types = {ENTRY: np.dtype(np.int64)}
+        if self.per_object:
+            self.types[OBJECT] = np.dtype(np.int64)
+        self.types.update({name: np.dtype(np.float32) for name in self.scores})
         if self.has_cut:
             self.types[PASS_CUT] = np.dtype(np.bool_)
         self.types.update({name: np.dtype(np.float32) for name in self.observers.values()})
-        if len(self.types) != len(self.scores) + len(self.observers) + 1 + self.has_cut:
+        if len(self.types) != len(self.scores) + len(self.observers) + 1 + self.has_cut + self.per_object:
             raise DataError(f"output columns collide: {list(self.types)} from observers {observers}")
 
     def rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores = self.task.scores(batch[OUTPUT]).astype(np.float32).reshape(len(batch[ENTRY]), -1)
-        rows = {ENTRY: batch[ENTRY], **{name: scores[:, k] for k, name in enumerate(self.scores)}}
+        rows = {ENTRY: batch[ENTRY], **({OBJECT: batch[OBJECT]} if self.per_object else {})}
+        rows.update({name: scores[:, k] for k, name in enumerate(self.scores)})
         if self.has_cut:
             rows[PASS_CUT] = batch[PASS_CUT]
         rows.update({name: batch[column] for column, name in self.observers.items()})
@@ -169,10 +178,11 @@ class OutputWriter:
         self.written += self.buffered
         self.buffer, self.buffered = [], 0
 
-    def close(self, entries: int) -> None:
+    def close(self, entries: int | None) -> None:
+        """entries: the rows expected (one per entry), or None for rows per object."""
         self.flush()
         self.file.close()
-        if self.written != entries:
+        if entries is not None and self.written != entries:
             raise RuntimeError(f"{self.path}: wrote {self.written} rows for {entries} entries")
         self.partial.replace(self.path)
 
@@ -193,25 +203,6 @@ def output_paths(paths: list[str], out_dir: Path, fmt: Format) -> list[Path]:
             )
         seen[output] = path
     return outputs
-
-
-def default_concurrency(job: JobSpec) -> int:
-    """The job's worker count as model actors, leaving at least one CPU for the read tasks
-    (actors holding every CPU would starve the reads that feed them)."""
-    spare = int((ray.cluster_resources().get("CPU", 1) - READ_CPUS) // actor_cpus(job))
-    return max(1, min(job.scaling.num_workers, spare))
-
-
-def actor_cpus(job: JobSpec) -> float:
-    """CPUs per model actor: the job's CPUs per worker, `auto` resolved on this cluster."""
-    return max(0.05, worker_cpus(job.scaling))
-
-
-def default_gpus(job: JobSpec) -> float:
-    """GPUs per actor as the job trains: gpus_per_worker when it uses GPUs and the cluster has them."""
-    scaling = job.scaling
-    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    return scaling.gpus_per_worker if scaling.use_gpu is True or (scaling.use_gpu == "auto" and has_gpus) else 0.0
 
 
 def checked_model_path(run_dir: Path, engine: Engine) -> Path:
@@ -246,15 +237,17 @@ def predict_files(
     engine: Engine = "torch",
     batch_size: int = 1024,
     observers: list[str] | None = None,
+    tree: str | None = None,
 ) -> PredictReport:
-    """Score every entry of `files` with RUN_DIR's model and write one output per file."""
+    """Score every entry (or object) of `files` with RUN_DIR's model and write one output per
+    file; `tree`: read this tree instead of the job's."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     model_path = checked_model_path(run_dir, engine)
     job = load_job(model_path)
     ensure_ray()
     observers = job.data.observers if observers is None else observers
-    spec = prediction_spec(job, files, observers)
+    spec = prediction_spec(job, files, observers, tree)
     schema = OutputSchema(job, observers)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -276,9 +269,7 @@ def predict_files(
                 model_path,
                 engine=engine,
                 batch_size=batch_size,
-                concurrency=concurrency or default_concurrency(job),
-                num_cpus=actor_cpus(job),
-                num_gpus=default_gpus(job) if num_gpus is None else num_gpus,
+                pool=actor_pool(job, concurrency, num_gpus),
             )
             index_of = FileIndex(paths)
             for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
@@ -297,7 +288,7 @@ def predict_files(
         out_dir=str(out_dir),
         outputs=[str(output) for output in outputs],
         events=sum(entries.values()),
-        events_skipped=ordered.filled,
+        events_skipped=sum(stop - start for _, start, stop, _ in ledger_skips) if schema.per_object else ordered.filled,
         files_skipped=len(plan.skipped),
         seconds=time.perf_counter() - started,
         skipped=reasons,
@@ -322,8 +313,9 @@ class FileIndex:
 
 
 class OrderedOutputs:
-    """Rows arriving in (file, entry) order, written file after file: one output open at a time
-    however many inputs; entries no read task delivered become `schema.missing` rows."""
+    """Rows arriving in (file, entry[, object]) order, written file after file: one output open at a
+    time however many inputs; entries no read task delivered become `schema.missing` rows (not
+    with objects: an event without objects has no row either)."""
 
     def __init__(
         self, paths: list[str], outputs: list[Path], entries: dict[str, int], fmt: Format, schema: OutputSchema
@@ -331,23 +323,32 @@ class OrderedOutputs:
         self.paths, self.outputs, self.entries, self.fmt, self.schema = paths, outputs, entries, fmt, schema
         self.current = -1  # the file being written
         self.writer: OutputWriter | None = None
-        self.next_entry = 0
+        self.next_entry, self.next_object = 0, 0  # the first (entry, object) the next row may have
         self.filled = 0  # rows of entries no read task delivered (skipped ranges)
 
     def write(self, file_index: np.ndarray, rows: dict[str, np.ndarray]) -> None:
         starts = np.flatnonzero(np.r_[True, np.diff(file_index) != 0])
+        objects = rows[OBJECT] if self.schema.per_object else np.zeros(len(file_index), dtype=np.int64)
         for begin, end in zip(starts, [*starts[1:], len(file_index)]):
-            index, entry = int(file_index[begin]), rows[ENTRY][begin:end]
-            if (
-                index < self.current
-                or (index == self.current and entry[0] < self.next_entry)
-                or np.any(np.diff(entry) <= 0)
-            ):
+            index, entry, obj = int(file_index[begin]), rows[ENTRY][begin:end], objects[begin:end]
+            if not self._in_order(index, entry, obj):
                 raise RuntimeError(f"{self.paths[index]}: predictions arrived out of entry order (entry {entry[0]})")
             self._advance_to(index)
-            self._fill_until(int(entry[0]))
+            if not self.schema.per_object:
+                self._fill_until(int(entry[0]))
             self.writer.write({name: column[begin:end] for name, column in rows.items()})
-            self.next_entry = int(entry[-1]) + 1
+            # per event: the next entry; per object: the next object of this entry or any later entry
+            self.next_entry, self.next_object = (
+                (int(entry[-1]), int(obj[-1]) + 1) if self.schema.per_object else (int(entry[-1]) + 1, 0)
+            )
+
+    def _in_order(self, index: int, entry: np.ndarray, obj: np.ndarray) -> bool:
+        """Whether rows of file `index` come after those written, each after the one before, by (entry, object)."""
+        if index < self.current:
+            return False
+        first = (self.next_entry, self.next_object) if index == self.current else (0, 0)
+        step = np.diff(entry)
+        return (int(entry[0]), int(obj[0])) >= first and not np.any((step < 0) | ((step == 0) & (np.diff(obj) <= 0)))
 
     def finish(self) -> None:
         self._advance_to(len(self.paths))
@@ -360,10 +361,11 @@ class OrderedOutputs:
         while self.current < index:
             if self.writer is not None:
                 total = self.entries[self.paths[self.current]]
-                self._fill_until(total)
-                self.writer.close(total)
+                if not self.schema.per_object:
+                    self._fill_until(total)
+                self.writer.close(None if self.schema.per_object else total)
                 self.writer = None
-            self.current, self.next_entry = self.current + 1, 0
+            self.current, self.next_entry, self.next_object = self.current + 1, 0, 0
             if self.current < len(self.paths):
                 self.writer = OutputWriter(self.outputs[self.current], self.fmt, self.schema.types)
 

@@ -26,7 +26,7 @@ from hepray.data.root_source import mixed_tasks
 from hepray.data.rootio import DataError, Events, Failed, describe, expand_glob, is_url, with_file
 from hepray.expr import Expression
 from hepray.inputs import encoder_for
-from hepray.spec import DataSpec, JobSpec, did_you_mean
+from hepray.spec import DataSpec, JobSpec, SpecError, did_you_mean
 
 SHOWN_FILES = 4  # files listed per class in the plan
 PLURAL = {"branch": "branches", "field": "fields"}
@@ -50,6 +50,7 @@ class Group:
     key: str  # key path: data.files.<class>, data.files or evaluate.samples.<name>
     label: str  # what the plan calls it
     patterns: list[str]
+    tree: str
     files: list[FileMeta] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # patterns data.generate writes
     absent: list[str] = field(default_factory=list)  # patterns not found here (submit: the cluster's)
@@ -102,14 +103,40 @@ def named_branches(job: JobSpec) -> dict[str, list[str]]:
         add(key, Expression(text).branches)
     if job.data.label_branch:
         add("data.label_branch", [job.data.label_branch])
+    if job.data.objects is not None:
+        add("data.objects.count", [job.data.objects.count])
+    return named
+
+
+# Values per point or per track, not per example: their branches may be lists of any length.
+PER_POINT_KEYS = re.compile(r"data\.inputs\.[^.]+\.(features|sort_by)$|data\.target\.p[xyz]$")
+
+
+def per_example_branches(job: JobSpec) -> dict[str, list[str]]:
+    """Branch -> the key paths of the expressions that need one value per example (cut, target,
+    observers, weight, scalars, baselines, label_branch): with data.objects, per event or per object."""
+    named: dict[str, list[str]] = {}
+    for key, text in job.expressions():
+        if not PER_POINT_KEYS.match(key):
+            for name in Expression(text).branches:
+                named.setdefault(name, []).append(key)
+    if job.data.label_branch:
+        named.setdefault(job.data.label_branch, []).append("data.label_branch")
     return named
 
 
 def _groups(job: JobSpec) -> tuple[list[Group], list[Group]]:
+    try:
+        return _file_groups(job)
+    except SpecError as error:  # extra samples of a job with a tree per class group and several trees
+        raise DataError(str(error)) from None
+
+
+def _file_groups(job: JobSpec) -> tuple[list[Group], list[Group]]:
     files = job.data.files
     if isinstance(files, dict):
         groups = [
-            Group(f"data.files.{name}", f"{name} (label {label})", patterns)
+            Group(f"data.files.{name}", f"{name} (label {label})", patterns, job.data.tree_of(label))
             for label, (name, patterns) in enumerate(files.items())
         ]
     else:
@@ -118,8 +145,11 @@ def _groups(job: JobSpec) -> tuple[list[Group], list[Group]]:
             if job.data.label_branch
             else ""
         )
-        groups = [Group("data.files", "events" + classes, files)]
-    samples = [Group(f"evaluate.samples.{name}", name, patterns) for name, patterns in job.evaluate.samples.items()]
+        groups = [Group("data.files", "events" + classes, files, job.data.tree_of(None))]
+    samples = [
+        Group(f"evaluate.samples.{name}", name, patterns, job.data.tree_of(None))
+        for name, patterns in job.evaluate.samples.items()
+    ]
     return groups, samples
 
 
@@ -174,7 +204,7 @@ def _missing(events: Events, names: dict[str, list[str]], tree: str) -> str | No
     return f"{events.kind} '{tree}' has no {item} {', '.join(described)}"
 
 
-def _inspect(file, path: str, tree: str, names: dict[str, list[str]]) -> FileMeta:
+def _inspect(file, path: str, tree: str, names: dict[str, list[str]], objects: ObjectsCheck | None) -> FileMeta:
     meta = FileMeta(path)
     if tree not in {re.sub(r";\d+", "", key) for key in file.keys()}:
         trees = _trees(file)
@@ -185,6 +215,8 @@ def _inspect(file, path: str, tree: str, names: dict[str, list[str]]) -> FileMet
     events = Events(file, path, tree)
     meta.kind, meta.entries = events.kind, events.num_entries
     meta.problem = _missing(events, names, tree)
+    if meta.problem is None and objects is not None:
+        meta.problem = objects.problem(events)
     if meta.problem is None and meta.entries == 0:
         meta.problem = f"{events.kind} '{tree}' has no entries"
     if meta.problem is None:
@@ -192,11 +224,11 @@ def _inspect(file, path: str, tree: str, names: dict[str, list[str]]) -> FileMet
     return meta
 
 
-def inspect_file(path: str, tree: str, names: dict[str, list[str]]) -> FileMeta:
+def inspect_file(path: str, tree: str, names: dict[str, list[str]], objects: ObjectsCheck | None = None) -> FileMeta:
     """Entries, read boundaries and the branches named but missing, from the file's metadata
     (rootio.with_file: a remote file is opened again after transient errors)."""
     try:
-        return with_file(path, lambda file: _inspect(file, path, tree, names))
+        return with_file(path, lambda file: _inspect(file, path, tree, names, objects))
     except DataError as error:
         return FileMeta(path, problem=str(error).removeprefix(f"{path}: "))
     except Failed:  # worded as rootio words it for the read plan
@@ -206,6 +238,42 @@ def inspect_file(path: str, tree: str, names: dict[str, list[str]]) -> FileMeta:
         except DataError as error:
             meta.problem = str(error).removeprefix(f"{path}: ")
         return meta
+
+
+@dataclass
+class ObjectsCheck:
+    """data.objects against a TTree's metadata: the count is one number per entry, and a branch
+    that needs one value per example and holds a counted list is counted by the count branch.
+    (Lists without a counter branch, std::vector or RNTuple fields, are checked as they are read.)"""
+
+    count: str
+    per_example: dict[str, list[str]]
+
+    def problem(self, events: Events) -> str | None:
+        if events.kind != "tree":
+            return None
+        interpretation = events.obj[events.columns[self.count].key].interpretation
+        if _counter(events, self.count) is not None or "AsJagged" in repr(interpretation):
+            return f"branch '{self.count}' (data.objects.count) holds a list per entry, not a number of objects"
+        for name, keys in sorted(self.per_example.items()):
+            counter = _counter(events, name)
+            if counter is not None and counter != self.count:
+                return (
+                    f"branch '{name}' ({', '.join(keys)}) holds a list per entry counted by '{counter}', "
+                    f"not one value per object counted by '{self.count}' (data.objects.count)"
+                )
+        return None
+
+
+def _counter(events: Events, name: str) -> str | None:
+    count_branch = getattr(events.obj[events.columns[name].key], "count_branch", None)
+    return None if count_branch is None else count_branch.name
+
+
+def _objects_check(job: JobSpec) -> ObjectsCheck | None:
+    if job.data.objects is None:
+        return None
+    return ObjectsCheck(job.data.objects.count, per_example_branches(job))
 
 
 # ------------------------------------------------------------------ the job
@@ -218,12 +286,13 @@ def check_job(job: JobSpec, absent_ok: bool = False) -> Preflight:
     groups, samples = _groups(job)
     paths = {id(group): _expand(group, job.data, absent_ok) for group in (*groups, *samples)}
     names = named_branches(job)
-    every = sorted({path for group_paths in paths.values() for path in group_paths})
+    every = sorted({(path, group.tree) for group in (*groups, *samples) for path in paths[id(group)]})
+    objects = _objects_check(job)
     with ThreadPoolExecutor(max(1, min(16, len(every)))) as pool:
-        described = dict(zip(every, pool.map(lambda path: inspect_file(path, job.data.tree, names), every)))
+        described = dict(zip(every, pool.map(lambda read: inspect_file(*read, names, objects), every)))
     for group in (*groups, *samples):
-        group.files = [described[path] for path in paths[id(group)]]
-    report = Preflight(job, groups, samples, _problems([described[path] for path in every], job.data.on_error))
+        group.files = [described[path, group.tree] for path in paths[id(group)]]
+    report = Preflight(job, groups, samples, _problems([described[read] for read in every], job.data.on_error))
     for group in (*groups, *samples):
         if group.files and not group.good and not group.pending:
             raise DataError(
@@ -274,7 +343,14 @@ def plan_lines(report: Preflight) -> list[str]:
     job, data = report.job, report.job.data
     total = sum(group.entries for group in report.groups)
     files = sum(len(group.good) for group in report.groups)
-    lines = [f"plan: tree '{data.tree}', {files} file{'s' if files != 1 else ''}, {total} entries"]
+    lines = [f"plan: {data.trees_text()}, {files} file{'s' if files != 1 else ''}, {total} entries"]
+    if data.objects is not None:
+        first = data.objects.max_per_event
+        lines.append(
+            f"objects: one example per object counted by '{data.objects.count}'"
+            + (f" (the first {first} of each event)" if first else " (all of each event)")
+            + "; an event's objects stay in one split; the counts below are events"
+        )
     for group in report.groups:
         lines += _group_lines(group, job)
     if report.incomplete:

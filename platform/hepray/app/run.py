@@ -17,7 +17,7 @@ from hepray.app.reweight import reweight_table
 from hepray.app.session import ensure_ray
 from hepray.data.events import OUTPUT, WEIGHT, observer
 from hepray.evaluate.baselines import Baselines
-from hepray.evaluate.inference import MODEL_FILE, collect, load_model, predict, save_model
+from hepray.evaluate.inference import MODEL_FILE, actor_pool, collect, load_model, predict, save_model
 from hepray.evaluate.momentum import evaluate_track_momenta
 from hepray.evaluate.report import evaluate_predictions
 from hepray.models.export import export_onnx, onnx_max_difference
@@ -131,8 +131,9 @@ def evaluate_all(job: JobSpec, data: JobData, out_dir: Path, history: list[dict]
     """The model and its baselines on the test split, each extra sample and each robustness check."""
     fitted = Baselines(job, collect(data.baseline_train) if data.baseline_train is not None else None)
     metrics: dict[str, float] = {}
+    pool = actor_pool(job)  # the job's workers (and GPUs), as it trained
     for prefix, dataset in data.evaluations.items():
-        events = collect(predict(dataset, out_dir / MODEL_FILE, batch_size=job.train.batch_size))
+        events = collect(predict(dataset, out_dir / MODEL_FILE, pool, batch_size=job.train.batch_size))
         metrics.update(evaluate_events(job, prefix, events, fitted, out_dir, history))
     metrics.update(headline_changes(job, metrics, data.evaluations))
     return metrics

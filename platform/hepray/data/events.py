@@ -1,8 +1,10 @@
-"""The event table every read task emits: one row per event, the columns named here.
+"""The event table every read task emits: one row per event (or per object), the columns named here.
 
 Training, evaluation, `hepray predict` and the benchmarks read these names and no others.
 
 - `entry` (int64): the event's entry number in its file's tree.
+- `object` (int64): with `data.objects`, the object's index within its event (rows are objects,
+  several may share an entry).
 - `label` (int64): the class, for classifiers (from the file group or `data.label_branch`).
 - `target` (float32): the regression target; (events, tracks, 3) for track momenta.
 - `weight` (float32): the event weight, when the job has `data.weight`.
@@ -14,7 +16,7 @@ Training, evaluation, `hepray predict` and the benchmarks read these names and n
 """
 
 ENTRY, LABEL, TARGET, WEIGHT = "entry", "label", "target", "weight"
-PASS_CUT, FILE_KEY, OUTPUT = "pass_cut", "file_key", "output"
+OBJECT, PASS_CUT, FILE_KEY, OUTPUT = "object", "pass_cut", "file_key", "output"
 OBSERVER_PREFIX = "obs_"
 
 

@@ -7,6 +7,7 @@ outputs from it, so evaluation and batch inference cannot disagree.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,7 @@ from hepray.data.batches import to_tensors
 from hepray.data.events import OUTPUT
 from hepray.models import build_model
 from hepray.spec import JobSpec, SpecError, validate_job
+from hepray.train.trainer import READ_CPUS, worker_cpus
 
 MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"  # written beside MODEL_FILE by `hepray run`
@@ -131,15 +133,15 @@ class ModelPredictor:
             self.inputs = list(job.data.inputs)
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
-        batch = to_tensors(table)  # sparse images densified exactly as for training
+        # sparse images densified as for training, on the model's device (ONNX Runtime reads numpy)
+        batch = to_tensors(table, self.device if self.engine == "torch" else "cpu")
         if self.engine == "onnx":
             feeds = {name: np.ascontiguousarray(batch[name].numpy(), dtype=np.float32) for name in self.inputs}
             output = self.session.run(None, feeds)[0].astype(np.float32)
         else:
             with torch.no_grad():
-                tensors = {name: batch[name].to(self.device) for name in self.inputs}
-                output = self.model(tensors).float().cpu().numpy()
-        carried = {key: value.numpy() for key, value in batch.items() if key not in self.inputs}
+                output = self.model({name: batch[name] for name in self.inputs}).float().cpu().numpy()
+        carried = {key: value.cpu().numpy() for key, value in batch.items() if key not in self.inputs}
         return {**carried, OUTPUT: output}
 
 
@@ -164,23 +166,44 @@ def check_model(model_path: str | Path, engine: Engine = "torch") -> None:
         onnx_session(Path(model_path).with_name(ONNX_FILE))
 
 
+@dataclass(frozen=True)
+class ActorPool:
+    """The model actors of an evaluation or a `hepray predict`: how many, and each one's CPUs and GPUs."""
+
+    size: int
+    cpus: float
+    gpus: float
+
+
+def actor_pool(job: JobSpec, size: int | None = None, gpus: float | None = None) -> ActorPool:
+    """Actors as the job trains: one per worker, each with a worker's CPUs (`auto` resolved on this
+    cluster) and, when the job trains on GPUs the cluster has, its GPUs. Without GPUs, as many as
+    leave one CPU for the read tasks (actors holding every CPU would starve the reads that feed them)."""
+    scaling = job.scaling
+    cpus = max(0.05, worker_cpus(scaling))
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    trains_on_gpus = scaling.use_gpu is True or (scaling.use_gpu == "auto" and has_gpus)
+    if gpus is None:
+        gpus = scaling.gpus_per_worker if trains_on_gpus else 0.0
+    spare = int((ray.cluster_resources().get("CPU", 1) - READ_CPUS) // cpus)
+    return ActorPool(size or max(1, min(scaling.num_workers, spare)), cpus, gpus)
+
+
 def predict(
     dataset: ray.data.Dataset,
     model_path: Path,
-    concurrency: int = 1,
-    num_gpus: float = 0,
+    pool: ActorPool,
     batch_size: int = 1024,
     engine: Engine = "torch",
-    num_cpus: float = 1,
 ) -> ray.data.Dataset:
-    """The dataset with the model's raw outputs: `concurrency` actors, each loading the model once."""
+    """The dataset with the model's raw outputs: the pool's actors, each loading the model once."""
     check_model(model_path, engine)
     return dataset.map_batches(
         ModelPredictor,
         fn_constructor_kwargs={"model_path": str(model_path), "engine": engine},
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_gpus=num_gpus,
-        num_cpus=num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=pool.size),
+        num_gpus=pool.gpus,
+        num_cpus=pool.cpus,
         batch_size=batch_size,
         batch_format="pyarrow",
     )

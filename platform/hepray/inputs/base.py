@@ -1,14 +1,17 @@
 """What every input kind provides: its job-file spec, the branches it reads, how a read task
-encodes a slice of events, and how a worker turns what travelled into the model's tensor."""
+encodes a slice of events, and how a worker turns what travelled into the model's tensor (on
+the worker's device, with torch: `decode_tensors`; `decode` is its numpy twin, which the dense
+path and the tests use)."""
 
 from __future__ import annotations
 
 from typing import ClassVar, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict
 
-from hepray.inputs.kernels import ArrayLike, Ragged, SparseImages, densify
+from hepray.inputs.kernels import ArrayLike, Ragged, SparseImages, densify, densify_tensors
 
 # Per event, over all channels; log1p is sign(x) * log1p(|x|) so negative noise stays finite.
 Norm = Literal["none", "l1", "l2", "max", "log1p"]
@@ -22,7 +25,7 @@ class Encoder:
     """One input kind. Subclasses set `kind` and `spec_class` and implement `branches` and
     `dense`. A kind whose events can travel as a variable number of rows says `travels_ragged`:
     image kinds that are sums of point values implement `sparse` (their in-window points, ~10x
-    fewer bytes than pixels), other kinds `ragged`, `ragged_dtypes` and `decode`."""
+    fewer bytes than pixels), other kinds `ragged`, `ragged_dtypes`, `decode` and `decode_tensors`."""
 
     kind: ClassVar[str]
     spec_class: ClassVar[type[BaseModel]]
@@ -69,3 +72,8 @@ class Encoder:
             )
             return densify(images, self.spec.norm)
         return travelled
+
+    def decode_tensors(self, offsets: torch.Tensor, columns: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`decode` of a batch's ragged rows as torch ops on their device (offsets: int64, from 0):
+        the same float32 (N, *shape) tensor, bit for bit on CPU."""
+        return densify_tensors(offsets, columns["pixel"], columns["value"], self.spec.shape(), self.spec.norm)

@@ -6,7 +6,10 @@ jagged per-point branches become flat numpy values plus points per event, each p
 a flat pixel index computed from float64 offsets, points outside the window are sent to a
 dump bin, and the values are summed into a zeroed float32 buffer with `np.add.at`.
 A sparse input stops before the sum: the in-window points (pixel, value) per event, which
-the read tasks ship instead of dense images; `densify` turns them into the exact dense images.
+the read tasks ship instead of dense images; `densify` turns them into the exact dense images,
+and `densify_tensors` does the same with torch ops where the tensors are (the training device).
+The norms are one torch function, `normalize_`, for the read tasks' dense images and the device
+alike, so on CPU both ways give the same bits.
 
 Conventions shared by the image kinds:
 
@@ -28,6 +31,7 @@ from typing import NamedTuple
 
 import awkward as ak
 import numpy as np
+import torch
 
 ArrayLike = ak.Array | np.ndarray
 
@@ -125,9 +129,28 @@ def densify(images: SparseImages, norm: str) -> np.ndarray:
     return normalize_in_place(dense, norm)
 
 
+def densify_tensors(
+    offsets: torch.Tensor, pixel: torch.Tensor, value: torch.Tensor, shape: tuple[int, ...], norm: str
+) -> torch.Tensor:
+    """`densify` as torch ops on the tensors' device, from a batch's offsets (int64), pixels and values.
+
+    index_add_ adds in the order of the index (documented), on CPU serially, as np.add.at does, and
+    the norm is the same `normalize_`: the same bits as `densify`. On CUDA, index_add_ adds with
+    atomics in no fixed order and the norms reduce in CUDA's order, so values may differ from the
+    CPU's in the last bits (float32 rounding).
+    """
+    n_events, image_size = len(offsets) - 1, math.prod(shape)
+    # output_size: the number of points is known on the host, so building the index never waits on the GPU
+    event = torch.repeat_interleave(offsets.diff(), output_size=len(pixel))
+    index = event * image_size + pixel
+    dense = torch.zeros(n_events * image_size, dtype=torch.float32, device=value.device)
+    dense.index_add_(0, index, value.to(torch.float32))
+    return normalize_(dense.view(n_events, *shape), norm)
+
+
 def apply_norm(images: np.ndarray, norm: str) -> np.ndarray:
     """Normalize each event's image (first axis = events); a new array, all-zero images stay zero."""
-    copy = images.astype(np.result_type(images.dtype, np.float32), copy=True)
+    copy = np.array(images, dtype=np.result_type(images.dtype, np.float32), order="C")
     return normalize_in_place(copy, norm)
 
 
@@ -308,25 +331,31 @@ def wrap_phi(delta: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- norms
 
 
+NORMS = ("none", "l1", "l2", "max", "log1p")
+
+
 def normalize_in_place(images: np.ndarray, norm: str) -> np.ndarray:
+    """`normalize_` on a C-contiguous numpy array's own memory (the read tasks' dense images)."""
+    normalize_(torch.from_numpy(images), norm)
+    return images
+
+
+def normalize_(images: torch.Tensor, norm: str) -> torch.Tensor:
+    """Normalize each event's image (first axis = events) in place, on the images' device; all-zero
+    images stay zero. No step reads a value back to the host, so on a GPU nothing waits."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}: expected none, l1, l2, max or log1p")
     if norm == "none":
         return images
-    flat = images.reshape(len(images), math.prod(images.shape[1:]))
+    flat = images.view(len(images), math.prod(images.shape[1:]))
     if norm == "log1p":
-        if flat.min(initial=0) >= 0:  # the common case: half the cost of the signed form
-            np.log1p(flat, out=flat)
-        else:
-            np.copysign(np.log1p(np.abs(flat)), flat, out=flat)
-        return flat.reshape(images.shape)
+        torch.copysign(torch.log1p(flat.abs()), flat, out=flat)
+        return images
     if norm == "l1":
-        scale = np.abs(flat).sum(axis=1)
+        scale = flat.abs().sum(dim=1)
     elif norm == "l2":
-        scale = np.sqrt(np.einsum("ij,ij->i", flat, flat))
-    elif norm == "max":
-        scale = np.maximum(flat.max(axis=1, initial=0), -flat.min(axis=1, initial=0))
+        scale = torch.linalg.vector_norm(flat, dim=1)
     else:
-        raise ValueError(f"unknown norm {norm!r}: expected none, l1, l2, max or log1p")
-    scale = scale.astype(flat.dtype)
-    scale[scale == 0] = 1  # all-zero images stay zero
-    flat /= scale[:, None]
-    return flat.reshape(images.shape)
+        scale = flat.abs().amax(dim=1)
+    flat /= torch.where(scale == 0, 1.0, scale)[:, None]  # all-zero images stay zero
+    return images

@@ -20,6 +20,7 @@ from hepray.data.events import LABEL, WEIGHT
 from hepray.models import build_model
 from hepray.monitoring import TrainMeter
 from hepray.spec import JobSpec
+from hepray.train.device import channels_last, precision_for, sync_batchnorm
 from hepray.train.reweight import ReweightTable
 from hepray.train.reweight import column as reweight_column
 from hepray.train.tasks import Task
@@ -61,6 +62,21 @@ def gather(array: np.ndarray) -> np.ndarray:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def worker_model(
+    job: JobSpec, shapes: dict, device: torch.device, world_size: int
+) -> tuple[torch.nn.Module, list[str]]:
+    """The job's model on this worker's device (DDP-wrapped for several workers) with the GPU
+    options that apply here; notes say which did not."""
+    model = build_model(job.model, shapes, job.n_outputs)
+    notes = []
+    if job.train.sync_batchnorm:  # before DDP wraps the model, as PyTorch requires
+        model, note = sync_batchnorm(model, world_size, device)
+        notes += [note] if note else []
+    if job.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return ray.train.torch.prepare_model(model), notes
 
 
 class EarlyStopper:
@@ -131,8 +147,14 @@ class WorkerRun:
         self.shapes = job.data.input_shapes()
         self.image_names = [name for name, shape in self.shapes.items() if len(shape) == 3]
         self.device = ray.train.torch.get_device()
-        use_cuda = self.device.type == "cuda"
-        self.model = ray.train.torch.prepare_model(build_model(job.model, self.shapes, job.n_outputs))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN times its kernels once
+        self.model, notes = worker_model(job, self.shapes, self.device, self.world_size)
+        precision = precision_for(job.train.amp, self.device)
+        self.autocast, self.scaler = precision.autocast(), precision.grad_scaler()
+        if self.rank == 0:
+            for note in filter(None, [*notes, precision.note]):
+                print(f"hepray: {note}", flush=True)  # Ray forwards it to the driver
         self.optimizer = make_optimizer(job, self.model)
         steps_per_epoch = max(1, train_events // (job.train.batch_size * self.world_size) + 1)
         self.scheduler = make_scheduler(job, self.optimizer, steps_per_epoch)
@@ -142,17 +164,11 @@ class WorkerRun:
         self.generator = torch.Generator().manual_seed(job.train.seed + self.rank)
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard("val")
-        # ModelBatch densifies sparse images in Ray's prefetch threads, overlapping the training step.
+        # ModelBatch, in Ray's prefetch threads: what travelled goes to the device as it is (pinned,
+        # non-blocking) and is densified there, overlapping the training step. Its tensors arrive on
+        # the device, so Ray has nothing left to pin or move.
         self.batch_kwargs = dict(
-            batch_size=job.train.batch_size,
-            device=self.device,
-            prefetch_batches=2,
-            pin_memory=use_cuda,
-            collate_fn=ModelBatch(),
-        )
-        # bf16 autocast only on CUDA: CPU autocast slows small convolutions and changes numerics in tests.
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
+            batch_size=job.train.batch_size, device=self.device, prefetch_batches=2, collate_fn=ModelBatch(self.device)
         )
         self.meter = TrainMeter(job.name, self.rank, self.device)  # Prometheus metrics, every few seconds
 
@@ -167,6 +183,8 @@ class WorkerRun:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.stopper.load(state["early_stopping"])
+        if state.get("grad_scaler"):  # fp16's loss scale
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.history = state["history"]
         if self.rank == 0:
             print(f"hepray: resumed from the checkpoint of epoch {state['epoch']}", flush=True)
@@ -178,6 +196,7 @@ class WorkerRun:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "early_stopping": self.stopper.state(),
+            "grad_scaler": self.scaler.state_dict(),
             "history": self.history,
             "epoch": epoch,
         }
@@ -219,6 +238,8 @@ class WorkerRun:
         inputs = augment(
             {name: batch[name] for name in self.shapes}, self.image_names, self.job.data.augment, self.generator
         )
+        if self.job.train.channels_last:
+            inputs = channels_last(inputs)
         truth = batch[self.task.truth_column]
         with self.autocast:
             loss = self.task.loss(self.model(inputs), truth, self.event_weight(batch), self.weight_scale)
@@ -229,10 +250,12 @@ class WorkerRun:
                 f"{self.rank}): check the inputs' scale and norm, or lower train.lr"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()  # the scaler passes through unless train.amp is fp16
         if self.job.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.job.train.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         scheduler = self.scheduler
         if (
             isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
@@ -252,11 +275,12 @@ class WorkerRun:
     def validate(self, epoch: int) -> dict[str, float]:
         """Eval-mode metrics on the kept training events and the val shard; steps epoch-wise schedules."""
         kept = [{**batch, WEIGHT: self.event_weight(batch)} if self.reweight else batch for batch in self.kept]
-        metrics = evaluate_batches(self.model, self.task, self.shapes, kept, "train_eval", self.autocast)
+        layout = self.job.train.channels_last
+        metrics = evaluate_batches(self.model, self.task, self.shapes, kept, "train_eval", self.autocast, layout)
         val_batches = self.batches(self.val_shard, "validation")
         if self.reweight is not None:
             val_batches = ({**batch, WEIGHT: self.event_weight(batch)} for batch in val_batches)
-        metrics.update(evaluate_batches(self.model, self.task, self.shapes, val_batches, "val", self.autocast))
+        metrics.update(evaluate_batches(self.model, self.task, self.shapes, val_batches, "val", self.autocast, layout))
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(metrics["val_loss"])
@@ -266,14 +290,17 @@ class WorkerRun:
         return {key: float(value) for key, value in metrics.items()}
 
 
-def evaluate_batches(model, task: Task, shapes, batches, prefix: str, autocast) -> dict[str, float]:
+def evaluate_batches(
+    model, task: Task, shapes, batches, prefix: str, autocast, in_channels_last: bool = False
+) -> dict[str, float]:
     """Loss and task metrics in eval mode over the batches (event-weighted when they carry
     weights), combined across workers."""
     model.eval()
     outputs, truths, weights = [], [], []
     with torch.no_grad(), autocast:
         for batch in batches:
-            outputs.append(model({name: batch[name] for name in shapes}).float().cpu())
+            inputs = {name: batch[name] for name in shapes}
+            outputs.append(model(channels_last(inputs) if in_channels_last else inputs).float().cpu())
             truths.append(batch[task.truth_column].cpu())
             if WEIGHT in batch:
                 weights.append(batch[WEIGHT].cpu())

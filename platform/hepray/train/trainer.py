@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ray
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from hepray.spec import JobSpec, ScalingSpec, SpecError
 from hepray.train.loop import train_loop_per_worker
@@ -71,6 +71,13 @@ def scaling_config(job: JobSpec) -> ScalingConfig:
     return ScalingConfig(num_workers=s.num_workers, use_gpu=use_gpu, resources_per_worker=resources)
 
 
+def torch_config(scaling: ScalingConfig) -> TorchConfig:
+    """The process group, chosen here rather than left to Ray (whose default is also NCCL with GPUs,
+    gloo without): with GPUs NCCL carries the CUDA tensors (DDP's gradients, SyncBatchNorm) and gloo
+    the CPU ones (the loop's metric sums, gathered validation outputs), which NCCL cannot."""
+    return TorchConfig(backend="cpu:gloo,cuda:nccl" if scaling.use_gpu else "gloo")
+
+
 def ordered_ingest() -> DataConfig:
     """Blocks reach the workers in plan order and are dealt to them in that order, so the seed alone
     fixes what each worker trains on: the same metrics on TTree and RNTuple copies, or on a rerun.
@@ -100,6 +107,7 @@ def build_trainer(
     the factors of data.reweight, applied to the training and validation losses."""
     split = job.data.split
     metric, mode = selection_metric(job)
+    scaling = scaling_config(job)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -109,7 +117,8 @@ def build_trainer(
             "weight_scale": weight_scale,
             "reweight": reweight.as_config() if reweight is not None else None,
         },
-        scaling_config=scaling_config(job),
+        scaling_config=scaling,
+        torch_config=torch_config(scaling),
         datasets={"train": data.datasets["train"], "val": data.datasets["val"]},
         dataset_config=ordered_ingest(),
         run_config=RunConfig(

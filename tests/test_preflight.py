@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import uproot
 import yaml
+from test_errors import assert_one_error_line
 from typer.testing import CliRunner
 
 from hepray.app.preflight import check_job, named_branches
@@ -338,3 +339,16 @@ def test_run_submit_and_tune_check_the_files_before_ray(data, tmp_path, monkeypa
     assert result.exit_code == 0, result.output
     assert "note: data.files.narrow: cluster_only/narrow.root not found here, not checked" in result.output
     assert "hepray-test-1" in result.stdout
+
+
+def test_a_model_that_does_not_fit_its_inputs_is_one_error_line(data, tmp_path):
+    raw = etaphi_job({"narrow": str(data / "narrow_*.root"), "wide": str(data / "wide.root")})
+    for model, named in (
+        ({"name": "particlenet"}, "points"),  # a point-cloud model on an image
+        ({"name": "film"}, "scalar"),  # FiLM conditions on scalars the job does not have
+    ):
+        path = tmp_path / "job.yaml"
+        path.write_text(yaml.safe_dump({**raw, "model": model}))
+        result = CliRunner().invoke(app, ["validate", str(path)])
+        line = assert_one_error_line(result, f"model: {model['name']} does not fit the job's inputs")
+        assert named in line, line

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hepray.data.root_source import mixed_tasks
 from hepray.data.rootio import DataError, Events, Failed, describe, expand_glob, is_url, with_file
 from hepray.expr import Expression
 from hepray.inputs import encoder_for
+from hepray.models import build_model
 from hepray.spec import DataSpec, JobSpec, SpecError, did_you_mean
 
 SHOWN_FILES = 4  # files listed per class in the plan
@@ -283,6 +285,7 @@ def check_job(job: JobSpec, absent_ok: bool = False) -> Preflight:
     """Check every file the job reads holds every branch it names; raises DataError (one line
     naming the file, the branch, the key naming it and a "did you mean"). absent_ok: local
     files not found here are noted, not errors (`hepray submit`: the cluster may hold them)."""
+    check_model_fits(job)
     groups, samples = _groups(job)
     paths = {id(group): _expand(group, job.data, absent_ok) for group in (*groups, *samples)}
     names = named_branches(job)
@@ -300,6 +303,21 @@ def check_job(job: JobSpec, absent_ok: bool = False) -> Preflight:
                 f"(data.on_error: skip), first {group.files[0].path}: {group.files[0].problem}"
             )
     return report
+
+
+def check_model_fits(job: JobSpec) -> None:
+    """The model builds on the job's inputs and runs on a batch of two; one that does not fit them
+    (a point-cloud model on an image, a tower naming no input, an image too small for its kernels)
+    fails here in one line instead of in every training worker."""
+    shapes = job.data.input_shapes()
+    try:
+        model = build_model(job.model, shapes, job.n_outputs).eval()
+        with torch.no_grad():
+            model({name: torch.zeros(2, *shape) for name, shape in shapes.items()})
+    except (ValueError, RuntimeError, KeyError, IndexError) as error:
+        inputs = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SpecError(f"model: {job.model.name} does not fit the job's inputs ({inputs}): {reason}") from None
 
 
 def _problems(files: list[FileMeta], on_error: str) -> list[str]:

@@ -231,10 +231,11 @@ def _preflight(job, absent_ok: bool = False):
 
     from hepray.app.preflight import check_job
     from hepray.data.rootio import DataError
+    from hepray.spec import SpecError
 
     try:
         report = check_job(job, absent_ok)
-    except DataError as error:
+    except (DataError, SpecError) as error:
         _fail(error)
     for line in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

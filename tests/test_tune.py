@@ -6,18 +6,20 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from functools import reduce
 
 import optuna
 import pytest
 import yaml
+from test_errors import assert_one_error_line
 from typer.testing import CliRunner
 
 from hepray.cli import app
 from hepray.spec import SpecError, dump_job, load_job
 from hepray.tune.report import run_once
-from hepray.tune.search import run_search, storage_url
-from hepray.tune.space import load_search
+from hepray.tune.search import open_study, run_search, storage_url, tune_trials
+from hepray.tune.space import TuneSpec, load_search
 from rootfiles import etaphi_job, towers, write_tree
 
 
@@ -101,8 +103,16 @@ def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
     # Trial 0 is the base job: its weight_decay (default 0) cannot be enqueued on a log scale.
     with pytest.raises(SpecError, match=r"space.train.weight_decay: the base job's value 0.0 cannot be drawn"):
         load_search(path, ["space.train.weight_decay={loguniform: [1.0e-6, 0.1]}"])
+    with pytest.raises(SpecError, match=r"scheduler.grace_period: 3 epochs, but trials train 2; ASHA needs"):
+        load_search(path, ["scheduler.grace_period=3"])
     spec, _, _ = load_search(path, ["num_samples=9", "trial_overrides.train.epochs=1"])
     assert spec.num_samples == 9 and spec.trial_overrides == {"train.epochs": 1}
+
+
+def test_status_without_a_search_or_search_file_is_one_error_line(tmp_path):
+    result = CliRunner().invoke(app, ["tune", "--status", str(tmp_path)])
+    assert_one_error_line(result, str(tmp_path), "no search here")
+    assert_one_error_line(CliRunner().invoke(app, ["tune"]), "give a search file", "--status DIR")
 
 
 def test_report_reuses_only_finished_runs(tmp_path, base_job_file):
@@ -142,6 +152,12 @@ def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session
     assert [row["trial"] for row in table] == ["0", "1"]
     assert table[0]["epochs_run"] == "2" and table[0]["stopped_by_asha"] == "False"
     assert table[1]["epochs_run"] == "1" and table[1]["stopped_by_asha"] == "True"
+    # Each value says which budget it comes from, and ASHA's stop reached Optuna (study.db) as pruned,
+    # with its value at the epoch it stopped at, not as complete.
+    assert [(row["state"], row["value_epochs"]) for row in table] == [("COMPLETE", "2"), ("PRUNED", "1")]
+    stored = optuna.load_study(study_name=spec.name, storage=storage_url(out)).trials
+    assert [t.state for t in stored] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert stored[1].last_step == 1 and stored[1].value == pytest.approx(float(table[1]["val_loss"]))
     assert float(table[0]["val_loss"]) < float(table[1]["val_loss"])
     gap = float(table[0]["val_loss"]) - float(table[0]["train_eval_loss"])
     assert float(table[0]["loss_gap"]) == pytest.approx(gap)
@@ -183,12 +199,22 @@ def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name=spec.name, storage=storage_url(out))
     states = [t.state for t in study.trials]
-    assert len(states) == 5 and states.count(optuna.trial.TrialState.COMPLETE) == 4
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert len(states) == 5 and sum(state in finished for state in states) == 4
     assert study.trials[2].state == optuna.trial.TrialState.FAIL and study.trials[2].user_attrs["interrupted"]
     assert sorted(p.name for p in (out / "ray" / "session_00").glob("trial_*")) == ["trial_000", "trial_001"]
     assert sorted(p.name for p in (out / "ray" / "session_01").glob("trial_*")) == ["trial_003", "trial_004"]
     table = list(csv.DictReader((out / "trials.csv").open()))
-    assert [row["state"] for row in table] == ["COMPLETE", "COMPLETE", "INTERRUPTED", "COMPLETE", "COMPLETE"]
+    assert [row["state"] for row in table] == ["COMPLETE", "PRUNED", "INTERRUPTED", *(s.name for s in states[3:])]
+    # --status reads the finished search without starting anything: every trial, its state, epochs, value, keys.
+    status = CliRunner().invoke(app, ["tune", "--status", str(out)])
+    assert status.exit_code == 0, status.output
+    lines = status.output.strip().splitlines()
+    assert lines[0].split()[:4] == ["trial", "state", "epochs", "val_loss"] and "train.lr" in lines[0]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        [row["trial"], row["state"], row["epochs_run"]] for row in table
+    ]
+    assert lines[1].split()[3] == f"{float(table[0]['val_loss']):.4g}"
     assert json.loads(table[1]["data.augment"]) in ([], ["hflip"])
     assert study.best_trial.number == 0
 
@@ -214,14 +240,28 @@ def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session
         assert f"| `{key}` | {metrics[key]:.4f} | {metrics[key]:.4f} |" in report
     assert f"| best epoch / epochs run | {metrics['best_epoch']:.0f} / 3 | {metrics['best_epoch']:.0f} / 3 |" in report
     assert "| `train.lr` | 0.0030 | 0.0030 |" in report and "← changed" not in report
-    # The class pair: the multiclass model's narrow-vs-wide AUC against the binary job's, trained once.
+    # Error bars: the headline AUC of each run with its interval; the paired difference of one run
+    # with itself is exactly zero.
+    assert f"| baseline `test_auc_macro` | {metrics['test_auc_macro']:.4f} [" in report
+    assert "| tuned − baseline (paired) | 0.0000 [0.0000, 0.0000] |" in report
+    # The class pair: the multiclass model's narrow-vs-wide AUC against the binary job's, trained once,
+    # on the same test events (the split hashes file name and entry), each with its interval.
     binary = json.loads((out / "binary_narrow_vs_wide" / "metrics.json").read_text())
     assert binary["epochs_run"] == 1
     pair, gap = metrics["test_auc_narrow_vs_wide"], binary["test_auc"] - metrics["test_auc_narrow_vs_wide"]
-    assert (
-        f"| narrow vs wide | `{spec.report.binary_jobs[0]}` | {binary['test_auc']:.4f} | {pair:.4f} | {gap:.4f} | "
-        f"{pair:.4f} | {gap:.4f} | {'yes' if gap <= 0.005 else 'no'} |"
-    ) in report
+    row = next(line for line in report.splitlines() if line.startswith("| narrow vs wide |"))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[:3] == ["narrow vs wide", f"`{spec.report.binary_jobs[0]}`", f"{binary['test_events']:.0f}"]
+    assert [cell.split(" [")[0] for cell in cells[3:8]] == [
+        f"{binary['test_auc']:.4f}",
+        f"{pair:.4f}",
+        f"{gap:.4f}",
+        f"{pair:.4f}",
+        f"{gap:.4f}",
+    ]
+    assert cells[8] == ("yes" if float(cells[7].split(" [")[0]) <= 0.005 else "no")
+    # The binary job trained 1 epoch, the multiclass jobs 3: said loudly.
+    assert "Warning: unequal training budgets" in report and "1 epochs, no early stopping" in report
     # The trials table: each trials.csv row, lowest val_loss first, the unfinished trial last.
     lines = report.split("## Trials (best first)")[1].strip().splitlines()[2:]
     cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
@@ -232,3 +272,91 @@ def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session
     ]
     assert [row[5] for row in cells] == [f"{float(row['val_loss']):.4f}" if row["val_loss"] else "–" for row in ranked]
     assert ranked[-1]["state"] == "INTERRUPTED"
+
+
+TOY_EPOCHS = 4
+TOY_BEST = 0.8  # the value of toy.x that decides the outcome; toy.noise barely matters
+
+
+def toy_objective(config: dict, epoch: int) -> float:
+    """Seeded toy: the closer toy.x is to TOY_BEST, the better, more so with each epoch."""
+    return 1.0 - abs(config["toy.x"] - TOY_BEST) * epoch / TOY_EPOCHS + 0.01 * config["toy.noise"]
+
+
+def found(config: dict) -> bool:
+    return abs(config["toy.x"] - TOY_BEST) < 0.1  # one draw in five at random
+
+
+def toy_trainable(config: dict) -> None:
+    from ray import tune
+
+    for epoch in range(1, TOY_EPOCHS + 1):
+        tune.report({"best_score": toy_objective(config, epoch), "epoch": epoch})
+
+
+def toy_search(num_samples: int) -> TuneSpec:
+    return TuneSpec(
+        name="toy",
+        base_job="none",
+        metric="score",
+        mode="max",
+        num_samples=num_samples,
+        seed=3,
+        startup_trials=4,
+        scheduler={"grace_period": 1, "reduction_factor": 2},
+        resources={"driver_cpus": 0.5},
+        space={"toy.x": {"uniform": [0.0, 1.0]}, "toy.noise": {"uniform": [0.0, 1.0]}},
+    )
+
+
+def test_tpe_through_tune_finds_the_deciding_key_more_often_than_random(ray_session, tmp_path):
+    # The search machinery of `hepray tune` (Tune, ASHA, Optuna TPE in SQLite) with a function trainable,
+    # shipped to Tune's actors by value: they cannot import this test module.
+    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec = toy_search(num_samples=16)
+    study = open_study(spec, tmp_path)
+    tune_trials(spec, tmp_path, study, toy_trainable, TOY_EPOCHS, spec.num_samples)
+    trials = optuna.load_study(study_name="toy", storage=storage_url(tmp_path)).trials
+    assert len(trials) == 16
+    tpe_hits = sum(found(t.params) for t in trials)
+
+    random_study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
+    random_study.optimize(lambda t: toy_objective(spec.suggest(t), TOY_EPOCHS), n_trials=16)
+    random_hits = sum(found(t.params) for t in random_study.trials)
+    assert tpe_hits > random_hits and tpe_hits >= 4, (tpe_hits, random_hits)  # random: 3.2 expected
+
+    # ASHA's stops reach Optuna as pruned, with the value at the epoch they stopped at; only trials
+    # of the full 4 epochs are complete, and the best of them has found the deciding value.
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned and len(pruned) + len(complete) == 16
+    for trial in pruned:
+        step = trial.last_step
+        assert step < TOY_EPOCHS and trial.value == pytest.approx(toy_objective(trial.params, step))
+    for trial in complete:
+        assert trial.value == pytest.approx(toy_objective(trial.params, TOY_EPOCHS))
+    assert found(max(complete, key=lambda t: t.value).params)
+
+
+@pytest.mark.parametrize("name", ["drift_chamber_multiclass", "electron_id_overfit"])
+def test_shipped_searches_load_and_the_pair_references_train_under_the_same_rules(name):
+    from hepray.tune.report import budget
+
+    spec, base, _ = load_search(f"tune_spaces/{name}.yaml")
+    for job_file in spec.report.binary_jobs:
+        assert budget(load_job(job_file)) == budget(base), job_file
+    if spec.report.binary_jobs:  # the multiclass levers are searched, and the base job is trial 0
+        assert {"task.label_smoothing", "task.focal_gamma", "task.class_weights", "train.schedule"} <= set(spec.space)
+        assert budget(base) == (40, ("auc", "max", 8))
+
+
+def test_events_are_paired_by_file_and_entry_whatever_their_order():
+    import numpy as np
+
+    from hepray.tune.intervals import common_events
+
+    first = {"file_key": np.array([7, 7, 9, 9]), "entry": np.array([0, 1, 0, 1]), "output": np.arange(4.0)}
+    order = np.array([3, 0, 2])  # another read order, one event missing
+    second = {key: value[order] for key, value in first.items()}
+    in_first, in_second = common_events(first, second)
+    assert len(in_first) == 3 and (first["output"][in_first] == second["output"][in_second]).all()

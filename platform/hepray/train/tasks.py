@@ -26,6 +26,7 @@ class Task:
         self.kind = spec.kind
         self.loss_kind = spec.loss
         self.class_weights = torch.tensor(spec.class_weights, dtype=torch.float32) if spec.class_weights else None
+        self.label_smoothing, self.focal_gamma = spec.label_smoothing, spec.focal_gamma
         self.conservation_weight = spec.conservation_weight
         self.initial_momentum = np.asarray(spec.initial_momentum, dtype=np.float32)
 
@@ -66,9 +67,9 @@ class Task:
     def event_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """One loss per event, before any weight."""
         if self.kind == "multiclass":
-            return F.cross_entropy(outputs, truth.long(), reduction="none")
+            return self.multiclass_losses(outputs, truth.long())
         if self.kind == "binary":
-            return F.binary_cross_entropy_with_logits(outputs[:, 0], truth.float(), reduction="none")
+            return self.binary_losses(outputs[:, 0], truth.float())
         if truth.dim() == 3:
             return self.track_momentum_losses(outputs, truth.float())
         prediction, target = outputs[:, 0], truth.float()
@@ -77,6 +78,23 @@ class Task:
         if self.loss_kind == "relative":
             return ((prediction - target) / target.abs().clamp_min(1e-6)) ** 2
         return (prediction - target) ** 2
+
+    def multiclass_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with smoothed targets q: -sum_k q_k (1 - p_k)^gamma log p_k (focal for gamma > 0)."""
+        smoothing, gamma = self.label_smoothing, self.focal_gamma
+        if gamma == 0:
+            return F.cross_entropy(outputs, truth, reduction="none", label_smoothing=smoothing)
+        log_p = F.log_softmax(outputs, dim=1)
+        target = F.one_hot(truth, outputs.shape[1]).to(log_p.dtype) * (1 - smoothing) + smoothing / outputs.shape[1]
+        return -(target * (1 - log_p.exp()) ** gamma * log_p).sum(dim=1)
+
+    def binary_losses(self, logit: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """The two-class case of multiclass_losses, on one logit: target q = y (1 - s) + s / 2."""
+        target = truth * (1 - self.label_smoothing) + self.label_smoothing / 2
+        if self.focal_gamma == 0:
+            return F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+        p, gamma = torch.sigmoid(logit), self.focal_gamma
+        return -(target * (1 - p) ** gamma * F.logsigmoid(logit) + (1 - target) * p**gamma * F.logsigmoid(-logit))
 
     def track_momentum_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """Per event: the per-track loss plus the weighted momentum-conservation term (module doc)."""

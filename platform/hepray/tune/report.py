@@ -8,11 +8,25 @@ import csv
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from hepray.app.run import HEADLINE, run_job
+from hepray.data.events import ENTRY, WEIGHT
+from hepray.evaluate.bootstrap import REPLICAS, Interval
 from hepray.spec import JobSpec, SpecError, load_job
-from hepray.tune.search import BEST_JOB_FILE, TABLE_FILE, load_best_job, trial_epochs
+from hepray.tune.intervals import (
+    auc_of,
+    common_events,
+    gap_of,
+    headline_problems,
+    pair_events,
+    pair_problems,
+    run_predictions,
+)
+from hepray.tune.search import BEST_JOB_FILE, STUDY_FILE, TABLE_FILE, load_best_job, trial_epochs
 from hepray.tune.space import TuneSpec
 
 
@@ -32,6 +46,16 @@ def _written_settings(path: Path) -> dict | None:
 def run_once(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> dict[str, float]:
     """metrics.json of a finished run of this job (same settings, any name) in out_dir or a reuse
     directory; trains it into out_dir only if there is none."""
+    directory = finished_run(job, out_dir, reuse)
+    found = {
+        k: (float("nan") if v is None else v) for k, v in json.loads((directory / "metrics.json").read_text()).items()
+    }
+    return _with_last_epoch(found, directory)
+
+
+def finished_run(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> Path:
+    """The directory of a finished run of this job (same settings, any name): out_dir or a reuse
+    directory, or out_dir after training it there."""
     wanted = _settings(job.model_dump(mode="json", by_alias=True))
     for directory in (out_dir, *reuse):
         metrics, written = directory / "metrics.json", directory / "job.yaml"
@@ -39,9 +63,9 @@ def run_once(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> dict[
         # left by a run of this job that did not finish.
         finished = metrics.is_file() and written.is_file() and metrics.stat().st_mtime >= written.stat().st_mtime
         if finished and _written_settings(written) == wanted:
-            found = {k: (float("nan") if v is None else v) for k, v in json.loads(metrics.read_text()).items()}
-            return _with_last_epoch(found, directory)
-    return _with_last_epoch(run_job(job, out_dir), out_dir)
+            return directory
+    run_job(job, out_dir)
+    return out_dir
 
 
 def _with_last_epoch(metrics: dict, directory: Path) -> dict:
@@ -83,18 +107,36 @@ def _changed_keys(spec: TuneSpec, base: JobSpec, tuned: JobSpec) -> list[str]:
     return lines
 
 
+@dataclass
+class Run:
+    """A finished run the report compares: its job, directory, metrics and per-event scores."""
+
+    job: JobSpec
+    directory: Path
+    metrics: dict
+    events: dict[str, np.ndarray]
+
+
+def finished(job: JobSpec, out_dir: Path, files: dict[str, list[str]], reuse: tuple[Path, ...] = ()) -> Run:
+    """The finished run of this job (trained if there is none) with its scores of the report's events."""
+    directory = finished_run(job, out_dir, reuse)
+    return Run(job, directory, run_once(job, directory), run_predictions(job, directory, files))
+
+
 def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path, path: Path | None = None) -> Path:
     """Train what is not trained yet (baseline/, best/, binary_<job>/ in out_dir) and write the
     report to path (default docs/tune_<search>.md). A run of the same settings is trained once:
     the best job of a search that found nothing better is the baseline."""
     out_dir = Path(out_dir)
+    files = spec.report.evaluation_files
     tuned_job = load_best_job(out_dir)
-    baseline = run_once(base, out_dir / "baseline", reuse=(out_dir / "best",))
-    tuned = run_once(tuned_job, out_dir / "best", reuse=(out_dir / "baseline",))
+    baseline = finished(base, out_dir / "baseline", files, reuse=(out_dir / "best",))
+    tuned = finished(tuned_job, out_dir / "best", files, reuse=(out_dir / "baseline",))
     rows = list(csv.DictReader((out_dir / TABLE_FILE).open()))
     lines = [
         *_search_section(spec, base, space_file, out_dir, rows),
-        *_comparison_section(spec, base, tuned_job, baseline, tuned, out_dir),
+        *_comparison_section(spec, base, tuned_job, baseline.metrics, tuned.metrics, out_dir),
+        *_intervals_section(baseline, tuned, spec.report.evaluation),
     ]
     if spec.report.binary_jobs:
         lines += _pairs_section(spec, baseline, tuned, out_dir)
@@ -107,6 +149,8 @@ def write_report(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path,
 
 def _search_section(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path, rows: list[dict]) -> list[str]:
     """The report's title and how the search ran: objective, trials, ASHA stops and where its outputs are."""
+    epochs = trial_epochs(spec, base)
+    rungs = ", ".join(str(rung) for rung in spec.scheduler.rungs(epochs)) or "none"
     return [
         f"# Search `{spec.name}`: baseline vs tuned",
         "",
@@ -117,12 +161,15 @@ def _search_section(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Pa
         "",
         f"- base job `{spec.base_job}`; objective {', '.join(f'`{m}` ({mode})' for m, mode in zip(spec.metrics, spec.modes))}"
         f" at each trial's best epoch; Optuna TPE (seed {spec.seed}, {spec.startup_trials} random startup trials)",
-        f"- {len(rows)} trials of {trial_epochs(spec, base)} epochs (trial-only keys: "
+        f"- {len(rows)} trials of {epochs} epochs (trial-only keys: "
         f"{', '.join(f'`{k}={v}`' for k, v in spec.trial_overrides.items()) or 'none'}), "
         f"{spec.max_concurrent_trials} at a time; ASHA (grace {spec.scheduler.grace_period}, reduction factor "
-        f"{spec.scheduler.reduction_factor:g}) stopped {sum(r['stopped_by_asha'] == 'True' for r in rows)} early",
-        f"- study: `optuna-dashboard sqlite:///{(out_dir / 'study.db').resolve()}`; table: `{out_dir / TABLE_FILE}`;"
-        f" best job: `{out_dir / BEST_JOB_FILE}`",
+        f"{spec.scheduler.reduction_factor:g}; rungs at epochs {rungs}, each trial judged against the others' values "
+        f"at the same epoch) stopped {sum(r['stopped_by_asha'] == 'True' for r in rows)} early: they reach "
+        "Optuna as PRUNED, so TPE counts only trials of the full budget as complete",
+        f"- study: `optuna-dashboard sqlite:///{(out_dir / STUDY_FILE).resolve()}`; Tune experiment: "
+        f"`{out_dir / 'ray'}` (one session_NN per run of the search); trial table: `hepray tune --status {out_dir}` "
+        f"or `{out_dir / TABLE_FILE}`; best job: `{out_dir / BEST_JOB_FILE}`",
     ]
 
 
@@ -176,33 +223,105 @@ def _comparison_section(
     ]
 
 
-def _pairs_section(spec: TuneSpec, baseline: dict, tuned: dict, out_dir: Path) -> list[str]:
+def _aligned(first: dict, second: dict) -> tuple[dict, dict]:
+    """Both runs' events restricted to those both scored, in the same order."""
+    in_first, in_second = common_events(first, second)
+    return {k: v[in_first] for k, v in first.items()}, {k: v[in_second] for k, v in second.items()}
+
+
+def _intervals_section(baseline: Run, tuned: Run, evaluation: str) -> list[str]:
+    """The headline AUC of both runs with bootstrap intervals, and their paired difference."""
+    kind = baseline.job.task.kind
+    if kind == "regression":
+        return []
+    key = f"test_{HEADLINE[kind]}" if evaluation == "test" else f"{HEADLINE[kind]} (evaluation sample)"
+    base_events, tuned_events = _aligned(baseline.events, tuned.events)
+    weights = base_events.get(WEIGHT)
+    return [
+        "",
+        f"### Error bars ({len(base_events[ENTRY])} {evaluation} events)",
+        "",
+        f"Bootstrap over the events ({REPLICAS} replicas): value [68 % interval, 16th–84th percentile]. The "
+        "difference is paired: every replica scores both models on the same resampled events.",
+        "",
+        "| | value [68 % interval] |",
+        "|---|---|",
+        f"| baseline `{key}` | {auc_of(headline_problems(baseline.job, baseline.events), baseline.events.get(WEIGHT))} |",
+        f"| tuned `{key}` | {auc_of(headline_problems(tuned.job, tuned.events), tuned.events.get(WEIGHT))} |",
+        f"| tuned − baseline (paired) | "
+        f"{gap_of(headline_problems(tuned.job, tuned_events), headline_problems(baseline.job, base_events), weights)} |",
+    ]
+
+
+def _stopping_kind(metric: str) -> str:
+    """val_auc and val_auc_macro are the same kind of metric for a binary and a multiclass job."""
+    return metric.removeprefix("val_").removesuffix("_macro")
+
+
+def budget(job: JobSpec) -> tuple:
+    stop = job.train.early_stopping
+    rule = None if stop is None else (_stopping_kind(stop.metric), stop.mode, stop.patience)
+    return job.train.epochs, rule
+
+
+def budget_text(job: JobSpec) -> str:
+    stop = job.train.early_stopping
+    if stop is None:
+        return f"{job.train.epochs} epochs, no early stopping"
+    return f"{job.train.epochs} epochs, early stopping on `{stop.metric}` ({stop.mode}, patience {stop.patience})"
+
+
+def _pair_gaps(binary: Run, multi: Run) -> tuple[Interval, Interval, Interval, int]:
+    """Binary AUC, multiclass pairwise AUC and their paired gap, on the events both scored."""
+    background, signal = binary.job.data.class_names
+    binary_events, multi_events = _aligned(binary.events, pair_events(multi.job, multi.events, (background, signal)))
+    weights = binary_events.get(WEIGHT)
+    first = pair_problems(binary.job, binary_events, signal, background)
+    second = pair_problems(multi.job, multi_events, signal, background)
+    return auc_of(first, weights), auc_of(second, weights), gap_of(first, second, weights), len(first.problems[0][0])
+
+
+def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> list[str]:
     """Pairwise AUC of the multiclass model (softmax restricted to the two classes) vs a binary job."""
+    goal, evaluation = spec.report.pair_goal, spec.report.evaluation
     lines = [
         "",
         "## Class pairs: multiclass vs dedicated binary models",
         "",
-        "Multiclass pairwise AUC: test events of the two classes only, score p_a/(p_a+p_b) "
-        "(`test_auc_<a>_vs_<b>` in metrics.json). Binary: the pair's own job trained in full, its `test_auc`. "
-        f"Goal: binary − multiclass ≤ {spec.report.pair_goal}.",
+        f"Multiclass pairwise AUC: {evaluation} events of the two classes only, score p_a/(p_a+p_b). Binary: the "
+        "pair's own job trained in full, on the same events. Values [68 % bootstrap interval]; each gap "
+        f"(binary − multiclass) is a paired bootstrap on those events. Goal: gap ≤ {goal} (point estimate).",
         "",
-        "| pair | binary job | binary AUC | multiclass baseline | gap before | tuned multiclass | gap after | goal met |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Budgets: multiclass baseline {budget_text(baseline.job)}; tuned {budget_text(tuned.job)}.",
     ]
-    met = 0
+    rows, met = [], 0
     for job_file in spec.report.binary_jobs:
         job = load_job(job_file)
+        binary = finished(job, out_dir / f"binary_{job.name}", spec.report.evaluation_files)
+        auc, before_auc, before, _ = _pair_gaps(binary, baseline)
+        _, after_auc, after, events = _pair_gaps(binary, tuned)
+        met += after.value <= goal
         a, b = job.data.class_names
-        binary = run_once(job, out_dir / f"binary_{job.name}")["test_auc"]
-        key = next(k for k in (f"test_auc_{a}_vs_{b}", f"test_auc_{b}_vs_{a}") if k in tuned)
-        before, after = binary - baseline[key], binary - tuned[key]
-        met += after <= spec.report.pair_goal
-        lines.append(
-            f"| {a} vs {b} | `{job_file}` | {_fmt(binary)} | {_fmt(baseline[key])} | {_fmt(before)} | "
-            f"{_fmt(tuned[key])} | {_fmt(after)} | {'yes' if after <= spec.report.pair_goal else 'no'} |"
+        lines.append(f"Binary `{job_file}`: {budget_text(job)}.")
+        if budget(job) != budget(tuned.job) or budget(job) != budget(baseline.job):
+            lines.append(
+                f"> **Warning: unequal training budgets: `{job_file}` ({budget_text(job)}) vs the multiclass "
+                "jobs above: this gap compares models trained under different rules.**"
+            )
+        rows.append(
+            f"| {a} vs {b} | `{job_file}` | {events} | {auc} | {before_auc} | {before} | {after_auc} | {after} | "
+            f"{'yes' if after.value <= goal else 'no'} |"
         )
-    lines += ["", f"Goal met for {met} of {len(spec.report.binary_jobs)} pairs."]
-    return lines
+    return [
+        *lines,
+        "",
+        "| pair | binary job | events | binary AUC | multiclass baseline | gap before | tuned multiclass | gap after "
+        "| goal met |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Goal met for {met} of {len(spec.report.binary_jobs)} pairs.",
+    ]
 
 
 def _trials_table(spec: TuneSpec, rows: list[dict]) -> list[str]:

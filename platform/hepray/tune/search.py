@@ -1,5 +1,6 @@
 """`hepray tune`: Ray Tune trials, each a Ray Train run of the base job with searched keys set,
-proposed by Optuna (TPE, stored in SQLite) and stopped early by ASHA on per-epoch reports.
+proposed by Optuna (TPE, stored in SQLite) and stopped early by ASHA on per-epoch reports; a trial
+ASHA stops is told to Optuna as pruned, never as complete with a value of fewer epochs.
 
 The Optuna study is the search's memory: a resumed search counts its finished trials, marks
 trials an interruption left running as failed, and runs only the rest of the budget in a new Tune
@@ -19,8 +20,6 @@ import optuna
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from hepray.app.job_data import build_job_data, ensure_data, training_job
 from hepray.app.reweight import reweight_table
@@ -28,7 +27,13 @@ from hepray.app.session import ensure_ray
 from hepray.spec import JobSpec, SpecError, validate_job
 from hepray.train.trainer import ResourceError, build_trainer, check_scaling
 from hepray.tune.optuna_internals import mark_interrupted
-from hepray.tune.ray_internals import RecordTrainResources, ReleaseStoppedTrials, resources_file
+from hepray.tune.ray_internals import (
+    PruningOptunaSearch,
+    RecordingASHA,
+    RecordTrainResources,
+    ReleaseStoppedTrials,
+    resources_file,
+)
 from hepray.tune.space import TuneSpec, job_with, trial_values
 
 STUDY_FILE = "study.db"
@@ -174,13 +179,14 @@ def run_search(
     ensure_data(base.data)  # once, before trials that would all generate it at the same time
 
     study = open_study(spec, out_dir)
+    study.set_user_attr("metrics", spec.metrics)  # names the objectives for `hepray tune --status`
     interrupted = _close_interrupted(study)
     remaining = spec.num_samples - len(finished_trials(study))
     if remaining > 0:
         _tune_session(spec, base, base_raw, out_dir, study, remaining)
 
     study = open_study(spec, out_dir)
-    rows = trial_table(spec, base, out_dir, study)
+    rows = trial_table(spec, out_dir, study)
     _write_csv(rows, out_dir / TABLE_FILE)
     best = best_trial(spec, study)
     if best is None:
@@ -202,6 +208,27 @@ def run_search(
 def _tune_session(
     spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, study: optuna.Study, num_samples: int
 ) -> None:
+    resolved = base.model_dump(mode="json", by_alias=True)  # defaults filled in: the base job exactly
+    first = [spec.base_point(resolved)] if spec.evaluate_base_first and not study.trials else None
+    trainable = tune.with_parameters(
+        _trainable, spec_raw=spec.model_dump(mode="json"), base_raw=base_raw, out_dir=str(out_dir)
+    )
+    tune_trials(spec, out_dir, study, trainable, trial_epochs(spec, base), num_samples, first)
+
+
+def tune_trials(
+    spec: TuneSpec,
+    out_dir: Path,
+    study: optuna.Study,
+    trainable,
+    epochs: int,
+    num_samples: int,
+    first: list[dict] | None = None,
+) -> None:
+    """One Tune session of `num_samples` trials of `trainable`, which reports `best_<metric>` per
+    epoch (a hepray job's trials; tests pass a function). ASHA judges each trial at its rungs
+    against the other trials' values at the same epoch; a trial it stops before `epochs` reaches
+    Optuna as PRUNED (ray_internals), so TPE models only values of the full budget as complete."""
     objectives = [f"best_{metric}" for metric in spec.metrics]
     single = len(objectives) == 1
     # A new seed per session: the same seed would replay the first session's random startup trials.
@@ -210,9 +237,8 @@ def _tune_session(
         n_startup_trials=spec.startup_trials,
         constant_liar=spec.max_concurrent_trials > 1,
     )
-    resolved = base.model_dump(mode="json", by_alias=True)  # defaults filled in: the base job exactly
-    first = [spec.base_point(resolved)] if spec.evaluate_base_first and not study.trials else None
-    searcher = OptunaSearch(
+    stopped: set[str] = set()  # Tune trial ids ASHA cut short, shared by scheduler and searcher
+    searcher = PruningOptunaSearch(
         space=_DefineByRun(spec),
         metric=objectives[0] if single else objectives,
         mode=spec.modes[0] if single else spec.modes,
@@ -220,18 +246,16 @@ def _tune_session(
         sampler=sampler,
         study_name=spec.name,
         storage=optuna.storages.RDBStorage(storage_url(out_dir)),
+        stopped=stopped,
     )
-    epochs = trial_epochs(spec, base)
-    scheduler = ASHAScheduler(
+    scheduler = RecordingASHA(
+        stopped,
         time_attr="training_iteration",
         metric=objectives[0],
         mode=spec.modes[0],
-        max_t=spec.scheduler.max_t or epochs,
+        max_t=spec.scheduler.budget(epochs),
         grace_period=spec.scheduler.grace_period,
         reduction_factor=spec.scheduler.reduction_factor,
-    )
-    trainable = tune.with_parameters(
-        _trainable, spec_raw=spec.model_dump(mode="json"), base_raw=base_raw, out_dir=str(out_dir)
     )
     sessions = out_dir / "ray"
     session = f"session_{len(list(sessions.glob('session_*'))) if sessions.exists() else 0:02d}"
@@ -278,26 +302,74 @@ def _last_result(out_dir: Path, number: int) -> dict[str, Any]:
     return {}
 
 
-def trial_table(spec: TuneSpec, base: JobSpec, out_dir: Path, study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per Optuna trial: state, whether ASHA stopped it, values at its best epoch, its keys."""
-    budget = min(spec.scheduler.max_t or math.inf, trial_epochs(spec, base))
+def trial_table(spec: TuneSpec, out_dir: Path, study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per Optuna trial: its state (PRUNED: ASHA stopped it), the epochs it reached, which
+    of them its values come from (`value_epochs`: the best epoch's values within the first
+    value_epochs epochs; compare values of equal value_epochs), the values and its keys."""
     columns = list(dict.fromkeys([*spec.metrics, *LOSS_COLUMNS]))
     rows = []
     for trial in study.get_trials(deepcopy=False):
         result = _last_result(out_dir, trial.number)
         state = "INTERRUPTED" if trial.user_attrs.get("interrupted") else trial.state.name
         epochs_run = int(result.get("training_iteration", 0))
+        valued = state in ("COMPLETE", "PRUNED") and epochs_run > 0
         row = {
             "trial": trial.number,
             "state": state,
-            "stopped_by_asha": state == "COMPLETE" and 0 < epochs_run < budget and not result.get("stopped_early"),
+            "stopped_by_asha": state == "PRUNED",
             "epochs_run": epochs_run,
+            "value_epochs": epochs_run if valued else None,
             "best_epoch": result.get("best_epoch"),
             **{column: result.get(f"best_{column}") for column in columns},
             **trial_values(spec, trial.params),
         }
         rows.append(row)
     return rows
+
+
+def search_status(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The trial table of a running or finished search, from its study.db and Tune's result files
+    only (nothing is started): state, epochs reached, objective(s) (a running trial's best so far)
+    and keys."""
+    out_dir = Path(out_dir)
+    storage = storage_url(out_dir)
+    names = optuna.study.get_all_study_names(storage) if (out_dir / STUDY_FILE).is_file() else []
+    if not names:
+        raise SpecError(f"{out_dir}: no search here (no study in {out_dir / STUDY_FILE})")
+    study = optuna.load_study(study_name=names[0], storage=storage)
+    metrics = study.user_attrs.get("metrics") or [f"objective_{k}" for k in range(len(study.directions))]
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        result = _last_result(out_dir, trial.number)
+        values = trial.values if trial.values else [result.get(f"best_{metric}") for metric in metrics]
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": "INTERRUPTED" if trial.user_attrs.get("interrupted") else trial.state.name,
+                "epochs": int(result.get("training_iteration", 0)),
+                **dict(zip(metrics, values)),
+                **trial.params,
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as aligned text columns (numbers to 4 significant digits)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(text) for text in [column, *(line[k] for line in cells)]) for k, column in enumerate(columns)]
+    lines = [[column.ljust(width) for column, width in zip(columns, widths)]]
+    lines += [[text.ljust(width) for text, width in zip(line, widths)] for line in cells]
+    return "\n".join("  ".join(line).rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -111,12 +111,26 @@ class Dimension(Strict):
 
 
 class Scheduler(Strict):
-    """ASHA on per-epoch reports: stop a trial at a rung when it is below the top 1/reduction_factor."""
+    """ASHA on per-epoch reports: at each rung (epoch grace_period * reduction_factor^k, below the
+    trials' epochs) a trial below the top 1/reduction_factor of the values other trials had at that
+    same epoch stops, and reaches Optuna as pruned. A whole reduction factor keeps rungs on epochs."""
 
     kind: Literal["asha"] = "asha"
     grace_period: int = Field(1, gt=0, description="epochs every trial runs before it can be stopped")
     max_t: int | None = Field(None, gt=0, description="epochs of the longest trial (default: the trial's train.epochs)")
-    reduction_factor: float = Field(2.0, gt=1)
+    reduction_factor: int = Field(2, ge=2)
+
+    def budget(self, epochs: int) -> int:
+        """The epochs of a trial that is not stopped: a trial stopped before them is pruned."""
+        return min(self.max_t or epochs, epochs)
+
+    def rungs(self, epochs: int) -> list[int]:
+        """The epochs at which ASHA compares trials."""
+        rungs, rung = [], self.grace_period
+        while rung < self.budget(epochs):
+            rungs.append(rung)
+            rung *= self.reduction_factor
+        return rungs
 
 
 class TrialResources(Strict):
@@ -135,6 +149,22 @@ class Report(Strict):
         [], description="dedicated two-class jobs; their AUC vs the tuned model's pairwise AUC"
     )
     pair_goal: float = Field(0.005, ge=0, description="largest acceptable binary - multiclass pairwise AUC gap")
+    evaluation_files: dict[str, list[str]] = Field(
+        {},
+        description="class -> globs of a separate evaluation sample (e.g. generated with another seed), all of "
+        "whose events every compared model scores for the error bars and gaps; default: the test split",
+    )
+
+    @field_validator("evaluation_files", mode="before")
+    @classmethod
+    def _globs_as_lists(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @property
+    def evaluation(self) -> str:
+        return "evaluation-sample" if self.evaluation_files else "test"
 
 
 class TuneSpec(Strict):
@@ -289,6 +319,12 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> tuple[T
         values = {k: spec.space[k].example() for k in dimension.when or {}}
         _check_job(job_with(base_raw, {**values, key: dimension.example()}), f"{path}: space.{key}")
     _check_job(job_with(base_raw, spec.trial_overrides), f"{path}: trial_overrides")
+    epochs = int(spec.trial_overrides.get("train.epochs", base.train.epochs))
+    if spec.scheduler.grace_period > spec.scheduler.budget(epochs):
+        raise SpecError(
+            f"{path}: scheduler.grace_period: {spec.scheduler.grace_period} epochs, but trials train "
+            f"{spec.scheduler.budget(epochs)}; ASHA needs grace_period <= the trials' epochs"
+        )
     searched = set(spec.trial_overrides) & set(spec.space)
     if searched:
         raise SpecError(f"{path}: trial_overrides: {', '.join(sorted(searched))} is also searched")
@@ -308,7 +344,9 @@ def _check_binary_jobs(spec: TuneSpec, base: JobSpec, path: Path) -> None:
     the pairs before the search, not after it."""
     if spec.report.binary_jobs and base.task.kind != "multiclass":
         raise SpecError(f"{path}: report.binary_jobs: class pairs need a multiclass base job, not {base.task.kind}")
-    classes = base.data.class_names
+    classes, evaluation = base.data.class_names, spec.report.evaluation_files
+    if evaluation and set(evaluation) != set(classes):
+        raise SpecError(f"{path}: report.evaluation_files: needs globs for exactly the classes {classes}")
     for job_file in spec.report.binary_jobs:
         job = load_job(job_file)
         names = job.data.class_names

@@ -1,6 +1,7 @@
 """`python -m benchmarks [MODULE ...]`: run every benchmarks/*.py module that has a main() (or the
 ones named), each in its own process (its own Ray), print their JSON lines and rewrite
-benchmarks/RESULTS.md with them, the machine's cores, its load and the date.
+benchmarks/RESULTS.md with them, the machine's cores, its load and the date. Modules not run
+this time keep their figures from the RESULTS.md being replaced, marked with the run they came from.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -25,7 +27,9 @@ TARGETS = {
     "raster_kernel_per_core": ("sparse_kernel_events_per_s", ">=", "2. etaphi 47x47 kernel >= 300k events/s per core"),
     "ray_train_epoch_vs_plain_torch": ("ratio", ">=", "3. Ray Train epoch >= 0.9 x plain PyTorch loop"),
     "next_batch_wait": ("p99_over_median", "<=", "4. p99 wait for the next batch <= 2 x median"),
+    "dataset_over_weaver_style": ("ratio", ">=", "7. dataset >= 2 x a weaver-style DataLoader (issue 21)"),
 }
+AFTER_MEMORY = {"dataset_over_weaver_style"}  # issue 21's rows, after issue 8's figures 5 and 6
 
 CHANGES = """\
 ## What the profile showed, and what changed
@@ -106,6 +110,97 @@ with last-epoch figures the ratio ranged 0.82-1.16 over six runs (it holds at 1.
 """
 
 
+ISSUE_21 = """\
+## Issue 21: the Python and C++ peers, the shuffle, inflate, the GPU check (2026-12-01)
+
+**Peers, in the same run.** `weaver_style_dataloader` (benchmarks/pipeline.py) is what a
+weaver-style training does with the same files: a plain PyTorch DataLoader, one worker process per
+core, each reading its share of the files with uproot, cutting, rasterizing with the same
+hepray.inputs kernel into dense images, shuffling them within the file, batches of 256;
+`dataset_over_weaver_style` is hepray's training-ingest dataset over it (target 7: >= 2).
+`rdataloader` (benchmarks/rdataloader.py) is ROOT's own `ROOT.Experimental.ML.RDataLoader` on the
+same files and cores: the towers as padded vectors (to the largest tower count, so none is lost),
+no images, implicit MT on `cores` threads (target 8: hepray's dataset >= it). It needs
+`import ROOT`: pip `root` 0.1a12 is ROOT 6.40.00 (a 248 MB cp311 wheel, "alpha stage"); installed
+with `pip install --target DIR root` outside the project's venv and run with `PYTHONPATH=DIR`, it
+worked here. It is not a dependency; without it the module prints one skip line.
+
+**The within-task shuffle** (`hepray/data/root_source.py`, `_joined`). A read task used to
+concatenate its ranges' sparse points and then gather them in the shuffled order (`Ragged.take`):
+two copies, the second a numpy fancy gather with int32 indices, which numpy first casts to intp.
+Now each range's points are written straight to the places the permutation gives their events
+(one fancy assignment per range from a contiguous source): one copy, the same permutation, so the
+blocks are bit-identical to before (checked on all three benchmark jobs) and runs repeat their
+metrics as before. Measured A/B in one process at load 9-10: the shuffle alone went from 1.13 to
+0.72 us/event on the electron-ID files (1.6x), 0.31 to 0.19 on study 003's jet images and 0.62 to
+0.36 on its point clouds; whole read tasks (best of 8 interleaved passes over the train split)
+1.04x on electron-ID, 1.02x on jet images, 1.10x on point clouds. The shuffle was ~4.5% of an
+electron-ID read task and ~2% of a jet-image one in this profile, not the ~25% the earlier profile
+(above) gave; zlib inflate is ~33%. Permuting events before the kernel instead (a permuted index
+into the raw tower arrays, which the read task gathers anyway) was tried and is slower: the
+kernels' `flatten` fast path needs events in file order, and the merged, permuted encode ran
+1.5-2x slower than the per-range one.
+
+**Faster inflate.** uproot 5.7.7 has a `library` option for ZLIB ("zlib", "isal", "deflate"), but
+the documented `uproot.ZLIB.library` only changes compression (writing): reading goes through
+`uproot.compression._decompress_ZLIB`, an instance of the private base class, so the setting that
+takes effect is `uproot.compression._DecompressZLIB.library = "isal"` (private; not used by the
+project). With pip `isal` 1.9.1, in one process interleaved with zlib (load ~24): the bare read
+2.24x and the serial pipeline (`serial_rate`) 1.50x zlib's, best of 3, arrays identical. The
+"deflate" option fails with pip `deflate` 0.9.0 (its `zlib_decompress` now wants `originalsize`);
+zlib-ng is not an uproot option. Not in pyproject.toml: the lead decides.
+
+**The GPU check.** `python -m benchmarks.gpu` (above when run) says whether the driver and Ray
+see GPUs and trains electron_id and jets_cvn for one epoch through hepray's own loop, printing per
+run what CUDA each worker sees, samples/s, GPU utilisation, the data-wait fraction and the
+next-batch wait percentiles. On this machine there is no GPU: it says `"gpu": false`, and at its
+CPU default of 2000 events per class the data-wait fraction is mostly the first batch's start-up
+wait (reported apart as `first`). `tests/test_benchmark_gpu.py` runs it so at 100 events per class.
+
+**How loaded the machine was, and what that leaves of targets 7 and 8.** Four other sessions
+shared the 2 cores: the 1-minute load went from 2.8 to 26.5 within single runs. The figures above
+are the third of three runs of `pipeline` and `rdataloader` today, all within 40 minutes; each
+line's `load` is the load while it ran, and the two loaders were not measured at the same load:
+
+| run (UTC) | weaver-style | hepray dataset | RDataLoader | dataset / weaver | dataset / ROOT |
+|---|---|---|---|---|---|
+| 13:10-13:22 | 16060 (load 4.9) | 23737 (7.1) | 9012 (11.0) | 1.48 | 2.63 |
+| 13:27-13:38 | 6014 (8.9) | 22913 (20.0) | 28796 (2.8) | 3.81 | 0.80 |
+| 13:39-13:48 | 4526 (7.8) | 44267 (5.4) | 4906 (19.7) | 9.78 | 9.02 |
+
+So neither target is settled by these runs: rerun `python -m benchmarks pipeline rdataloader` on a
+quiet machine (with ROOT from a `pip install --target DIR root` on `PYTHONPATH`). The first run
+still had torch on 2 threads in the benchmark process; the other two use 1, as a one-CPU Ray Train
+worker does (next paragraph).
+
+**torch threads and the device-side densify.** `to_tensors` now densifies with torch ops
+(`densify_tensors`). On 2 torch threads beside the read tasks on these 2 cores it ran at 2.5-3.6k
+events/s, on 1 thread at 23-72k (256-event batches of the benchmark's blocks, load ~9; most of the
+2-thread time in the max norm's `abs` and in `torch.zeros`); raster.py's numpy densify ran at 261k
+on 2026-11-27. `pipeline.py` now sets 1 torch thread, as Ray does for a one-CPU training worker.
+`serial_pipeline_over_read`, which includes the densify, came out 0.16 (2 threads), 0.17 and 0.37
+in today's runs against 0.39-0.59 with the numpy densify before: the CPU path of the torch densify
+is worth a profile of its own.
+"""
+
+POINTS = """\
+## Point clouds beside jet images (2026-12-01, `python -m benchmarks.points` run alone)
+
+Study 003's jets (20000 per class, the train split), one process doing every read task's work
+(read, check, encode, cut into blocks), no Ray; the next full `python -m benchmarks` puts it above.
+The machine was busy (load 6.4 on 2 cores), so only the ratios taken in this run mean anything:
+
+```
+{"figure": "points_vs_jet_image_per_core", "points": "64 x (1 + 4), sorted by pT", "image": "jet 1x33x33 l1", "points_read_events_per_s": 17981, "image_read_events_per_s": 22926, "points_over_image_read": 0.78, "points_decode_events_per_s": 98438, "image_decode_events_per_s": 64561, "points_bytes_per_event": 611, "image_bytes_per_event": 318, "load": 6.44}
+```
+
+The points' read tasks run at 0.78x the jet images' (they evaluate four feature expressions and
+sort each jet's constituents, where the image kernel sums three branches into pixels); the worker
+pads points 1.5x faster than it densifies images; the points ship 611 bytes per event (four
+float32 per kept constituent), the sparse images 318 (int32 pixel + float32 value per pixel hit).
+"""
+
+
 def modules(names: list[str]) -> list[str]:
     """benchmarks/*.py modules defining a top-level main(), found without importing them."""
     found = []
@@ -164,25 +259,75 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def earlier_figures() -> dict[str, tuple[list[dict], str]]:
+    """Each module's figures in the RESULTS.md about to be replaced, and the run they came from."""
+    path = HERE / "RESULTS.md"
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    written = re.search(r"Written by `python -m benchmarks` on (.+? UTC)", text)
+    found = {}
+    for module, note, block in re.findall(r"^`benchmarks/(\w+)\.py`([^\n]*)\n\n```\n(.*?)```", text, re.M | re.S):
+        origin = re.search(r"from the run of (.+? UTC)", note)
+        lines = [json.loads(line) for line in block.splitlines() if line.strip()]
+        found[module] = (lines, origin.group(1) if origin else written.group(1) if written else "an earlier run")
+    return found
+
+
+def rdataloader_row(lines: list[dict]) -> str | None:
+    """Target 8: hepray's dataset (sparse, as training ingests it) against ROOT's RDataLoader, if it ran."""
+    root = [line for line in lines if line["figure"] == "rdataloader" and "events_per_s" in line]
+    ours = [line for line in lines if line["figure"] == "dataset_iteration" and line.get("ingest") == "training"]
+    ours = [line for line in ours if line["transport"] == "sparse"]
+    if not root:
+        return "| 8. dataset >= ROOT's RDataLoader (issue 21) | not run (needs `import ROOT`: pip `root`) |"
+    if not ours:
+        return None
+    ratio = ours[0]["events_per_s"] / root[0]["events_per_s"]
+    return (
+        f"| 8. dataset >= ROOT's RDataLoader (issue 21) | {ratio:.3f} (>= 1.0: {'holds' if ratio >= 1 else 'MISSED'}): "
+        f"{ours[0]['events_per_s']} vs {root[0]['events_per_s']} events/s, ROOT {root[0]['root']} on "
+        f"{root[0]['threads']} threads, padded tower vectors, at loads {ours[0]['load']} vs {root[0]['load']} |"
+    )
+
+
 def write_results(results: dict[str, tuple[list[dict], str]], started: float, loads: tuple[float, float]) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
+    carried = {module: found for module, found in earlier_figures().items() if module not in results}
     out = [
-        "# Throughput benchmarks (issue 8)",
+        "# Throughput benchmarks (issues 8 and 21)",
         "",
         f"Written by `python -m benchmarks` on {now:%Y-%m-%d %H:%M} UTC in {time.time() - started:.0f} s: "
         f"{os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}. "
         f"1-minute load average {loads[0]} at the start and {loads[1]} at the end (a shared machine: "
         "each figure's `load` is the load while it ran; ratios are taken within one module's run, "
-        "same files and cores).",
+        "same files and cores)."
+        + (f" Not run this time, kept from earlier runs: {', '.join(sorted(carried))}." if carried else ""),
         "",
         "## Targets",
         "",
         "| target | measured |",
         "|---|---|",
     ]
-    lines = [line for module_lines, _ in results.values() for line in module_lines]
+    out += target_rows([line for module_lines, _ in [*results.values(), *carried.values()] for line in module_lines])
+    out += ["", "## Every figure (the JSON lines)", ""]
+    for module, (module_lines, error) in results.items():
+        out.append(f"`benchmarks/{module}.py`" + (f" — **failed**: {error}" if error else ""))
+        out += ["", "```"] + [json.dumps(line) for line in module_lines] + ["```", ""]
+    for module, (module_lines, origin) in sorted(carried.items()):
+        out.append(f"`benchmarks/{module}.py` — not run this time: from the run of {origin}")
+        out += ["", "```"] + [json.dumps(line) for line in module_lines] + ["```", ""]
+    out += [CHANGES, ISSUE_21, POINTS]
+    (HERE / "RESULTS.md").write_text("\n".join(out))
+
+
+def target_rows(lines: list[dict]) -> list[str]:
+    """The targets table's rows, from every figure of this run and those kept from earlier ones."""
+    out = []
     ceiling = [line for line in lines if line["figure"] == "serial_pipeline_over_read"]
     for figure, (_, _, text) in TARGETS.items():
+        if figure in AFTER_MEMORY:
+            continue
         found = [line for line in lines if line["figure"] == figure]
         note = ""
         if figure == "dataset_over_read_x_cores" and ceiling:
@@ -207,12 +352,14 @@ def write_results(results: dict[str, tuple[list[dict], str]], started: float, lo
             f"sparse {sparse['bytes_per_event']} ({sparse['points_per_event']} points/event): sparse is "
             f"{dense['bytes_per_event'] / sparse['bytes_per_event']:.1f}x smaller and is what `hepray run` ships |"
         )
-    out += ["", "## Every figure (the JSON lines)", ""]
-    for module, (module_lines, error) in results.items():
-        out.append(f"`benchmarks/{module}.py`" + (f" — **failed**: {error}" if error else ""))
-        out += ["", "```"] + [json.dumps(line) for line in module_lines] + ["```", ""]
-    out.append(CHANGES)
-    (HERE / "RESULTS.md").write_text("\n".join(out))
+    weaver = [line for line in lines if line["figure"] == "weaver_style_dataloader"]
+    ours = [line for line in lines if line["figure"] == "dataset_iteration" and line.get("ingest") == "training"]
+    ours = [line for line in ours if line["transport"] == "sparse"]
+    for figure in AFTER_MEMORY:
+        found = [line for line in lines if line["figure"] == figure]
+        note = f", at loads {ours[0]['load']} vs {weaver[0]['load']}" if found and weaver and ours else ""
+        out.append(f"| {TARGETS[figure][2]} | {verdict(found[0]) if found else 'not run'}{note} |")
+    return out + [row for row in [rdataloader_row(lines)] if row]
 
 
 def main() -> None:

@@ -10,6 +10,12 @@ again through the driver's own `ds.iterator()` for comparison.
 Beside target 1, `serial_pipeline_over_read` bounds it: the same read tasks and densification run
 back to back in one process, no Ray, no shuffle. That is the work per event any scheduling of this
 pipeline must do on some core, so the dataset cannot reach more than this ratio x read x cores.
+
+Beside the dataset, `weaver_style_dataloader` does the same work the way a weaver-style training
+does it (issue 21's baseline): a plain PyTorch DataLoader over the same files, one worker process
+per core, each reading its share of the files with uproot, applying the cut, rasterizing with the
+same hepray.inputs kernel into dense images and shuffling them within each file, in batches of 256.
+Target: hepray's dataset >= 2 x that, measured in the same run.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ import time
 import numpy as np
 import pyarrow as pa
 import torch
+import uproot
 
 from benchmarks.common import bare_read_rate, branches, cores, electron_id_job, emit, load, start_ray
 from hepray.data.batches import ModelBatch, to_tensors
 from hepray.data.pipeline import streamed_to_trainers
-from hepray.data.root_source import EventReader, RootDatasource, labelled_files, plan_reads
+from hepray.data.root_source import RASTER_EVENTS, EventReader, RootDatasource, labelled_files, plan_reads
+from hepray.expr import Expression
+from hepray.inputs import make_input
 
 BATCH = 256
 
@@ -113,6 +122,67 @@ def batch_waits(job, iterator) -> np.ndarray:
     return np.array(waits[1:-1])  # the first waits for start-up, the last only learns the epoch ended
 
 
+class WeaverStyleFiles(torch.utils.data.IterableDataset):
+    """A weaver-style loader's dataset: each DataLoader worker reads every `workers`-th file with
+    uproot, keeps the events passing the cut, rasterizes them with the pipeline's own vectorized
+    kernel (dense images, norm applied), shuffles them within the file and yields batches of BATCH."""
+
+    def __init__(self, job):
+        self.data = job.data
+        self.files = labelled_files(job.data)
+        self.spec = job.data.inputs["image"]
+        self.cut = Expression(job.data.cut)
+        self.names = branches(job)
+        self.passes = 0  # per worker process: another shuffle each pass
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        self.passes += 1
+        rng = np.random.default_rng([self.passes, worker])
+        for path, label in self.files[worker::workers]:
+            with uproot.open(path) as file:
+                arrays = file[self.data.tree].arrays(self.names, how=dict)
+            passed = np.asarray(self.cut.evaluate(arrays), dtype=bool)
+            arrays = {name: array[passed] for name, array in arrays.items()}
+            n = int(passed.sum())
+            images = np.concatenate(
+                [
+                    make_input(self.spec, {k: v[begin : begin + RASTER_EVENTS] for k, v in arrays.items()})
+                    for begin in range(0, n, RASTER_EVENTS)
+                ]
+            )[rng.permutation(n)]
+            labels = np.full(n, label, dtype=np.int64)
+            for begin in range(0, n, BATCH):
+                yield {
+                    "image": torch.from_numpy(images[begin : begin + BATCH]),
+                    "label": torch.from_numpy(labels[begin : begin + BATCH]),
+                }
+
+
+def one_torch_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
+
+
+def weaver_style_rate(job, workers: int, epochs: int = 3) -> tuple[float, int]:
+    """Events/s of a plain PyTorch DataLoader over WeaverStyleFiles in `workers` processes, over
+    `epochs` passes after one warm-up pass (worker start-up), and the events per pass."""
+    loader = torch.utils.data.DataLoader(
+        WeaverStyleFiles(job),
+        batch_size=None,  # the dataset yields whole batches, as weaver's does after its collate
+        num_workers=workers,
+        persistent_workers=True,
+        worker_init_fn=one_torch_thread,
+    )
+    for _ in loader:
+        pass
+    started, events = time.perf_counter(), 0
+    for _ in range(epochs):
+        for batch in loader:
+            events += len(batch["label"])
+    return events / (time.perf_counter() - started), events // epochs
+
+
 def block_bytes(job, sparse: bool) -> tuple[float, float, float | None]:
     """Arrow bytes per event of the blocks read tasks put in the object store (whole block, image
     columns) and, for sparse images, the points per event."""
@@ -125,6 +195,9 @@ def block_bytes(job, sparse: bool) -> tuple[float, float, float | None]:
 
 
 def main() -> None:
+    # One torch thread, as Ray runs a one-CPU training worker (OMP_NUM_THREADS=1): to_tensors densifies
+    # with torch ops, which on 2 threads beside the read tasks on 2 cores ran 10-30x slower here.
+    torch.set_num_threads(1)
     n_cores = cores()
     job = electron_id_job()
     read = bare_read_rate(job)
@@ -148,6 +221,17 @@ def main() -> None:
             image_bytes_per_event=round(image),
             **({"points_per_event": round(points, 1)} if sparse else {}),
         )
+
+    weaver_rate, weaver_events = weaver_style_rate(job, n_cores)  # before Ray: its workers fork this process
+    emit(
+        "weaver_style_dataloader",
+        events_per_s=round(weaver_rate),
+        events_per_epoch=weaver_events,
+        num_workers=n_cores,
+        batch=BATCH,
+        meaning="torch DataLoader, uproot + the same dense rasterization, shuffled within each file",
+        load=load(),
+    )
 
     start_ray(n_cores)
     rates = {}
@@ -179,6 +263,14 @@ def main() -> None:
         target=0.8,
         dense_transport_ratio=round(rates[False] / (read * n_cores), 3),
         driver_ingest_ratio=round(driver_rate / (read * n_cores), 3),
+        cores=n_cores,
+    )
+    emit(
+        "dataset_over_weaver_style",
+        ratio=round(rates[True] / weaver_rate, 3),
+        target=2.0,
+        dataset_events_per_s=round(rates[True]),
+        weaver_style_events_per_s=round(weaver_rate),
         cores=n_cores,
     )
 

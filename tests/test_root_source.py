@@ -270,3 +270,21 @@ def test_branch_names_as_files_have_them(tmp_path):
     np.testing.assert_array_equal(tensors["entry"].numpy(), [1, 2, 3])
     np.testing.assert_allclose(tensors["obs_log"].numpy(), [0.6, 0.7, 0.8], rtol=1e-6)
     np.testing.assert_allclose(tensors["jets"][1].numpy(), [[1, 50, np.log(50)], [1, 40, np.log(40)]], rtol=1e-6)
+
+
+def test_zlib_baskets_are_inflated_by_isal_to_the_same_arrays(tmp_path, monkeypatch):
+    import isal.isal_zlib
+
+    from hepray.data import rootio
+
+    assert rootio.ISAL_INFLATE and uproot.compression._DecompressZLIB.library == "isal"
+    events = towers(500, 0, seed=4)
+    with uproot.recreate(tmp_path / "zlib.root", compression=uproot.ZLIB(6)) as file:
+        file["events"] = events
+    inflated, inflate = [], isal.isal_zlib.decompress
+    monkeypatch.setattr(isal.isal_zlib, "decompress", lambda *args, **kw: inflated.append(1) or inflate(*args, **kw))
+    with uproot.open(tmp_path / "zlib.root") as file:
+        read = file["events"].arrays()
+    assert inflated  # the baskets went through ISA-L, and gave the arrays written
+    for name, values in events.items():
+        assert ak.all(ak.ravel(read[name]) == ak.ravel(ak.Array(values))), name

@@ -520,8 +520,8 @@ def _joined(parts: list, order: np.ndarray | None) -> np.ndarray | Ragged:
     if order is None:
         return Ragged.concat(parts)
     # Each range's points are written straight to the places `order` gives their events: one copy
-    # of the points, where concatenating and then gathering made two, and numpy's fancy assignment
-    # from a contiguous source runs 2-4x faster here than its fancy gather (a read task's shuffle).
+    # of the points where concatenating and then gathering made two, and a fancy assignment from a
+    # contiguous source instead of a fancy gather: ~1.6x faster (benchmarks/RESULTS.md, issue 21).
     counts = np.concatenate([np.diff(part.offsets) for part in parts])
     offsets = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(counts[order], out=offsets[1:])

@@ -34,7 +34,10 @@ import fsspec
 import numpy as np
 import uproot
 
+from hepray.data.uproot_internals import inflate_with_isal
+
 RNTuple = uproot.models.RNTuple.Model_ROOT_3a3a_RNTuple
+ISAL_INFLATE = inflate_with_isal()  # in every process that reads: the driver, read tasks, predict
 
 
 class DataError(ValueError):

@@ -360,3 +360,25 @@ def test_events_are_paired_by_file_and_entry_whatever_their_order():
     second = {key: value[order] for key, value in first.items()}
     in_first, in_second = common_events(first, second)
     assert len(in_first) == 3 and (first["output"][in_first] == second["output"][in_second]).all()
+
+
+def test_the_report_loss_is_the_jobs_training_loss_with_a_bootstrap_interval():
+    import numpy as np
+    import torch
+
+    from hepray.train.tasks import Task
+    from hepray.tune.intervals import loss_of
+
+    job = load_job("jobs/electron_id_overfit.yaml")
+    rng = np.random.default_rng(3)
+    events = {"label": rng.integers(0, 2, 400), "output": rng.normal(0, 3, (400, 1))}
+    cross_entropy = np.logaddexp(0, events["output"][:, 0]) - events["label"] * events["output"][:, 0]
+    loss = loss_of(job, events)
+    assert loss.value == pytest.approx(cross_entropy.mean()) and loss.low < loss.value < loss.high
+
+    smoothed = job.model_copy(update={"task": job.task.model_copy(update={"label_smoothing": 0.2})})
+    trained = Task(smoothed.task).loss(torch.tensor(events["output"]), torch.tensor(events["label"]))
+    assert loss_of(smoothed, events).value == pytest.approx(float(trained))
+
+    same = loss_of(job, {"label": events["label"], "output": np.zeros((400, 1))})  # every event costs log 2
+    assert same.low == pytest.approx(np.log(2)) and same.high == pytest.approx(np.log(2))

@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.special import softmax
 
 from hepray.app.job_data import ensure_data
 from hepray.data.events import ENTRY, FILE_KEY, LABEL, OBJECT, OUTPUT, WEIGHT
 from hepray.data.pipeline import build_dataset
 from hepray.data.root_source import EventReader, plan_reads
-from hepray.evaluate.bootstrap import REPLICAS, Interval, interval, replica_aucs
+from hepray.evaluate.bootstrap import REPLICAS, Interval, interval, replica_aucs, replica_counts
 from hepray.evaluate.inference import MODEL_FILE, actor_pool, collect, predict
 from hepray.evaluate.metrics import safe_auc
 from hepray.spec import JobSpec
+from hepray.train.tasks import Task
 
 KEY_COLUMNS = (FILE_KEY, ENTRY, OBJECT)
 
@@ -125,3 +127,26 @@ def gap_of(first: Problems, second: Problems, weights: np.ndarray | None, replic
     aucs = replica_aucs(joined.problems, w, replicas)
     a, b = Problems(joined.problems[:split]), Problems(joined.problems[split:])
     return interval(a.point(w) - b.point(w), aucs[:split].mean(axis=0) - aucs[split:].mean(axis=0))
+
+
+def loss_of(job: JobSpec, events: dict[str, np.ndarray], replicas: int = REPLICAS, seed: int = 1) -> Interval:
+    """The job's classification loss (its label smoothing, focal term, class and event weights) on
+    these events, with the 68 % interval of a bootstrap over them: beside train_eval_loss, the
+    train-to-unseen-events loss gap without the noise of a small validation split."""
+    task = Task(job.task)
+    output = torch.as_tensor(np.asarray(events[OUTPUT], dtype=np.float32))
+    truth = torch.as_tensor(events[LABEL])
+    losses = task.event_losses(output, truth).double().numpy()
+    norm = np.ones_like(losses)
+    if task.class_weights is not None:  # as Task.loss: multiclass divides by the summed class weights
+        class_weight = task.class_weights.double().numpy()[events[LABEL]]
+        losses = losses * class_weight
+        norm = class_weight if task.kind == "multiclass" else norm
+    weight = np.ones_like(losses) if events.get(WEIGHT) is None else np.asarray(events[WEIGHT], dtype=np.float64)
+    keep = np.isfinite(losses)
+    losses, norm, weight = losses[keep], norm[keep], weight[keep]
+    counts = replica_counts(len(losses), replicas, np.random.default_rng(seed)) * weight
+    return interval(
+        float((weight * losses).sum() / (np.abs(weight) * norm).sum()),
+        (counts * losses).sum(axis=1) / (np.abs(counts) * norm).sum(axis=1),
+    )

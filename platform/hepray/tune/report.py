@@ -22,6 +22,7 @@ from hepray.tune.intervals import (
     common_events,
     gap_of,
     headline_problems,
+    loss_of,
     pair_events,
     pair_problems,
     run_predictions,
@@ -250,6 +251,28 @@ def _intervals_section(baseline: Run, tuned: Run, evaluation: str) -> list[str]:
         f"| tuned `{key}` | {auc_of(headline_problems(tuned.job, tuned.events), tuned.events.get(WEIGHT))} |",
         f"| tuned − baseline (paired) | "
         f"{gap_of(headline_problems(tuned.job, tuned_events), headline_problems(baseline.job, base_events), weights)} |",
+        *_loss_gap_rows(baseline, tuned, evaluation),
+    ]
+
+
+def _loss_gap_rows(baseline: Run, tuned: Run, evaluation: str) -> list[str]:
+    """Each model's loss on the interval events minus its train_eval_loss at the best epoch: the
+    overfitting gap measured on many unseen events instead of the small validation split."""
+    gaps = {}
+    for name, run in (("baseline", baseline), ("tuned", tuned)):
+        loss, train = loss_of(run.job, run.events), run.metrics.get("train_eval_loss", float("nan"))
+        gaps[name] = Interval(loss.value - train, loss.low - train, loss.high - train)
+    ratio = gaps["baseline"].value / gaps["tuned"].value if gaps["tuned"].value > 0 else float("inf")
+    return [
+        *(
+            f"| {name} loss gap: {evaluation} loss − `train_eval_loss` (best epoch) | {gap} |"
+            for name, gap in gaps.items()
+        ),
+        f"| loss gap baseline / tuned | {'tuned gap ≤ 0' if ratio == float('inf') else f'{ratio:.1f}×'} |",
+        "",
+        f"A loss gap here is the job's own loss on the {evaluation} events (with its bootstrap interval) minus its "
+        "loss on the training events at the best epoch: unlike `val_loss − train_eval_loss` above, whose "
+        "validation split is small, its noise is the interval shown.",
     ]
 
 

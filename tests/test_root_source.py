@@ -278,6 +278,7 @@ def test_zlib_baskets_are_inflated_by_isal_to_the_same_arrays(tmp_path, monkeypa
     from hepray.data import rootio
 
     assert rootio.ISAL_INFLATE and uproot.compression._DecompressZLIB.library == "isal"
+    assert uproot.ZLIB.library == "zlib"  # files hepray writes are compressed as before
     events = towers(500, 0, seed=4)
     with uproot.recreate(tmp_path / "zlib.root", compression=uproot.ZLIB(6)) as file:
         file["events"] = events

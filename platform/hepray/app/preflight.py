@@ -285,7 +285,6 @@ def check_job(job: JobSpec, absent_ok: bool = False) -> Preflight:
     """Check every file the job reads holds every branch it names; raises DataError (one line
     naming the file, the branch, the key naming it and a "did you mean"). absent_ok: local
     files not found here are noted, not errors (`hepray submit`: the cluster may hold them)."""
-    check_model_fits(job)
     groups, samples = _groups(job)
     paths = {id(group): _expand(group, job.data, absent_ok) for group in (*groups, *samples)}
     names = named_branches(job)
@@ -302,6 +301,7 @@ def check_job(job: JobSpec, absent_ok: bool = False) -> Preflight:
                 f"{group.key}: no events to read: all {len(group.files)} files are skipped "
                 f"(data.on_error: skip), first {group.files[0].path}: {group.files[0].problem}"
             )
+    check_model_fits(job)  # after the files: a misspelt branch is named before a model that cannot fit
     return report
 
 

@@ -251,6 +251,51 @@ def test_branches_used_per_object_must_be_counted_by_the_count(files, tmp_path, 
     assert_one_error_line(invoke_validate(tmp_path, raw), "bkg.root", *named)
 
 
+def separate_counters(branches: dict, shift_at: int | None = None) -> dict:
+    """The electrons as uproot writes loose jagged arrays: each its own counter (`nElectron_eta`),
+    beside a `nElectron` the file's author wrote; shift_at moves one electron to the next event."""
+    electron = branches["Electron"]
+    counts = ak.to_numpy(ak.num(electron["id"]))
+    loose = {f"Electron_{field}": electron[field] for field in ("id", "eta", "phi", "q")}
+    if shift_at is not None:
+        counts = counts.copy()
+        counts[shift_at] -= 1
+        counts[shift_at + 1] += 1
+        loose = {name: ak.unflatten(ak.flatten(values), counts) for name, values in loose.items()}
+    tower = {name: values for name, values in branches.items() if name not in ("Electron", "Jet")}
+    return {**tower, **loose, "nElectron": ak.to_numpy(ak.num(electron["id"])).astype(np.int32)}
+
+
+def test_per_object_branches_with_their_own_counters_are_read_per_object(files, tmp_path):
+    """uproot's writer counts `Electron_eta` by `nElectron_eta`: holding nElectron's numbers, it is per object."""
+    _, truth = files
+    paths = {}
+    for name in ("sig", "bkg"):
+        write_tree(tmp_path / f"{name}.root", separate_counters(truth[name]))
+        paths[name] = str(tmp_path / f"{name}.root")
+    with uproot.open(paths["sig"]) as file:
+        assert file["events"]["Electron_eta"].count_branch.name == "nElectron_eta"
+    raw = objects_job({"bkg": paths["bkg"], "sig": paths["sig"]})
+    result = invoke_validate(tmp_path, raw)
+    assert result.exit_code == 0, result.output
+    rows = read_rows(job_over((tmp_path, None)), None)
+    assert np.array_equal(
+        np.sort(rows["obs_Electron_id"]), np.sort(np.concatenate([all_ids(truth[n]) for n in ("bkg", "sig")]))
+    )
+
+
+def test_own_counter_that_differs_from_the_count_is_named_with_its_entry(files, tmp_path):
+    _, truth = files
+    first = int(np.flatnonzero(ak.to_numpy(ak.num(truth["sig"]["Electron"]["id"])) > 0)[0])
+    write_tree(tmp_path / "sig.root", separate_counters(truth["sig"], shift_at=first))
+    write_tree(tmp_path / "bkg.root", separate_counters(truth["bkg"]))
+    raw = objects_job({"bkg": str(tmp_path / "bkg.root"), "sig": str(tmp_path / "sig.root")})
+    line = assert_one_error_line(
+        invoke_validate(tmp_path, raw), "sig.root", "counted by 'nElectron_", "'nElectron' (data.objects.count)"
+    )
+    assert f"entry {first} has" in line
+
+
 def test_read_task_names_a_list_that_is_not_per_object(files):
     """A list branch of other counts where one value per object is needed, past preflight (e.g. a std::vector)."""
     job = job_over(files, observers=["evt", "Jet_pt"])

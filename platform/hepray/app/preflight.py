@@ -259,12 +259,28 @@ class ObjectsCheck:
             return f"branch '{self.count}' (data.objects.count) holds a list per entry, not a number of objects"
         for name, keys in sorted(self.per_example.items()):
             counter = _counter(events, name)
-            if counter is not None and counter != self.count:
+            if counter is None or counter == self.count:
+                continue
+            differs = _first_difference(events, counter, self.count)
+            if differs is not None:
+                entry, counted, objects = differs
                 return (
                     f"branch '{name}' ({', '.join(keys)}) holds a list per entry counted by '{counter}', "
-                    f"not one value per object counted by '{self.count}' (data.objects.count)"
+                    f"not one value per object counted by '{self.count}' (data.objects.count): "
+                    f"entry {entry} has {counted} against {objects} objects"
                 )
         return None
+
+
+def _first_difference(events: Events, counter: str, count: str) -> tuple[int, int, int] | None:
+    """The first entry where two count branches differ, over the first basket range they share.
+    uproot's writer gives every jagged branch its own counter (`nElectron_eta`), holding the same
+    numbers as `nElectron`: such a branch is per object, and the read task checks every range."""
+    stop = int(events.boundaries({counter, count})[1])
+    values = events.arrays([counter, count], 0, stop)
+    counted, objects = (np.asarray(values[name]) for name in (counter, count))
+    wrong = np.flatnonzero(counted != objects)
+    return None if len(wrong) == 0 else (int(wrong[0]), int(counted[wrong[0]]), int(objects[wrong[0]]))
 
 
 def _counter(events: Events, name: str) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import awkward as ak
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import uproot
 
 from hepray.data.pipeline import build_dataset
 from hepray.data.root_source import DataError, EventReader, plan_reads, split_of
+from hepray.data.rootio import OpenTrees, read_arrays
 from hepray.spec import JobSpec
 from rootfiles import etaphi_job, towers, write_tree
 
@@ -289,3 +292,37 @@ def test_zlib_baskets_are_inflated_by_isal_to_the_same_arrays(tmp_path, monkeypa
     assert inflated  # the baskets went through ISA-L, and gave the arrays written
     for name, values in events.items():
         assert ak.all(ak.ravel(read[name]) == ak.ravel(ak.Array(values))), name
+
+
+# ------------------------------------------------------------------ trees kept open between reads
+
+
+def test_open_trees_reopen_a_rewritten_file_and_stay_bounded(tmp_path):
+    """A read task's process keeps the last files' trees open; a file written again is read anew,
+    a file gone is still the read's own error, and at most `size` files stay open."""
+    trees = OpenTrees(size=2)
+    path = write_tree(tmp_path / "a.root", {"x": np.arange(10, dtype=np.float64)})
+    first = trees.get(str(path), "events")
+    assert trees.get(str(path), "events") is first  # kept open: no second open
+    write_tree(path, {"x": np.arange(20, dtype=np.float64) * 2})
+    again = trees.get(str(path), "events")
+    assert again is not first and np.array_equal(ak.to_numpy(again.arrays(["x"], 0, 20)["x"]), np.arange(20) * 2)
+    for name in ("b", "c"):
+        trees.get(str(write_tree(tmp_path / f"{name}.root", {"x": np.ones(3)})), "events")
+    assert len(trees.trees) == 2 and again.file.closed  # the least recently read is closed
+    assert trees.get(str(tmp_path / "missing.root"), "events") is None
+    assert trees.get(str(path), "no_such_tree") is None
+
+
+def test_a_file_damaged_while_kept_open_is_one_data_error(tmp_path):
+    """Bytes overwritten in place, size and mtime kept: the kept tree's read fails, and the read
+    is done again the usual way, whose error names the file."""
+    path = write_tree(tmp_path / "a.root", towers(300, 0, seed=1))
+    assert len(read_arrays(str(path), "events", ["tower_e"], 0, 300)["tower_e"]) == 300  # now kept open
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[1000:-2000] = bytes(len(data) - 3000)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(DataError, match=r"a\.root"):
+        read_arrays(str(path), "events", ["tower_e"], 0, 300)

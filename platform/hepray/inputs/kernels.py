@@ -157,7 +157,24 @@ def densify_tensors(
     index = event * image_size + pixel
     dense = torch.zeros(n_events * image_size, dtype=torch.float32, device=value.device)
     dense.index_add_(0, index, value.to(torch.float32))
+    if norm in ("max", "log1p"):
+        _normalize_hit_pixels_(dense, index, event, n_events, norm)
+        return dense.view(n_events, *shape)
     return normalize_(dense.view(n_events, *shape), norm)
+
+
+def _normalize_hit_pixels_(dense: torch.Tensor, index: torch.Tensor, event: torch.Tensor, n_events: int, norm: str):
+    """`normalize_` for the norms an empty pixel cannot change (max |x| over an image's pixels is
+    that over its hit ones; log1p(0) = 0 and 0 / scale = 0), applied to the hit pixels alone: the
+    same bits at ~1/16 of the memory traffic for 47x47 images of ~130 points. A pixel hit twice
+    is read before any is written and gets the same value from both writes."""
+    hit = dense[index]
+    if norm == "log1p":
+        dense[index] = torch.copysign(torch.log1p(hit.abs()), hit)
+        return
+    scale = torch.zeros(n_events, dtype=dense.dtype, device=dense.device)
+    scale.scatter_reduce_(0, event, hit.abs(), "amax")
+    dense[index] = hit / torch.where(scale == 0, 1.0, scale)[event]
 
 
 def apply_norm(images: np.ndarray, norm: str) -> np.ndarray:

@@ -56,15 +56,6 @@ TINY = {
 FAMILIES = sorted(TINY)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: threads only cost time, most of all on busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_points(counts: list[int], max_points: int, seed: int = 0, shift: float = 0.0) -> torch.Tensor:
     """[B, max_points, 1 + F]: `counts[b]` real points first, zero padding after. Features: eta,
     phi in [-pi, pi), pt > 0, one more; `shift` moves every feature's distribution."""

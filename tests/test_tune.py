@@ -109,6 +109,21 @@ def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
     assert spec.num_samples == 9 and spec.trial_overrides == {"train.epochs": 1}
 
 
+def test_first_trials_start_from_the_base_job_with_their_keys_set(tmp_path, base_job_file):
+    path = write_search(tmp_path, base_job_file, first_trials=[{"model.head": "maxavg", "data.augment": ["hflip"]}])
+    spec, base, _ = load_search(path)
+    base_point, changed = spec.first_points(base.model_dump(mode="json", by_alias=True))
+    assert changed == {**base_point, "model.head": "maxavg", "data.augment": '["hflip"]'}  # choices of lists as JSON
+    assert base_point["model.head"] == base.model.head
+    assert len(spec.first_points(base.model_dump(mode="json"))) == 2
+    with pytest.raises(
+        SpecError, match=r"first_trials\[0\]: 'model.heads' is not a searched key; did you mean 'model.head'"
+    ):
+        load_search(path, ["first_trials=[{model.heads: maxavg}]"])
+    with pytest.raises(SpecError, match=r"first_trials\[1\]: model.head: 'avg' cannot be drawn from space.model.head"):
+        load_search(path, ["first_trials=[{model.head: maxavg}, {model.head: avg}]"])
+
+
 def test_status_without_a_search_or_search_file_is_one_error_line(tmp_path):
     result = CliRunner().invoke(app, ["tune", "--status", str(tmp_path)])
     assert_one_error_line(result, str(tmp_path), "no search here")

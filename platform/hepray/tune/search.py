@@ -209,7 +209,7 @@ def _tune_session(
     spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, study: optuna.Study, num_samples: int
 ) -> None:
     resolved = base.model_dump(mode="json", by_alias=True)  # defaults filled in: the base job exactly
-    first = [spec.base_point(resolved)] if spec.evaluate_base_first and not study.trials else None
+    first = (spec.first_points(resolved) or None) if not study.trials else None
     trainable = tune.with_parameters(
         _trainable, spec_raw=spec.model_dump(mode="json"), base_raw=base_raw, out_dir=str(out_dir)
     )

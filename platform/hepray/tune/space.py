@@ -29,6 +29,7 @@ from hepray.spec import (
     JobSpec,
     SpecError,
     Strict,
+    did_you_mean,
     load_job,
     read_yaml,
     set_path,
@@ -177,6 +178,11 @@ class TuneSpec(Strict):
     seed: int = 1
     startup_trials: int = Field(10, gt=0, description="random trials before TPE models the results")
     evaluate_base_first: bool = Field(True, description="trial 0 uses the base job's values of the searched keys")
+    first_trials: list[dict[str, Any]] = Field(
+        [],
+        description="trials run next (before Optuna proposes any): each the base job's values of the "
+        "searched keys with these set, e.g. [{task.pair_heads: true}]",
+    )
     trial_retries: int = Field(
         1, ge=0, description="a failed trial (e.g. a worker killed out of memory) is rerun this often"
     )
@@ -222,14 +228,19 @@ class TuneSpec(Strict):
                 chosen[key] = dimension.decode(dimension.suggest(trial, key))
         return chosen
 
-    def base_point(self, base: dict) -> dict[str, Any]:
-        """The base job's values of the searched keys, as Optuna params (for evaluate_base_first)."""
+    def base_point(self, base: dict, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The base job's values of the searched keys (with `changes` set), as Optuna params."""
         point = {}
         for key, dimension in self.space.items():
-            value = _get_path(base, key)
+            value = (changes or {}).get(key, _get_path(base, key))
             if value is not _MISSING:
                 point[key] = json.dumps(value) if dimension.encoded else value
         return point
+
+    def first_points(self, base: dict) -> list[dict[str, Any]]:
+        """The trials a new search starts with: the base job's (evaluate_base_first), then first_trials."""
+        points = [self.base_point(base)] if self.evaluate_base_first else []
+        return points + [self.base_point(base, changes) for changes in self.first_trials]
 
 
 _MISSING = object()
@@ -328,13 +339,22 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> tuple[T
     searched = set(spec.trial_overrides) & set(spec.space)
     if searched:
         raise SpecError(f"{path}: trial_overrides: {', '.join(sorted(searched))} is also searched")
-    if spec.evaluate_base_first:
-        resolved = base.model_dump(mode="json", by_alias=True)
+    resolved = base.model_dump(mode="json", by_alias=True)
+    for index, changes in enumerate(spec.first_trials):
+        for key, value in changes.items():
+            if key not in spec.space:
+                raise SpecError(
+                    f"{path}: first_trials[{index}]: '{key}' is not a searched key{did_you_mean(key, spec.space)}"
+                )
+            if not spec.space[key].can_fix(value):
+                raise SpecError(f"{path}: first_trials[{index}]: {key}: {value!r} cannot be drawn from space.{key}")
+    if spec.evaluate_base_first or spec.first_trials:
         for key, value in spec.base_point(resolved).items():
             if not spec.space[key].can_fix(spec.space[key].decode(value)):
                 raise SpecError(
-                    f"{path}: space.{key}: the base job's value {value!r} cannot be drawn from it, "
-                    "so trial 0 cannot be the base job; add it or set evaluate_base_first: false"
+                    f"{path}: space.{key}: the base job's value {value!r} cannot be drawn from it, so the "
+                    "first trials cannot start from the base job; add it or set evaluate_base_first: false "
+                    "(and no first_trials)"
                 )
     return spec, base, base_raw
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from itertools import combinations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -221,6 +222,12 @@ class DataSpec(Strict):
 # ---------------------------------------------------------------- task, training, scaling
 
 
+def class_pairs(n_classes: int) -> list[tuple[int, int]]:
+    """Every class pair (a, b), a < b, in class-index order: the order of the pair heads' outputs
+    (task.pair_heads) and of the test_auc_<a>_vs_<b> metrics."""
+    return list(combinations(range(n_classes), 2))
+
+
 class TaskSpec(Strict):
     kind: Literal["binary", "multiclass", "regression"]
     class_weights: list[float] | None = None
@@ -242,6 +249,11 @@ class TaskSpec(Strict):
         description="classifiers: focal loss, each class's cross-entropy term times (1 - p)^gamma, so events "
         "already classified well count less; 0 = cross-entropy",
     )
+    pair_heads: bool = Field(
+        False,
+        description="multiclass: one more output per class pair (a, b), a < b, trained as a binary a-vs-b "
+        "logit on the events of those two classes; the pair's AUC (test_auc_<a>_vs_<b>) is then its score",
+    )
     loss: Literal["mse", "huber", "relative"] = "mse"
     conservation_weight: float = Field(
         0.0,
@@ -257,6 +269,8 @@ class TaskSpec(Strict):
     def _classifier_losses(self) -> TaskSpec:
         if self.kind == "regression" and (self.label_smoothing or self.focal_gamma):
             raise ValueError("label_smoothing and focal_gamma shape a classifier's loss; a regression has none")
+        if self.pair_heads and self.kind != "multiclass":
+            raise ValueError(f"pair_heads: a head per class pair needs a multiclass task, not {self.kind}")
         return self
 
 
@@ -547,8 +561,11 @@ class JobSpec(Strict):
 
     @property
     def n_outputs(self) -> int:
+        """The model's outputs: one per class (then one per class pair with task.pair_heads), the
+        track slots' momenta, or one; every model family builds its last layer from this."""
         if self.task.kind == "multiclass":
-            return len(self.data.class_names)
+            n_classes = len(self.data.class_names)
+            return n_classes + (len(class_pairs(n_classes)) if self.task.pair_heads else 0)
         if isinstance(self.data.target, TrackMomenta):
             return 3 * self.data.target.tracks
         return 1

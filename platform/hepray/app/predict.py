@@ -37,7 +37,7 @@ from hepray.data.events import ENTRY, FILE_KEY, OBJECT, OUTPUT, PASS_CUT, observ
 from hepray.data.pipeline import build_dataset
 from hepray.data.root_source import DataError, EventReader, ReadPlan, SkipLedger, file_key, labelled_files, plan_reads
 from hepray.evaluate.inference import MODEL_FILE, ONNX_FILE, Engine, actor_pool, load_job, predict
-from hepray.spec import DataSpec, JobSpec, TrackMomenta
+from hepray.spec import DataSpec, JobSpec, TrackMomenta, class_pairs
 from hepray.train.tasks import Task
 
 TREE = "predictions"
@@ -63,7 +63,8 @@ def column_name(text: str) -> str:
 
 def score_columns(job: JobSpec) -> list[str]:
     """Binary: the probability of label 1 (the second file group); multiclass: one softmax
-    probability per class; regression: the prediction (track momenta: px, py, pz per slot)."""
+    probability per class (with task.pair_heads then each pair head's probability of a over b,
+    score_<a>_vs_<b>); regression: the prediction (track momenta: px, py, pz per slot)."""
     target = job.data.target
     if isinstance(target, TrackMomenta):
         return [
@@ -76,7 +77,10 @@ def score_columns(job: JobSpec) -> list[str]:
     names = job.data.class_names
     if job.task.kind == "binary":
         return [f"score_{column_name(names[1])}"]
-    return [f"score_{column_name(name)}" for name in names]
+    pairs = class_pairs(len(names)) if job.task.pair_heads else []
+    return [f"score_{column_name(name)}" for name in names] + [
+        f"score_{column_name(names[a])}_vs_{column_name(names[b])}" for a, b in pairs
+    ]
 
 
 def prediction_spec(job: JobSpec, files: list[str], observers: list[str], tree: str | None = None) -> DataSpec:
@@ -116,6 +120,8 @@ class OutputSchema:
 
     def rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores = self.task.scores(batch[OUTPUT]).astype(np.float32).reshape(len(batch[ENTRY]), -1)
+        if self.task.pair_heads:
+            scores = np.hstack([scores, self.task.pair_scores(batch[OUTPUT]).astype(np.float32)])
         rows = {ENTRY: batch[ENTRY], **({OBJECT: batch[OBJECT]} if self.per_object else {})}
         rows.update({name: scores[:, k] for k, name in enumerate(self.scores)})
         if self.has_cut:

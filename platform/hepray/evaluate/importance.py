@@ -70,13 +70,14 @@ def collect_inputs(dataset: ray.data.Dataset) -> dict[str, np.ndarray]:
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
-def _outputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> np.ndarray:
+def _outputs(model: torch.nn.Module, inputs: dict[str, np.ndarray], columns: int) -> np.ndarray:
+    """The model's first `columns` outputs (a multiclass model's class logits: pair heads' follow)."""
     n = len(next(iter(inputs.values())))
     parts = []
     with torch.no_grad():
         for begin in range(0, n, BATCH):
             batch = {name: torch.as_tensor(values[begin : begin + BATCH]) for name, values in inputs.items()}
-            parts.append(model(batch).float().numpy())
+            parts.append(model(batch)[:, :columns].float().numpy())
     return np.concatenate(parts).astype(np.float64)
 
 
@@ -89,7 +90,8 @@ def permutation_importance(
     truth = events[TARGET if task == "regression" else LABEL]
     weights = events.get(WEIGHT)
     inputs = {name: np.ascontiguousarray(events[name]) for name in job.data.inputs}
-    reference = headline(task, _outputs(model, inputs), truth, weights)
+    columns = len(job.data.class_names) if task == "multiclass" else 1
+    reference = headline(task, _outputs(model, inputs, columns), truth, weights)
     rng = np.random.default_rng(seed)
     out = {}
     for name, column, key in scalar_columns(job):
@@ -97,7 +99,7 @@ def permutation_importance(
         for _ in range(repeats):
             shuffled = inputs[name].copy()
             shuffled[:, column] = rng.permutation(shuffled[:, column])
-            scores.append(headline(task, _outputs(model, {**inputs, name: shuffled}), truth, weights))
+            scores.append(headline(task, _outputs(model, {**inputs, name: shuffled}, columns), truth, weights))
         score = float(np.mean(scores))
         out[f"importance_{key}"] = score / reference - 1 if task == "regression" else reference - score
     return out

@@ -18,7 +18,9 @@ multiclass (outputs = K logits, p = softmax)
     (one-vs-rest on p_c), ``test_auc_macro`` (mean of the defined one-vs-rest AUCs),
     ``test_auc_<a>_vs_<b>`` for a < b (class index order) on events of class a or b only,
     score p_a/(p_a+p_b) (computed as the monotone-equivalent logit difference z_a - z_b,
-    which is exact and overflow-free), positive class a; ``test_confusion_<true>_<pred>``:
+    which is exact and overflow-free), positive class a; a model with pair heads (outputs
+    = K class logits, then one logit per pair in that order: ``task.pair_heads``) is scored by
+    the pair's own logit instead, every other number by the K class logits; ``test_confusion_<true>_<pred>``:
     row-normalised confusion matrix (fraction of true-class events predicted as ``pred``;
     NaN row when the bin has no event of that true class). With an [N, K] baseline score
     ``<b>``: ``baseline_<b>_auc_<c>``, ``baseline_<b>_auc_macro``.
@@ -54,11 +56,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from itertools import combinations
 
 import numpy as np
 from scipy.special import softmax
 from sklearn.metrics import confusion_matrix, roc_curve
+
+from hepray.spec import class_pairs
 
 from . import resolution
 
@@ -276,16 +279,20 @@ def multiclass_metrics(
     t = np.asarray(truth).astype(np.int64)
     w = _weights(weights, t.size)
     names = [key_name(c) for c in class_names]
-    n_cls = len(names)
-    if z.ndim != 2 or z.shape[1] != n_cls:
-        raise ValueError(f"multiclass outputs must be [N, {n_cls}], got {z.shape}")
+    n_cls, pairs = len(names), class_pairs(len(names))
+    if z.ndim != 2 or z.shape[1] not in (n_cls, n_cls + len(pairs)):
+        raise ValueError(
+            f"multiclass outputs must be [N, {n_cls}] (with pair heads [N, {n_cls + len(pairs)}]), got {z.shape}"
+        )
+    z, pair_logits = z[:, :n_cls], z[:, n_cls:]
     p = softmax(z, axis=1) if z.size else z
     out = _event_counts(t, names, w)
     out["test_accuracy"] = fraction(np.argmax(z, axis=1) == t, w) if t.size else NAN
     out.update(_ovr("test", t, p, names, w))
-    for a, b in combinations(range(n_cls), 2):
+    for k, (a, b) in enumerate(pairs):
         m = (t == a) | (t == b)
-        out[f"test_auc_{names[a]}_vs_{names[b]}"] = safe_auc(t[m] == a, z[m, a] - z[m, b], _subset(w, m))
+        score = pair_logits[m, k] if pair_logits.shape[1] else z[m, a] - z[m, b]
+        out[f"test_auc_{names[a]}_vs_{names[b]}"] = safe_auc(t[m] == a, score, _subset(w, m))
     frac = confusion_fractions(t, np.argmax(z, axis=1) if t.size else t, n_cls, w)
     for i, ti in enumerate(names):
         for j, pj in enumerate(names):

@@ -192,7 +192,8 @@ def evaluate_predictions(
 ) -> dict[str, float]:
     """Evaluate test-set predictions; returns a flat ``{key: float}`` dict (NaN where undefined).
 
-    ``outputs``: [N, 1] logits (binary), [N, K] logits (multiclass), [N, 1] predictions
+    ``outputs``: [N, 1] logits (binary), [N, K] logits (multiclass; with pair heads [N, K + K(K-1)/2],
+    the pair logits after the class logits), [N, 1] predictions
     (regression); ``truth``: int labels or float targets [N]; ``observers``: per-event arrays
     used by ``bins`` (edges per observer, ``[lo, hi)`` bins) and ``energy`` (regression: the
     true energy in GeV for resolution vs energy and the a/sqrt(E) (+) b (+) c/E fit; binned
@@ -255,9 +256,10 @@ def _make_plots(task, ev: Events, class_names, plot_dir: Path, scans, history) -
             ("score_hist.png", plots.score_hist, (outputs[:, 0], truth, class_names, w)),
         ]
     elif task == "multiclass":
+        logits = outputs[:, : len(class_names)]  # the class logits; pair heads' logits follow them
         jobs += [
-            ("roc_ovr.png", plots.roc_ovr, (outputs, truth, class_names, w)),
-            ("confusion.png", plots.confusion, (outputs, truth, class_names, w)),
+            ("roc_ovr.png", plots.roc_ovr, (logits, truth, class_names, w)),
+            ("confusion.png", plots.confusion, (logits, truth, class_names, w)),
         ]
     else:
         jobs += [

@@ -8,6 +8,14 @@ whose outputs are the same numbers slot after slot) have their own loss per even
     + conservation_weight * |sum over slots of predicted (px, py, pz) - initial_momentum|^2
 
 with l the squared error (mse) or the Huber loss (huber), momenta in GeV.
+
+A multiclass task with pair heads (task.pair_heads) has n class logits, then one logit per class pair
+(a, b), a < b (spec.class_pairs), positive for a. Its loss per event of class c is
+
+    class loss of the n class logits + mean over the n - 1 pairs holding c of binary_losses(pair logit, c == a)
+
+so a pair's logit learns from the events of its two classes only; scores and the per-epoch metrics
+are the class logits'.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from hepray.data.events import LABEL, TARGET
-from hepray.spec import TaskSpec
+from hepray.spec import TaskSpec, class_pairs
 
 
 class Task:
@@ -27,6 +35,7 @@ class Task:
         self.loss_kind = spec.loss
         self.class_weights = torch.tensor(spec.class_weights, dtype=torch.float32) if spec.class_weights else None
         self.label_smoothing, self.focal_gamma = spec.label_smoothing, spec.focal_gamma
+        self.pair_heads = spec.pair_heads
         self.conservation_weight = spec.conservation_weight
         self.initial_momentum = np.asarray(spec.initial_momentum, dtype=np.float32)
 
@@ -67,7 +76,9 @@ class Task:
     def event_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """One loss per event, before any weight."""
         if self.kind == "multiclass":
-            return self.multiclass_losses(outputs, truth.long())
+            truth = truth.long()
+            losses = self.multiclass_losses(self.class_outputs(outputs), truth)
+            return losses + self.pair_losses(outputs, truth) if self.pair_heads else losses
         if self.kind == "binary":
             return self.binary_losses(outputs[:, 0], truth.float())
         if truth.dim() == 3:
@@ -87,6 +98,21 @@ class Task:
         log_p = F.log_softmax(outputs, dim=1)
         target = F.one_hot(truth, outputs.shape[1]).to(log_p.dtype) * (1 - smoothing) + smoothing / outputs.shape[1]
         return -(target * (1 - log_p.exp()) ** gamma * log_p).sum(dim=1)
+
+    def class_outputs(self, outputs):
+        """The class logits of a multiclass model's outputs (numpy or torch): with pair heads the
+        first n, the pair logits follow."""
+        return outputs[:, : pair_head_classes(outputs.shape[1])] if self.pair_heads else outputs
+
+    def pair_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Per event: the mean of binary_losses over the n - 1 pair logits of its class, each with
+        target 1 for the pair's first class; pairs without the event's class do not enter."""
+        n = pair_head_classes(outputs.shape[1])
+        pairs = truth.new_tensor(class_pairs(n))
+        label = truth[:, None]
+        in_pair = (label == pairs[:, 0]) | (label == pairs[:, 1])
+        losses = self.binary_losses(outputs[:, n:], (label == pairs[:, 0]).to(outputs.dtype))
+        return torch.where(in_pair, losses, losses.new_zeros(())).sum(dim=1) / (n - 1)
 
     def binary_losses(self, logit: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """The two-class case of multiclass_losses, on one logit: target q = y (1 - s) + s / 2."""
@@ -115,9 +141,15 @@ class Task:
         if self.kind == "binary":
             return 1.0 / (1.0 + np.exp(-outputs[:, 0]))
         if self.kind == "multiclass":
+            outputs = self.class_outputs(outputs)
             shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
             return shifted / shifted.sum(axis=1, keepdims=True)
         return outputs if outputs.shape[1] > 1 else outputs[:, 0]
+
+    def pair_scores(self, outputs: np.ndarray) -> np.ndarray:
+        """With pair heads: each pair (a, b)'s probability of a over b, sigmoid of its logit."""
+        n = pair_head_classes(outputs.shape[1])
+        return 1.0 / (1.0 + np.exp(-outputs[:, n:]))
 
     def epoch_metrics(
         self, outputs: np.ndarray, truth: np.ndarray, prefix: str, weight: np.ndarray | None = None
@@ -153,6 +185,14 @@ class Task:
                 f"{prefix}_imbalance": float(imbalance.mean()),
             }
         return _response(scores, truth, prefix)
+
+
+def pair_head_classes(width: int) -> int:
+    """The classes n of a model with pair heads, from its n + n(n-1)/2 = n(n+1)/2 outputs."""
+    n = round((np.sqrt(8 * width + 1) - 1) / 2)
+    if n * (n + 1) // 2 != width:
+        raise ValueError(f"{width} outputs are not n class logits and n(n-1)/2 pair logits")
+    return n
 
 
 def _auc(signal: np.ndarray, scores: np.ndarray, weight: np.ndarray | None) -> float:

@@ -24,7 +24,7 @@ from hepray.data.root_source import EventReader, plan_reads
 from hepray.evaluate.bootstrap import REPLICAS, Interval, interval, replica_aucs, replica_counts
 from hepray.evaluate.inference import MODEL_FILE, actor_pool, collect, predict
 from hepray.evaluate.metrics import safe_auc
-from hepray.spec import JobSpec
+from hepray.spec import JobSpec, class_pairs
 from hepray.train.tasks import Task
 
 KEY_COLUMNS = (FILE_KEY, ENTRY, OBJECT)
@@ -86,19 +86,24 @@ def headline_problems(job: JobSpec, events: dict[str, np.ndarray]) -> Problems:
     label, output = events[LABEL], np.asarray(events[OUTPUT], dtype=np.float64)
     if job.task.kind == "binary":
         return Problems([(label == 1, output[:, 0])])
-    probabilities = softmax(output, axis=1)
-    return Problems([(label == k, probabilities[:, k]) for k in range(output.shape[1])])
+    n_classes = len(job.data.class_names)
+    probabilities = softmax(output[:, :n_classes], axis=1)  # pair heads' logits, if any, follow the classes'
+    return Problems([(label == k, probabilities[:, k]) for k in range(n_classes)])
 
 
 def pair_problems(job: JobSpec, events: dict[str, np.ndarray], signal: str, background: str) -> Problems:
     """One class against another: a binary job's own output, a multiclass model's logit difference
-    (the softmax restricted to the pair), on the events of the two classes."""
+    (the softmax restricted to the pair) or, with pair heads, the pair's logit (positive for the
+    pair's first class, so negated when the signal is the second), on the events of the two classes."""
     names = job.data.class_names
     label, output = events[LABEL], np.asarray(events[OUTPUT], dtype=np.float64)
     if job.task.kind == "binary":
         return Problems([(label == names.index(signal), output[:, 0])])
     s, b = names.index(signal), names.index(background)
-    return Problems([(label == s, output[:, s] - output[:, b])])
+    if not job.task.pair_heads:
+        return Problems([(label == s, output[:, s] - output[:, b])])
+    pair_logit = output[:, len(names) + class_pairs(len(names)).index((min(s, b), max(s, b)))]
+    return Problems([(label == s, pair_logit if s < b else -pair_logit)])
 
 
 def pair_events(job: JobSpec, events: dict[str, np.ndarray], classes: tuple[str, str]) -> dict[str, np.ndarray]:

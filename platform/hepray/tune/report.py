@@ -304,14 +304,21 @@ def _pair_gaps(binary: Run, multi: Run) -> tuple[Interval, Interval, Interval, i
     return auc_of(first, weights), auc_of(second, weights), gap_of(first, second, weights), len(first.problems[0][0])
 
 
+def _pair_score(job: JobSpec) -> str:
+    return "pair heads" if job.task.pair_heads else "softmax"
+
+
 def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> list[str]:
-    """Pairwise AUC of the multiclass model (softmax restricted to the two classes) vs a binary job."""
+    """Pairwise AUC of the multiclass model (softmax restricted to the two classes, or its pair head)
+    vs a binary job."""
     goal, evaluation = spec.report.pair_goal, spec.report.evaluation
     lines = [
         "",
         "## Class pairs: multiclass vs dedicated binary models",
         "",
-        f"Multiclass pairwise AUC: {evaluation} events of the two classes only, score p_a/(p_a+p_b). Binary: the "
+        f"Multiclass pairwise AUC: {evaluation} events of the two classes only, score p_a/(p_a+p_b), or the "
+        "pair head's own logit for a job with `task.pair_heads` (baseline: "
+        f"{_pair_score(baseline.job)}, tuned: {_pair_score(tuned.job)}). Binary: the "
         "pair's own job trained in full, on the same events. Values [68 % bootstrap interval]; each gap "
         f"(binary − multiclass) is a paired bootstrap on those events. Goal: gap ≤ {goal} (point estimate).",
         "",

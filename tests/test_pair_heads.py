@@ -145,6 +145,22 @@ def test_pairwise_auc_of_a_model_with_pair_heads_is_its_pair_logits(tmp_path):
     assert headline_problems(job, events).point(None) == pytest.approx(with_pairs["test_auc_macro"])
 
 
+def test_the_worst_pair_auc_is_reported_each_epoch_for_searches():
+    """val_auc_pair_min, a search objective for closing every pair's gap: the lowest of the pair
+    AUCs the evaluation reports, from the pair logits with pair heads, else the class logits."""
+    outputs, truth = ranked_by_pairs_only()
+    for pair_heads, columns in ((True, 6), (False, 3)):
+        task = Task(TaskSpec(kind="multiclass", pair_heads=pair_heads))
+        epoch = task.epoch_metrics(outputs[:, :columns], truth, "val")
+        evaluated = multiclass_metrics(outputs[:, :columns], truth, CLASSES)
+        pairs = [evaluated[f"test_auc_{CLASSES[a]}_vs_{CLASSES[b]}"] for a, b in class_pairs(3)]
+        assert epoch["val_auc_pair_min"] == pytest.approx(min(pairs))
+    assert (
+        Task(TaskSpec(kind="multiclass", pair_heads=True)).epoch_metrics(outputs, truth, "val")["val_auc_pair_min"]
+        == 1.0
+    )
+
+
 @pytest.mark.parametrize("task", [{"kind": "binary"}, {"kind": "regression"}])
 def test_pair_heads_need_a_multiclass_task(tmp_path, task):
     raw = etaphi_job({"a": "a.root", "b": "b.root"}, target="x")

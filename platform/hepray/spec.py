@@ -406,7 +406,7 @@ class EvaluateSpec(Strict):
 EPOCH_LOSSES = ("train_loss", "train_eval_loss", "val_loss")
 EPOCH_TASK_METRICS = {
     "binary": ("auc", "accuracy"),
-    "multiclass": ("auc_macro", "accuracy"),
+    "multiclass": ("auc_macro", "auc_pair_min", "accuracy"),
     "regression": ("response", "resolution"),
     "track_momenta": ("response", "resolution", "imbalance"),
 }

@@ -146,6 +146,22 @@ class Task:
             return shifted / shifted.sum(axis=1, keepdims=True)
         return outputs if outputs.shape[1] > 1 else outputs[:, 0]
 
+    def pair_aucs(self, outputs: np.ndarray, truth: np.ndarray, weight: np.ndarray | None) -> list[float]:
+        """Each class pair (a, b)'s AUC on the events of its two classes, a as signal: the pair's
+        logit with pair heads, else the class logits' difference (the softmax restricted to the
+        pair). NaN for a pair missing a class; the search objective `val_auc_pair_min` is the lowest."""
+        classes = self.class_outputs(outputs)
+        n = classes.shape[1]
+        aucs = []
+        for k, (a, b) in enumerate(class_pairs(n)):
+            events = (truth == a) | (truth == b)
+            score = outputs[events, n + k] if self.pair_heads else classes[events, a] - classes[events, b]
+            both = len(np.unique(truth[events])) == 2
+            aucs.append(
+                _auc(truth[events] == a, score, None if weight is None else weight[events]) if both else float("nan")
+            )
+        return aucs
+
     def pair_scores(self, outputs: np.ndarray) -> np.ndarray:
         """With pair heads: each pair (a, b)'s probability of a over b, sigmoid of its logit."""
         n = pair_head_classes(outputs.shape[1])
@@ -172,7 +188,11 @@ class Task:
                 else:  # one class against the rest, averaged, as sklearn's ovr macro does
                     auc = np.mean([_auc(truth == c, scores[:, c], weight) for c in range(scores.shape[1])])
             accuracy = np.average(scores.argmax(1) == truth, weights=weight)
-            return {f"{prefix}_auc_macro": float(auc), f"{prefix}_accuracy": float(accuracy)}
+            return {
+                f"{prefix}_auc_macro": float(auc),
+                f"{prefix}_auc_pair_min": float(np.min(self.pair_aucs(outputs, truth, weight))),
+                f"{prefix}_accuracy": float(accuracy),
+            }
         if truth.ndim == 3:  # track momenta: the tracks' pT, and the events' momentum imbalance
             prediction = scores.reshape(truth.shape)
             imbalance = np.linalg.norm(prediction.sum(axis=1) - self.initial_momentum, axis=1)

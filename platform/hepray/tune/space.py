@@ -40,7 +40,7 @@ from hepray.spec import (
 # What the training loop reports each epoch, per task kind (see train/loop.py and train/tasks.py).
 _EPOCH_METRICS = {
     "binary": ["val_auc", "val_accuracy"],
-    "multiclass": ["val_auc_macro", "val_accuracy"],
+    "multiclass": ["val_auc_macro", "val_auc_pair_min", "val_accuracy"],
     "regression": ["val_response", "val_resolution"],
 }
 _COMMON_METRICS = ["val_loss", "train_loss", "train_eval_loss", "loss_gap"]

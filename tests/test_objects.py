@@ -15,7 +15,7 @@ from test_errors import assert_one_error_line
 from typer.testing import CliRunner
 
 from hepray.app.predict import TREE, predict_files
-from hepray.app.preflight import check_job
+from hepray.app.preflight import ObjectsCheck, check_job, inspect_file
 from hepray.app.run import run_job
 from hepray.cli import app
 from hepray.data.root_source import SPLITS, DataError, EventReader, plan_reads
@@ -294,6 +294,18 @@ def test_own_counter_that_differs_from_the_count_is_named_with_its_entry(files, 
         invoke_validate(tmp_path, raw), "sig.root", "counted by 'nElectron_", "'nElectron' (data.objects.count)"
     )
     assert f"entry {first} has" in line
+
+
+def test_an_empty_tree_with_own_counters_is_said_to_be_empty(tmp_path):
+    empty = {"nElectron": np.zeros(0, np.int32), "Electron_eta": ak.Array([[1.0]])[:0]}
+    write_tree(tmp_path / "empty.root", empty)
+    meta = inspect_file(
+        str(tmp_path / "empty.root"),
+        "events",
+        {"Electron_eta": ["x"]},
+        ObjectsCheck("nElectron", {"Electron_eta": ["x"]}),
+    )
+    assert meta.problem == "tree 'events' has no entries"
 
 
 def test_read_task_names_a_list_that_is_not_per_object(files):

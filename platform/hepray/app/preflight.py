@@ -276,8 +276,10 @@ def _first_difference(events: Events, counter: str, count: str) -> tuple[int, in
     """The first entry where two count branches differ, over the first basket range they share.
     uproot's writer gives every jagged branch its own counter (`nElectron_eta`), holding the same
     numbers as `nElectron`: such a branch is per object, and the read task checks every range."""
-    stop = int(events.boundaries({counter, count})[1])
-    values = events.arrays([counter, count], 0, stop)
+    boundaries = events.boundaries({counter, count})
+    if len(boundaries) < 2:  # no entries: said as such below
+        return None
+    values = events.arrays([counter, count], 0, int(boundaries[1]))
     counted, objects = (np.asarray(values[name]) for name in (counter, count))
     wrong = np.flatnonzero(counted != objects)
     return None if len(wrong) == 0 else (int(wrong[0]), int(counted[wrong[0]]), int(objects[wrong[0]]))

@@ -25,6 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hepray.spec import (
+    EPOCH_TASK_METRICS,
     ERROR_MESSAGES,
     JobSpec,
     SpecError,
@@ -37,12 +38,9 @@ from hepray.spec import (
     yaml_path,
 )
 
-# What the training loop reports each epoch, per task kind (see train/loop.py and train/tasks.py).
-_EPOCH_METRICS = {
-    "binary": ["val_auc", "val_accuracy"],
-    "multiclass": ["val_auc_macro", "val_auc_pair_min", "val_accuracy"],
-    "regression": ["val_response", "val_resolution"],
-}
+# What a search can optimize: the validation metrics the training loop reports each epoch, per
+# task kind (spec.EPOCH_TASK_METRICS), the losses, and the loss gap.
+_EPOCH_METRICS = {kind: [f"val_{name}" for name in names] for kind, names in EPOCH_TASK_METRICS.items()}
 _COMMON_METRICS = ["val_loss", "train_loss", "train_eval_loss", "loss_gap"]
 _SCALAR = (str, int, float, bool, type(None))
 

@@ -62,6 +62,7 @@ from scipy.special import softmax
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from hepray.spec import class_pairs
+from hepray.train.tasks import pair_score
 
 from . import resolution
 
@@ -284,15 +285,16 @@ def multiclass_metrics(
         raise ValueError(
             f"multiclass outputs must be [N, {n_cls}] (with pair heads [N, {n_cls + len(pairs)}]), got {z.shape}"
         )
-    z, pair_logits = z[:, :n_cls], z[:, n_cls:]
+    outputs, z = z, z[:, :n_cls]
     p = softmax(z, axis=1) if z.size else z
     out = _event_counts(t, names, w)
     out["test_accuracy"] = fraction(np.argmax(z, axis=1) == t, w) if t.size else NAN
     out.update(_ovr("test", t, p, names, w))
-    for k, (a, b) in enumerate(pairs):
+    for a, b in pairs:
         m = (t == a) | (t == b)
-        score = pair_logits[m, k] if pair_logits.shape[1] else z[m, a] - z[m, b]
-        out[f"test_auc_{names[a]}_vs_{names[b]}"] = safe_auc(t[m] == a, score, _subset(w, m))
+        out[f"test_auc_{names[a]}_vs_{names[b]}"] = safe_auc(
+            t[m] == a, pair_score(outputs[m], n_cls, a, b, pair_heads=outputs.shape[1] > n_cls), _subset(w, m)
+        )
     frac = confusion_fractions(t, np.argmax(z, axis=1) if t.size else t, n_cls, w)
     for i, ti in enumerate(names):
         for j, pj in enumerate(names):

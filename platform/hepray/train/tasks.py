@@ -147,19 +147,17 @@ class Task:
         return outputs if outputs.shape[1] > 1 else outputs[:, 0]
 
     def pair_aucs(self, outputs: np.ndarray, truth: np.ndarray, weight: np.ndarray | None) -> list[float]:
-        """Each class pair (a, b)'s AUC on the events of its two classes, a as signal: the pair's
-        logit with pair heads, else the class logits' difference (the softmax restricted to the
-        pair). NaN for a pair missing a class; the search objective `val_auc_pair_min` is the lowest."""
-        classes = self.class_outputs(outputs)
-        n = classes.shape[1]
+        """Each class pair (a, b)'s AUC on the events of its two classes, a as signal, scored by
+        pair_score. NaN for a pair missing a class; the search objective `val_auc_pair_min` is the lowest."""
+        n = self.class_outputs(outputs).shape[1]
         aucs = []
-        for k, (a, b) in enumerate(class_pairs(n)):
+        for a, b in class_pairs(n):
             events = (truth == a) | (truth == b)
-            score = outputs[events, n + k] if self.pair_heads else classes[events, a] - classes[events, b]
-            both = len(np.unique(truth[events])) == 2
-            aucs.append(
-                _auc(truth[events] == a, score, None if weight is None else weight[events]) if both else float("nan")
-            )
+            if len(np.unique(truth[events])) < 2:
+                aucs.append(float("nan"))
+                continue
+            score = pair_score(outputs[events], n, a, b, self.pair_heads)
+            aucs.append(_auc(truth[events] == a, score, None if weight is None else weight[events]))
         return aucs
 
     def pair_scores(self, outputs: np.ndarray) -> np.ndarray:
@@ -205,6 +203,16 @@ class Task:
                 f"{prefix}_imbalance": float(imbalance.mean()),
             }
         return _response(scores, truth, prefix)
+
+
+def pair_score(outputs: np.ndarray, n_classes: int, a: int, b: int, pair_heads: bool) -> np.ndarray:
+    """A multiclass model's score of class a over class b (any order, antisymmetric): with pair
+    heads (task.pair_heads: n class logits, then one per pair of class_pairs) the pair's logit,
+    else the class logits' difference (the softmax restricted to the pair)."""
+    if not pair_heads:
+        return outputs[:, a] - outputs[:, b]
+    logit = outputs[:, n_classes + class_pairs(n_classes).index((min(a, b), max(a, b)))]
+    return logit if a < b else -logit
 
 
 def pair_head_classes(width: int) -> int:

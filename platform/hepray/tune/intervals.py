@@ -24,8 +24,8 @@ from hepray.data.root_source import EventReader, plan_reads
 from hepray.evaluate.bootstrap import REPLICAS, Interval, interval, replica_aucs, replica_counts
 from hepray.evaluate.inference import MODEL_FILE, actor_pool, collect, predict
 from hepray.evaluate.metrics import safe_auc
-from hepray.spec import JobSpec, class_pairs
-from hepray.train.tasks import Task
+from hepray.spec import JobSpec
+from hepray.train.tasks import Task, pair_score
 
 KEY_COLUMNS = (FILE_KEY, ENTRY, OBJECT)
 
@@ -100,10 +100,7 @@ def pair_problems(job: JobSpec, events: dict[str, np.ndarray], signal: str, back
     if job.task.kind == "binary":
         return Problems([(label == names.index(signal), output[:, 0])])
     s, b = names.index(signal), names.index(background)
-    if not job.task.pair_heads:
-        return Problems([(label == s, output[:, s] - output[:, b])])
-    pair_logit = output[:, len(names) + class_pairs(len(names)).index((min(s, b), max(s, b)))]
-    return Problems([(label == s, pair_logit if s < b else -pair_logit)])
+    return Problems([(label == s, pair_score(output, len(names), s, b, job.task.pair_heads))])
 
 
 def pair_events(job: JobSpec, events: dict[str, np.ndarray], classes: tuple[str, str]) -> dict[str, np.ndarray]:

@@ -54,14 +54,7 @@ class Task:
         weights: divided by the events' summed class weights, as cross_entropy does). With them:
         sum(weight * loss) over the batch's summed |weight|, or, given `weight_scale` (the train
         split's mean |weight|: train.weight_norm global), over batch size * weight_scale."""
-        outputs = outputs.float()
-        losses = self.event_losses(outputs, truth)
-        norm = torch.ones_like(losses)
-        if self.class_weights is not None and self.kind != "regression":
-            class_weight = self.class_weights.to(outputs.device)[truth.long()]
-            losses = losses * class_weight
-            if self.kind == "multiclass":
-                norm = class_weight
+        losses, norm = self.class_weighted_losses(outputs.float(), truth)
         if weight is None:
             return (
                 losses.sum() / norm.sum()
@@ -72,6 +65,18 @@ class Task:
         if weight_scale is not None:
             return (weight * losses).sum() / (len(losses) * weight_scale)
         return (weight * losses).sum() / (weight.abs() * norm).sum().clamp_min(1e-12)
+
+    def class_weighted_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per event: the loss times its class weight, and what the sum over events is divided by
+        (a multiclass job's class weights, as cross_entropy does; else 1 per event)."""
+        losses = self.event_losses(outputs, truth)
+        norm = torch.ones_like(losses)
+        if self.class_weights is not None and self.kind != "regression":
+            class_weight = self.class_weights.to(outputs.device, losses.dtype)[truth.long()]
+            losses = losses * class_weight
+            if self.kind == "multiclass":
+                norm = class_weight
+        return losses, norm
 
     def event_losses(self, outputs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """One loss per event, before any weight."""

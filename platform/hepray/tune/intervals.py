@@ -138,12 +138,7 @@ def loss_of(job: JobSpec, events: dict[str, np.ndarray], replicas: int = REPLICA
     task = Task(job.task)
     output = torch.as_tensor(np.asarray(events[OUTPUT], dtype=np.float32))
     truth = torch.as_tensor(events[LABEL])
-    losses = task.event_losses(output, truth).double().numpy()
-    norm = np.ones_like(losses)
-    if task.class_weights is not None:  # as Task.loss: multiclass divides by the summed class weights
-        class_weight = task.class_weights.double().numpy()[events[LABEL]]
-        losses = losses * class_weight
-        norm = class_weight if task.kind == "multiclass" else norm
+    losses, norm = (values.double().numpy() for values in task.class_weighted_losses(output, truth))
     weight = np.ones_like(losses) if events.get(WEIGHT) is None else np.asarray(events[WEIGHT], dtype=np.float64)
     keep = np.isfinite(losses)
     losses, norm, weight = losses[keep], norm[keep], weight[keep]

@@ -1,6 +1,6 @@
 """What epoch mixing costs (issue 18): events/s of the training split as a Ray Train worker gets
-it, read in plan order with no shuffle buffer, against the training default (read tasks in a new
-order and shuffled within each task every epoch, `train.shuffle_buffer` events of local buffer).
+it, read in plan order with no shuffle windows, against the training default (read tasks in a new
+order and shuffled within each task every epoch, worker's shuffle windows of `train.shuffle_buffer` events).
 
     python -m benchmarks.mixing
 
@@ -14,7 +14,7 @@ import statistics
 import time
 
 from benchmarks.common import cores, electron_id_job, emit, load, start_ray
-from hepray.data.batches import ModelBatch
+from hepray.data.batches import shuffled_batches
 from hepray.data.pipeline import streamed_to_trainers
 from hepray.data.root_source import EventReader, RootDatasource, plan_reads
 from hepray.train.trainer import ordered_ingest
@@ -22,7 +22,7 @@ from hepray.train.trainer import ordered_ingest
 BATCH = 256
 EPOCHS = 4
 
-SETTINGS = {  # name -> (shuffle the read tasks, local shuffle buffer in events)
+SETTINGS = {  # name -> (shuffle the read tasks, shuffle window in events)
     "plan_order": (False, 0),
     "tasks_shuffled": (True, 0),
     "mixing_default": (True, None),  # None: the job's train.shuffle_buffer
@@ -42,11 +42,9 @@ def training_iterator(job, shuffle: bool):
     ]
 
 
-def epoch_rate(iterator, buffer: int) -> float:
+def epoch_rate(iterator, window: int) -> float:
     started, events = time.perf_counter(), 0
-    for batch in iterator.iter_torch_batches(
-        batch_size=BATCH, collate_fn=ModelBatch(), prefetch_batches=2, local_shuffle_buffer_size=buffer or None
-    ):
+    for batch in shuffled_batches(iterator, BATCH, window, (1, 0)):
         events += len(batch["label"])
     return events / (time.perf_counter() - started)
 

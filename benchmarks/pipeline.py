@@ -15,7 +15,7 @@ Beside the dataset, `weaver_style_dataloader` does the same work the way a weave
 does it (issue 21's baseline): a plain PyTorch DataLoader over the same files, one worker process
 per core, each reading its share of the files with uproot, applying the cut, rasterizing with the
 same hepray.inputs kernel into dense images and shuffling them within each file, in batches of 256.
-Target: hepray's dataset >= 2 x that, measured in the same run.
+Target: hepray's dataset >= 2 x that, measured in the same run, their epochs taken in turn.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ import torch
 import uproot
 
 from benchmarks.common import bare_read_rate, branches, cores, electron_id_job, emit, load, start_ray
-from hepray.data.batches import ModelBatch, to_tensors
+from hepray.data.batches import ModelBatch, shuffled_batches, to_tensors, window_events
 from hepray.data.pipeline import streamed_to_trainers
 from hepray.data.root_source import RASTER_EVENTS, EventReader, RootDatasource, labelled_files, plan_reads
 from hepray.expr import Expression
 from hepray.inputs import make_input
+from hepray.spec import TrainSpec
 
 BATCH = 256
 
@@ -78,13 +79,20 @@ def training_iterator(ds):
 
 
 def batches(iterator):
-    """Training-ready batches exactly as the training loop gets them (dense, normalised tensors)."""
+    """Training-ready batches exactly as the training loop gets them (dense, normalised tensors,
+    mixed in the job's shuffle windows)."""
+    return shuffled_batches(iterator, BATCH, window_events(TrainSpec().shuffle_buffer, {"image": (1, 47, 47)}), (1, 0))
+
+
+def ray_shuffle_buffer_batches(iterator):
+    """The same batches mixed the way the training loop did before its shuffle windows: Ray's local
+    shuffle buffer of 4096 events, which concatenates Arrow blocks and takes every event from them."""
     return iterator.iter_torch_batches(
         batch_size=BATCH, collate_fn=ModelBatch(), prefetch_batches=2, local_shuffle_buffer_size=4096
     )
 
 
-def iteration_rate(iterator, epochs: int = 3) -> tuple[float, int]:
+def iteration_rate(iterator, epochs: int = 3, batches=batches) -> tuple[float, int]:
     """Events/s into training-ready batches over `epochs` passes after one warm-up pass (worker start-up)."""
     for _ in batches(iterator):
         pass
@@ -164,9 +172,9 @@ def one_torch_thread(_worker: int) -> None:
     torch.set_num_threads(1)
 
 
-def weaver_style_rate(job, workers: int, epochs: int = 3) -> tuple[float, int]:
-    """Events/s of a plain PyTorch DataLoader over WeaverStyleFiles in `workers` processes, over
-    `epochs` passes after one warm-up pass (worker start-up), and the events per pass."""
+def weaver_style_loader(job, workers: int):
+    """A plain PyTorch DataLoader over WeaverStyleFiles in `workers` persistent processes, started
+    (and its files read once) by a warm-up pass."""
     loader = torch.utils.data.DataLoader(
         WeaverStyleFiles(job),
         batch_size=None,  # the dataset yields whole batches, as weaver's does after its collate
@@ -176,11 +184,21 @@ def weaver_style_rate(job, workers: int, epochs: int = 3) -> tuple[float, int]:
     )
     for _ in loader:
         pass
-    started, events = time.perf_counter(), 0
+    return loader
+
+
+def interleaved_rates(loaders: dict, epochs: int = 3) -> dict[str, tuple[float, int]]:
+    """Events/s of each loader (name -> a callable giving one epoch's batches) and its events per
+    epoch, over `epochs` passes taken in turn (A B A B ...), so load drift on a shared machine falls
+    on all of them alike."""
+    seconds, events = dict.fromkeys(loaders, 0.0), dict.fromkeys(loaders, 0)
     for _ in range(epochs):
-        for batch in loader:
-            events += len(batch["label"])
-    return events / (time.perf_counter() - started), events // epochs
+        for name, epoch in loaders.items():
+            started = time.perf_counter()
+            for batch in epoch():
+                events[name] += len(batch["label"])
+            seconds[name] += time.perf_counter() - started
+    return {name: (events[name] / seconds[name], events[name] // epochs) for name in loaders}
 
 
 def block_bytes(job, sparse: bool) -> tuple[float, float, float | None]:
@@ -222,34 +240,60 @@ def main() -> None:
             **({"points_per_event": round(points, 1)} if sparse else {}),
         )
 
-    weaver_rate, weaver_events = weaver_style_rate(job, n_cores)  # before Ray: its workers fork this process
+    weaver = weaver_style_loader(job, n_cores)  # before Ray: its workers fork this process
+    start_ray(n_cores)
+    dense_ds, dense_plan = dataset(job, sparse=False)
+    dense_rate, events = iteration_rate(training_iterator(dense_ds))
+    emit(
+        "dataset_iteration",
+        transport="dense",
+        ingest="training",
+        events_per_task=job.data.events_per_task,
+        read_tasks=len(dense_plan.tasks),
+        events_per_s=round(dense_rate),
+        events_per_epoch=events,
+        cores=n_cores,
+        load=load(),
+    )
+    ds, plan = dataset(job, sparse=True)
+    iterator = training_iterator(ds)
+    for _ in batches(iterator):  # warm-up: read-task workers start, files in the page cache
+        pass
+    measured = interleaved_rates({"weaver": lambda: weaver, "dataset": lambda: batches(iterator)})
+    (weaver_rate, weaver_events), (sparse_rate, events) = measured["weaver"], measured["dataset"]
+    rates = {False: dense_rate, True: sparse_rate}
     emit(
         "weaver_style_dataloader",
         events_per_s=round(weaver_rate),
         events_per_epoch=weaver_events,
         num_workers=n_cores,
         batch=BATCH,
-        meaning="torch DataLoader, uproot + the same dense rasterization, shuffled within each file",
+        meaning="torch DataLoader, uproot + the same dense rasterization, shuffled within each file; "
+        "its epochs alternate with the sparse dataset's",
         load=load(),
     )
-
-    start_ray(n_cores)
-    rates = {}
-    for sparse in (False, True):
-        ds, plan = dataset(job, sparse)
-        rate, events = iteration_rate(training_iterator(ds))
-        rates[sparse] = rate
-        emit(
-            "dataset_iteration",
-            transport="sparse" if sparse else "dense",
-            ingest="training",
-            events_per_task=job.data.events_per_task,
-            read_tasks=len(plan.tasks),
-            events_per_s=round(rate),
-            events_per_epoch=events,
-            cores=n_cores,
-            load=load(),
-        )
+    emit(
+        "dataset_iteration",
+        transport="sparse",
+        ingest="training",
+        events_per_task=job.data.events_per_task,
+        read_tasks=len(plan.tasks),
+        events_per_s=round(sparse_rate),
+        events_per_epoch=events,
+        cores=n_cores,
+        load=load(),
+    )
+    ds, _ = dataset(job, sparse=True)
+    ray_buffer_rate, _ = iteration_rate(training_iterator(ds), batches=ray_shuffle_buffer_batches)
+    emit(
+        "dataset_iteration",
+        transport="sparse",
+        ingest="training",
+        mixing="Ray's local shuffle buffer, 4096 events",
+        events_per_s=round(ray_buffer_rate),
+        shuffle_windows_over_it=round(rates[True] / ray_buffer_rate, 3),
+        load=load(),
+    )
     # Smaller read tasks: the first block of an epoch comes sooner (a task shuffles all its events
     # before yielding) and the last wave leaves fewer cores idle; a choice for small data on few cores.
     half = job.model_copy(

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from hepray.data.batches import to_block, to_tensors, unpack
+from hepray.data.batches import ModelBatch, to_block, to_tensors, unpack
 from hepray.data.root_source import EventReader, plan_reads
 from hepray.inputs import Ragged, encoder_for, make_input
 from hepray.inputs.etaphi import EtaPhiImage
@@ -114,6 +114,33 @@ def test_device_densify_equals_the_numpy_one_on_every_image_kind(norm):
         np.testing.assert_array_equal(on_device(encoder, rows), expected, err_msg=f"{spec.kind} {norm}")
         block = to_block({"entry": np.arange(N_EVENTS), "image": rows}, 3, N_EVENTS, {"image": spec})
         np.testing.assert_array_equal(to_tensors(block)["image"].numpy(), expected[3:], err_msg=f"{spec.kind} {norm}")
+
+
+def test_a_shuffled_densify_equals_the_densify_then_the_permutation():
+    """The training windows' shuffle (ModelBatch's shuffle_seed) puts each event into its new row as
+    it is densified: bit for bit the unshuffled tensors reordered, images, point clouds and the
+    carried columns alike."""
+    point_spec = PointCloud(kind="points", features=["t_eta", "t_e"], sort_by="t_e", max=8)
+    order = torch.from_numpy(np.random.default_rng(3).permutation(N_EVENTS - 3))
+    for spec, arrays in [*image_inputs(), (point_spec, image_inputs()[0][1])]:
+        rows = encoder_for(spec).ragged(arrays)
+        block = to_block({"entry": np.arange(N_EVENTS), "image": rows}, 3, N_EVENTS, {"image": spec})
+        plain, shuffled = to_tensors(block), to_tensors(block, order=order)
+        assert not torch.equal(shuffled["image"], plain["image"]), spec.kind
+        for name in ("image", "entry"):
+            torch.testing.assert_close(shuffled[name], plain[name][order], rtol=0, atol=0, msg=f"{spec.kind} {name}")
+
+
+def test_model_batch_shuffles_by_seed_and_window_not_by_call_order():
+    spec, arrays = image_inputs()[0]
+    block = to_block(
+        {"entry": np.arange(N_EVENTS), "image": encoder_for(spec).ragged(arrays)}, 0, N_EVENTS, {"image": spec}
+    )
+    epoch_zero, again, epoch_one = (ModelBatch(shuffle_seed=(1, epoch))(block)["entry"] for epoch in (0, 0, 1))
+    assert torch.equal(epoch_zero, again) and not torch.equal(epoch_zero, epoch_one)
+    assert torch.equal(epoch_zero.sort().values, torch.arange(N_EVENTS))  # every event once
+    assert not torch.equal(epoch_zero, torch.arange(N_EVENTS))
+    assert torch.equal(ModelBatch()(block)["entry"], torch.arange(N_EVENTS))  # no seed: as read
 
 
 def test_the_images_depend_on_the_order_of_each_pixels_sum():

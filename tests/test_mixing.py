@@ -11,6 +11,7 @@ import uproot
 from ray.data import DataContext
 from ray.data.block import BlockAccessor
 
+from hepray.data.batches import shuffled_batches
 from hepray.data.pipeline import build_dataset, streamed_to_trainers
 from hepray.data.root_source import EventReader, RootDatasource, plan_reads
 from hepray.spec import JobSpec, TrainSpec
@@ -125,10 +126,10 @@ def test_read_task_order_and_shuffle_change_per_execution(sample):
 # ------------------------------------------------------------------ through Ray Data, as Ray Train reads
 
 
-def epochs_as_trained(root, split: str, epochs: int, buffer: int | None, seed: int = SEED) -> list[dict]:
+def epochs_as_trained(root, split: str, epochs: int, window: int, seed: int = SEED) -> list[dict]:
     """Each epoch's (obs_evt, label) in the order a Ray Train worker gets them: the dataset as
     job_data builds it, ordered ingest (trainer.ordered_ingest), streaming_split (a SplitCoordinator
-    actor executes it once per epoch) and the loop's local shuffle buffer, seeded by seed + epoch."""
+    actor executes it once per epoch) and the loop's shuffle windows, seeded by (seed, epoch)."""
     from ray.train import DataConfig
 
     job, plan = planned(root)
@@ -139,26 +140,20 @@ def epochs_as_trained(root, split: str, epochs: int, buffer: int | None, seed: i
     [shard] = dataset.streaming_split(1, equal=True)
     out = []
     for epoch in range(epochs):
-        batches = list(
-            shard.iter_batches(
-                batch_size=BATCH,
-                batch_format="numpy",
-                local_shuffle_buffer_size=buffer,
-                local_shuffle_seed=seed + epoch,
-            )
-        )
-        out.append({key: np.concatenate([batch[key] for batch in batches]) for key in ("obs_evt", "label")})
+        batches = list(shuffled_batches(shard, BATCH, window, (seed, epoch)))
+        assert {len(batch["label"]) for batch in batches[:-1]} == {BATCH}
+        out.append({key: np.concatenate([batch[key].numpy() for batch in batches]) for key in ("obs_evt", "label")})
     return out
 
 
 @pytest.fixture(scope="module")
 def trained(ray_session, sample):
-    """Two epochs of two datasets built alike, and of one without the local shuffle buffer."""
-    buffer = TrainSpec().shuffle_buffer
+    """Two epochs of two datasets built alike, and of one without the shuffle windows."""
+    window = TrainSpec().shuffle_buffer
     return {
-        "first": epochs_as_trained(sample, "train", 2, buffer),
-        "again": epochs_as_trained(sample, "train", 2, buffer),
-        "unbuffered": epochs_as_trained(sample, "train", 2, None),
+        "first": epochs_as_trained(sample, "train", 2, window),
+        "again": epochs_as_trained(sample, "train", 2, window),
+        "unbuffered": epochs_as_trained(sample, "train", 2, 0),
     }
 
 
@@ -187,8 +182,15 @@ def test_epochs_differ_and_a_rebuilt_dataset_repeats_them(sample, trained):
         assert np.array_equal(one["obs_evt"], other["obs_evt"])
     zero, one = (epoch["obs_evt"] for epoch in first)
     assert np.array_equal(np.sort(zero), np.sort(one)) and not np.array_equal(zero, one)
-    # Not just the local buffer: the read tasks arrive in another order, shuffled anew. Without the
-    # buffer, epoch e is exactly the reader's epoch e: its task order, each task shuffled for e
+    # The windows permute the stream within each window of shuffle_buffer events, no further.
+    window = TrainSpec().shuffle_buffer
+    for mixed, plain in zip(first, trained["unbuffered"]):
+        assert not np.array_equal(mixed["obs_evt"], plain["obs_evt"])
+        for begin in range(0, len(plain["obs_evt"]), window):
+            stretch = slice(begin, begin + window)
+            assert np.array_equal(np.sort(mixed["obs_evt"][stretch]), np.sort(plain["obs_evt"][stretch]))
+    # Not just the windows: the read tasks arrive in another order, shuffled anew. Without the
+    # windows, epoch e is exactly the reader's epoch e: its task order, each task shuffled for e
     # (the SplitCoordinator's copy of the datasource counted executions 0 and 1).
     job, plan = planned(sample)
     reader = EventReader(job.data, "train", shuffle=True, seed=SEED)
@@ -204,7 +206,7 @@ def test_epochs_differ_and_a_rebuilt_dataset_repeats_them(sample, trained):
 
 @pytest.mark.slow
 def test_validation_order_is_the_same_every_epoch(ray_session, sample):
-    epochs = epochs_as_trained(sample, "val", 2, None)
+    epochs = epochs_as_trained(sample, "val", 2, 0)
     assert np.array_equal(epochs[0]["obs_evt"], epochs[1]["obs_evt"])
     job, plan = planned(sample)
     reader = EventReader(job.data, "val")

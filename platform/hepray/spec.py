@@ -298,10 +298,11 @@ class TrainSpec(Strict):
     keep_checkpoints: int = Field(2, gt=0)
     seed: int = 1
     shuffle_buffer: int = Field(
-        4096,
+        2048,
         ge=0,
-        description="events in each worker's local shuffle buffer, which batches are drawn from at "
-        "random (seeded by seed and the epoch), on top of the read tasks' shuffle; 0: none",
+        description="events each worker mixes at a time, on top of the read tasks' shuffle: it densifies "
+        "this many in one go in a random order (seeded by seed, the epoch and the window's first entry) "
+        "and cuts them into batches; fewer if their dense inputs would pass 32 MB; < batch_size: no mixing",
     )
     stall_seconds: float = Field(
         300.0, gt=0, description="stop when no batch arrives for this long while no CPU is free for the read tasks"

@@ -16,6 +16,8 @@ disagree.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,7 @@ import torch
 from ray.data.block import BlockAccessor
 from ray.data.collate_fn import ArrowBatchCollateFn
 
+from hepray.data.events import ENTRY
 from hepray.inputs import Encoder, Ragged, encoder_from_json
 
 SEPARATOR = "__"
@@ -92,20 +95,30 @@ def unpack(batch: pa.Table, pin_memory: bool = False) -> Travelled:
     return Travelled({name: _tensor(array, pin_memory) for name, array in columns.items()}, inputs)
 
 
-def densify(batch: Travelled, device: torch.device | str) -> dict[str, torch.Tensor]:
+def densify(batch: Travelled, device: torch.device | str, order: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The model's tensors on `device`: what travelled is moved there as it is (non-blocking) and
-    the ragged inputs are decoded there by their encoders' torch ops."""
+    the ragged inputs are decoded there by their encoders' torch ops. order: a permutation of the
+    batch's events (row j of the result is event order[j]), applied where the events are gathered
+    anyway: the carried columns are indexed by it, the ragged inputs decode each event into its row."""
     tensors = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.carried.items()}
-    for name, rows in batch.ragged.items():
-        columns = {column: values.to(device, non_blocking=True) for column, values in rows.columns.items()}
-        tensors[name] = rows.encoder.decode_tensors(rows.offsets.to(device, non_blocking=True), columns)
+    rows = None
+    if order is not None:
+        order = order.to(device, non_blocking=True)
+        tensors = {name: tensor[order] for name, tensor in tensors.items()}
+        rows = torch.empty_like(order)
+        rows[order] = torch.arange(len(order), device=order.device)
+    for name, ragged in batch.ragged.items():
+        columns = {column: values.to(device, non_blocking=True) for column, values in ragged.columns.items()}
+        tensors[name] = ragged.encoder.decode_tensors(ragged.offsets.to(device, non_blocking=True), columns, rows)
     return tensors
 
 
-def to_tensors(batch: pa.Table, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Every column of a batch as a tensor on `device`, ragged inputs decoded there."""
+def to_tensors(
+    batch: pa.Table, device: torch.device | str = "cpu", order: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Every column of a batch as a tensor on `device`, ragged inputs decoded there, events in `order` if given."""
     device = torch.device(device)
-    return densify(unpack(batch, pin_memory=device.type == "cuda"), device)
+    return densify(unpack(batch, pin_memory=device.type == "cuda"), device, order)
 
 
 def _tensor(array: np.ndarray, pin_memory: bool) -> torch.Tensor:
@@ -121,10 +134,51 @@ def _ragged_columns(batch: pa.Table, name: str, fields: list[pa.Field]) -> Ragge
 
 class ModelBatch(ArrowBatchCollateFn):
     """`iter_torch_batches(collate_fn=ModelBatch(device))`: `to_tensors` in Ray's prefetch threads,
-    so unpacking, the copy to the device and the decoding there overlap the training step."""
+    so unpacking, the copy to the device and the decoding there overlap the training step.
+    shuffle_seed: each batch's events come out in a random order, seeded by these words, the
+    batch's first entry and its size (Ray may collate batches in any order on its threads; the
+    batches themselves arrive in a fixed order, so the same seed gives the same shuffle)."""
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", shuffle_seed: tuple[int, ...] | None = None):
         self.device = torch.device(device)
+        self.shuffle_seed = shuffle_seed
 
     def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
-        return to_tensors(batch, self.device)
+        order = None
+        if self.shuffle_seed is not None and batch.num_rows > 1:
+            first = batch.column(ENTRY)[0].as_py() if ENTRY in batch.column_names else 0
+            words = [word % 2**64 for word in (*self.shuffle_seed, first, batch.num_rows)]
+            order = torch.from_numpy(np.random.default_rng(words).permutation(batch.num_rows))
+        return to_tensors(batch, self.device, order)
+
+
+WINDOW_BYTES = (
+    32 * 2**20
+)  # glibc maps larger buffers afresh (page faults on every window): 4096 events of 47x47 ran 1/3 slower
+
+
+def window_events(shuffle_buffer: int, shapes: dict[str, tuple[int, ...]]) -> int:
+    """The events of a shuffle window: train.shuffle_buffer, fewer if their dense inputs (float32
+    of `shapes`) would pass WINDOW_BYTES."""
+    event_bytes = 4 * sum(math.prod(shape) for shape in shapes.values())
+    return min(shuffle_buffer, WINDOW_BYTES // max(1, event_bytes))
+
+
+def shuffled_batches(
+    shard, batch_size: int, window: int, seed: tuple[int, ...], device: torch.device | str = "cpu", prefetch: int = 2
+) -> Iterator[dict[str, torch.Tensor]]:
+    """A training shard's batches of `batch_size` on `device`, mixed within windows of `window`
+    events (rounded down to whole batches; < batch_size: no mixing beyond the read tasks' shuffle).
+
+    Each window is collated as one batch whose events are permuted as they are densified (ModelBatch
+    with shuffle_seed), then cut into views of batch_size events. That mixes as Ray's local shuffle
+    buffer of the same size mixes stretches of the stream, without its Arrow concatenation and take
+    of every event, and densifies a window in one call instead of many small ones."""
+    windows = max(1, window // batch_size)
+    collate = ModelBatch(device, seed if windows > 1 else None)
+    for chunk in shard.iter_torch_batches(
+        batch_size=windows * batch_size, collate_fn=collate, prefetch_batches=prefetch
+    ):
+        n = len(next(iter(chunk.values())))
+        for begin in range(0, n, batch_size):
+            yield {name: tensor[begin : begin + batch_size] for name, tensor in chunk.items()}

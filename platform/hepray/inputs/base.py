@@ -73,7 +73,9 @@ class Encoder:
             return densify(images, self.spec.norm)
         return travelled
 
-    def decode_tensors(self, offsets: torch.Tensor, columns: dict[str, torch.Tensor]) -> torch.Tensor:
+    def decode_tensors(
+        self, offsets: torch.Tensor, columns: dict[str, torch.Tensor], rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`decode` of a batch's ragged rows as torch ops on their device (offsets: int64, from 0):
-        the same float32 (N, *shape) tensor, bit for bit on CPU."""
-        return densify_tensors(offsets, columns["pixel"], columns["value"], self.spec.shape(), self.spec.norm)
+        the same float32 (N, *shape) tensor, bit for bit on CPU; event i lands in row rows[i] if given."""
+        return densify_tensors(offsets, columns["pixel"], columns["value"], self.spec.shape(), self.spec.norm, rows)

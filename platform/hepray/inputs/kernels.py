@@ -142,9 +142,15 @@ def densify(images: SparseImages, norm: str) -> np.ndarray:
 
 
 def densify_tensors(
-    offsets: torch.Tensor, pixel: torch.Tensor, value: torch.Tensor, shape: tuple[int, ...], norm: str
+    offsets: torch.Tensor,
+    pixel: torch.Tensor,
+    value: torch.Tensor,
+    shape: tuple[int, ...],
+    norm: str,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`densify` as torch ops on the tensors' device, from a batch's offsets (int64), pixels and values.
+    """`densify` as torch ops on the tensors' device, from a batch's offsets (int64), pixels and values;
+    rows: the output row of each event (a permutation), which shuffles the batch as it is densified.
 
     index_add_ adds in the order of the index (documented), on CPU serially, as np.add.at does, and
     the norm is the same `normalize_`: the same bits as `densify`. On CUDA, index_add_ adds with
@@ -154,6 +160,8 @@ def densify_tensors(
     n_events, image_size = len(offsets) - 1, math.prod(shape)
     # output_size: the number of points is known on the host, so building the index never waits on the GPU
     event = torch.repeat_interleave(offsets.diff(), output_size=len(pixel))
+    if rows is not None:
+        event = rows[event]
     index = event * image_size + pixel
     dense = torch.zeros(n_events * image_size, dtype=torch.float32, device=value.device)
     dense.index_add_(0, index, value.to(torch.float32))

@@ -77,15 +77,18 @@ class PointsEncoder(Encoder):
             padded[event, slot, 1 + k] = travelled.columns[str(k)]
         return padded
 
-    def decode_tensors(self, offsets: torch.Tensor, columns: dict[str, torch.Tensor]) -> torch.Tensor:
+    def decode_tensors(
+        self, offsets: torch.Tensor, columns: dict[str, torch.Tensor], rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`decode` on the tensors' device: the points copied into their slots, mask 1; no arithmetic,
-        so the same bits on any device."""
+        so the same bits on any device. Event i lands in row rows[i] if given."""
         n_points = len(columns["0"])  # known on the host: building the index never waits on a GPU
         event = torch.repeat_interleave(offsets.diff(), output_size=n_points)
         slot = torch.arange(n_points, device=offsets.device) - offsets[:-1][event]
+        row = event if rows is None else rows[event]
         padded = torch.zeros((len(offsets) - 1, *self.spec.shape()), dtype=torch.float32, device=offsets.device)
-        padded[event, slot, 0] = 1.0
-        padded[event, slot, 1:] = torch.stack([columns[str(k)] for k in range(len(self.features))], dim=1)
+        padded[row, slot, 0] = 1.0
+        padded[row, slot, 1:] = torch.stack([columns[str(k)] for k in range(len(self.features))], dim=1)
         return padded
 
     def _kept_points(self, arrays: dict[str, ArrayLike]) -> tuple[np.ndarray, np.ndarray]:

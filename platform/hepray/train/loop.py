@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from hepray.data.augment import augment
-from hepray.data.batches import ModelBatch
+from hepray.data.batches import ModelBatch, shuffled_batches, window_events
 from hepray.data.events import LABEL, WEIGHT
 from hepray.models import build_model
 from hepray.monitoring import TrainMeter
@@ -210,11 +210,16 @@ class WorkerRun:
         self.meter.start_epoch(epoch)
         loss_sum, seen, self.kept = 0.0, 0, []
         started = time.perf_counter()
-        batches = self.batches(
-            self.train_shard,
+        batches = watched(
+            shuffled_batches(
+                self.train_shard,
+                self.job.train.batch_size,
+                window_events(self.job.train.shuffle_buffer, self.shapes),
+                (self.job.train.seed, epoch),
+                self.device,
+            ),
+            self.job.train.stall_seconds,
             "training",
-            local_shuffle_buffer_size=self.job.train.shuffle_buffer or None,
-            local_shuffle_seed=self.job.train.seed + epoch,
         )
         for number, batch in enumerate(batches):
             self.meter.waited()

@@ -104,7 +104,7 @@ def densify(batch: Travelled, device: torch.device | str, order: torch.Tensor | 
     rows = None
     if order is not None:
         order = order.to(device, non_blocking=True)
-        tensors = {name: tensor[order] for name, tensor in tensors.items()}
+        tensors = {name: tensor.index_select(0, order) for name, tensor in tensors.items()}
         rows = torch.empty_like(order)
         rows[order] = torch.arange(len(order), device=order.device)
     for name, ragged in batch.ragged.items():

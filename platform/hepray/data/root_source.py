@@ -555,12 +555,32 @@ def _check_numbers(arrays: dict, task: EntryRange) -> set[str]:
     branches holding a NaN/inf anywhere in the range (which events: _nonfinite_branch)."""
     nonfinite = set()
     for name, array in arrays.items():
-        values = ak.to_numpy(ak.flatten(array, axis=None))
-        if "string" in str(ak.type(array)) or not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
+        values = _plain_numbers(array)
+        strings = values is None and "string" in str(ak.type(array))
+        if values is None and not strings:
+            values = ak.to_numpy(ak.flatten(array, axis=None))
+        if strings or not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
             raise DataError(f"{task.where}: branch '{name}' has type {ak.type(array)}, expected numbers")
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
             nonfinite.add(name)
     return nonfinite
+
+
+def _plain_numbers(array) -> np.ndarray | None:
+    """The values of a branch uproot read as numbers or lists of numbers, without a copy (ak.flatten
+    and the type's string were half of _check_numbers' time); None for any other layout."""
+    layout = ak.to_layout(array)
+    if layout.parameters:
+        return None
+    if isinstance(layout, ak.contents.ListOffsetArray):
+        content = layout.content
+        if content.parameters or not isinstance(content, ak.contents.NumpyArray) or content.data.ndim != 1:
+            return None
+        offsets = np.asarray(layout.offsets.data)
+        return np.asarray(content.data)[offsets[0] : offsets[-1]]
+    if isinstance(layout, ak.contents.NumpyArray) and layout.data.ndim == 1:
+        return np.asarray(layout.data)
+    return None
 
 
 def _nonfinite_branch(name: str, array, entries: np.ndarray, task: EntryRange) -> Problem:

@@ -161,7 +161,7 @@ def densify_tensors(
     # output_size: the number of points is known on the host, so building the index never waits on the GPU
     event = torch.repeat_interleave(offsets.diff(), output_size=len(pixel))
     if rows is not None:
-        event = rows[event]
+        event = rows.index_select(0, event)  # index_select, take and put_: ~4x faster than [] on CPU
     index = event * image_size + pixel
     dense = torch.zeros(n_events * image_size, dtype=torch.float32, device=value.device)
     dense.index_add_(0, index, value.to(torch.float32))
@@ -176,13 +176,13 @@ def _normalize_hit_pixels_(dense: torch.Tensor, index: torch.Tensor, event: torc
     that over its hit ones; log1p(0) = 0 and 0 / scale = 0), applied to the hit pixels alone: the
     same bits at ~1/16 of the memory traffic for 47x47 images of ~130 points. A pixel hit twice
     is read before any is written and gets the same value from both writes."""
-    hit = dense[index]
+    hit = dense.take(index)
     if norm == "log1p":
-        dense[index] = torch.copysign(torch.log1p(hit.abs()), hit)
+        dense.put_(index, torch.copysign(torch.log1p(hit.abs()), hit))
         return
     scale = torch.zeros(n_events, dtype=dense.dtype, device=dense.device)
     scale.scatter_reduce_(0, event, hit.abs(), "amax")
-    dense[index] = hit / torch.where(scale == 0, 1.0, scale)[event]
+    dense.put_(index, hit / torch.where(scale == 0, 1.0, scale).index_select(0, event))
 
 
 def apply_norm(images: np.ndarray, norm: str) -> np.ndarray:

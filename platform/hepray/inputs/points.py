@@ -84,8 +84,8 @@ class PointsEncoder(Encoder):
         so the same bits on any device. Event i lands in row rows[i] if given."""
         n_points = len(columns["0"])  # known on the host: building the index never waits on a GPU
         event = torch.repeat_interleave(offsets.diff(), output_size=n_points)
-        slot = torch.arange(n_points, device=offsets.device) - offsets[:-1][event]
-        row = event if rows is None else rows[event]
+        slot = torch.arange(n_points, device=offsets.device) - offsets[:-1].index_select(0, event)
+        row = event if rows is None else rows.index_select(0, event)
         padded = torch.zeros((len(offsets) - 1, *self.spec.shape()), dtype=torch.float32, device=offsets.device)
         padded[row, slot, 0] = 1.0
         padded[row, slot, 1:] = torch.stack([columns[str(k)] for k in range(len(self.features))], dim=1)

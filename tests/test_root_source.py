@@ -171,6 +171,16 @@ def test_wrong_branch_type(files):
         bad_read(points_as_observer)
 
 
+def test_a_string_branch_is_named_as_not_numbers(tmp_path):
+    data = towers(20, 0, seed=3)
+    data["run_tag"] = ak.Array([f"run{i % 3}" for i in range(20)])
+    write_tree(tmp_path / "tagged.root", data)
+    with pytest.raises(
+        DataError, match=r"tagged.root: entries \[0, 20\): branch 'run_tag' has type .*string.*, expected numbers"
+    ):
+        bad_read(bad_job(tmp_path / "tagged.root", observers=["run_tag"]))
+
+
 def test_empty_tree(tmp_path):
     write_tree(tmp_path / "empty.root", {k: v[:0] for k, v in towers(5, 0, seed=1).items()})
     with pytest.raises(DataError, match="empty.root: tree 'events' has no entries"):

@@ -87,3 +87,22 @@ def test_cli_fails_before_ray_with_one_clear_error(tmp_path):
     assert "Ray" not in result.stdout + result.stderr
     missing = CliRunner().invoke(app, ["validate", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "no such job file" in missing.output
+
+
+def test_a_misspelt_key_at_any_depth_gets_a_did_you_mean(tmp_path):
+    raw = electron_id_raw()
+    raw["train"]["epochz"] = raw["train"].pop("epochs")
+    raw["data"]["inputs"]["image"]["nrom"] = raw["data"]["inputs"]["image"].pop("norm")  # under the input's kind
+    raw["model"]["filtrs"] = raw["model"].pop("filters")  # under the model's name
+    raw["data"]["objects"] = {"count": "nElectron", "max_per_evnt": 2}  # under an optional section
+    raw["evaluate"]["nothing_like_any_key"] = 1
+    result = CliRunner().invoke(app, ["validate", str(write(tmp_path, raw))])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    for line in (
+        "train.epochz: unknown key; did you mean 'epochs'?",
+        "data.inputs.image.nrom: unknown key; did you mean 'norm'?",
+        "model.filtrs: unknown key; did you mean 'filters'?",
+        "data.objects.max_per_evnt: unknown key; did you mean 'max_per_event'?",
+    ):
+        assert line in result.output
+    assert "evaluate.nothing_like_any_key: unknown key\n" in result.output  # nothing close: no guess

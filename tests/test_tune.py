@@ -83,7 +83,15 @@ def write_search(tmp_path, base_job_file, **changes) -> str:
 
 def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
     path = write_search(tmp_path, base_job_file, space={"model.filtres": {"choice": [4, 8]}})
-    with pytest.raises(SpecError, match=r"search.yaml: space.model.filtres: makes the base job invalid .*unknown key"):
+    with pytest.raises(
+        SpecError,
+        match=r"search.yaml: space.model.filtres: makes the base job invalid .*unknown key; did you mean 'filters'",
+    ):
+        load_search(path)
+    path = write_search(tmp_path, base_job_file, num_sampels=4)
+    with pytest.raises(
+        SpecError, match=r"search.yaml: invalid search\n  num_sampels: unknown key; did you mean 'num_samples'"
+    ):
         load_search(path)
     path = write_search(tmp_path, base_job_file, metric="val_auc")
     with pytest.raises(SpecError, match=r"search.yaml: metric: 'val_auc' is not reported by a multiclass job"):

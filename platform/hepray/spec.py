@@ -10,10 +10,20 @@ import copy
 import difflib
 from itertools import combinations
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hepray.expr import Expression, ExpressionError
 from hepray.inputs import InputSpec
@@ -621,12 +631,71 @@ def yaml_path(raw: Any, loc: tuple) -> str:
     return ".".join(parts) or "(top)"
 
 
+def accepted_keys(model: Any, loc: tuple) -> list[str]:
+    """The keys a model accepts at an error's location (its path without the unknown key), found by
+    following the path through fields, dicts, lists and unions (pydantic names a union member by its
+    tag, e.g. `kind: etaphi`, or its class); [] where the path cannot be followed."""
+    node = model
+    for part in loc:
+        node = _field_type(node, part)
+        if node is None:
+            return []
+    node = _unwrapped(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return [field.alias or name for name, field in node.model_fields.items()]
+    return []
+
+
+def _unwrapped(node: Any) -> Any:
+    """The type under Annotated, and the one model of an Optional."""
+    while get_origin(node) is Annotated:
+        node = get_args(node)[0]
+    if get_origin(node) in (Union, UnionType):
+        members = [member for member in get_args(node) if member is not type(None)]
+        if len(members) == 1:
+            return _unwrapped(members[0])
+    return node
+
+
+def _field_type(node: Any, part: Any) -> Any:
+    node = _unwrapped(node)
+    origin = get_origin(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        for name, field in node.model_fields.items():
+            if part in (name, field.alias):
+                return field.annotation
+        return None
+    if origin in (Union, UnionType):
+        for member in map(_unwrapped, get_args(node)):
+            literals = [
+                get_args(field.annotation)
+                for field in getattr(member, "model_fields", {}).values()
+                if get_origin(field.annotation) is Literal
+            ]
+            if part == getattr(member, "__name__", None) or any(part in values for values in literals):
+                return member
+        return None
+    if origin is dict:
+        return get_args(node)[1]
+    if origin is list:
+        return get_args(node)[0]
+    return None
+
+
+def problem(model: Any, raw: Any, item: dict) -> tuple[str, str]:
+    """(key path as written, message) of one pydantic error; an unknown key gets a "did you mean"
+    from the keys accepted where it was written."""
+    template = ERROR_MESSAGES.get(item["type"])
+    message = template.format(**item.get("ctx", {})) if template else item["msg"].removeprefix("Value error, ")
+    if item["type"] == "extra_forbidden":
+        message += did_you_mean(str(item["loc"][-1]), accepted_keys(model, item["loc"][:-1]))
+    return yaml_path(raw, item["loc"]), message
+
+
 def format_validation_error(source: str, raw: Any, error: ValidationError) -> str:
     lines = [f"{source}: invalid job"]
     for item in error.errors():
-        template = ERROR_MESSAGES.get(item["type"])
-        message = template.format(**item.get("ctx", {})) if template else item["msg"].removeprefix("Value error, ")
-        path = yaml_path(raw, item["loc"])
+        path, message = problem(JobSpec, raw, item)
         # A whole-job check's message starts with the key path it is about.
         lines.append(f"  {message}" if path == "(top)" else f"  {path}: {message}")
     return "\n".join(lines)

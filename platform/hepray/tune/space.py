@@ -26,16 +26,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hepray.spec import (
     EPOCH_TASK_METRICS,
-    ERROR_MESSAGES,
     JobSpec,
     SpecError,
     Strict,
     did_you_mean,
     load_job,
+    problem,
     read_yaml,
     set_path,
     validate_job,
-    yaml_path,
 )
 
 # What a search can optimize: the validation metrics the training loop reports each epoch, per
@@ -272,17 +271,12 @@ def trial_values(spec: TuneSpec, params: dict[str, Any]) -> dict[str, Any]:
     return {key: spec.space[key].decode(value) for key, value in params.items() if key in spec.space}
 
 
-def _problems(raw: Any, error: ValidationError) -> list[str]:
-    problems = []
-    for item in error.errors():
-        template = ERROR_MESSAGES.get(item["type"])
-        message = template.format(**item.get("ctx", {})) if template else item["msg"].removeprefix("Value error, ")
-        problems.append(f"{yaml_path(raw, item['loc'])}: {message}")
-    return problems
+def _problems(raw: Any, error: ValidationError, model: Any) -> list[str]:
+    return [": ".join(problem(model, raw, item)) for item in error.errors()]
 
 
 def _format(source: str, raw: Any, error: ValidationError) -> str:
-    return "\n  ".join([f"{source}: invalid search", *_problems(raw, error)])
+    return "\n  ".join([f"{source}: invalid search", *_problems(raw, error, TuneSpec)])
 
 
 def apply_search_overrides(raw: dict, overrides: list[str] | None) -> dict:
@@ -379,4 +373,4 @@ def _check_job(raw: dict, where: str) -> None:
     try:
         JobSpec.model_validate(raw)
     except ValidationError as error:
-        raise SpecError(f"{where}: makes the base job invalid ({'; '.join(_problems(raw, error))})") from None
+        raise SpecError(f"{where}: makes the base job invalid ({'; '.join(_problems(raw, error, JobSpec))})") from None

@@ -201,6 +201,20 @@ def interleaved_rates(loaders: dict, epochs: int = 3) -> dict[str, tuple[float, 
     return {name: (events[name] / seconds[name], events[name] // epochs) for name in loaders}
 
 
+def emit_training_rate(transport: str, job, plan, rate: float, events: int) -> None:
+    emit(
+        "dataset_iteration",
+        transport=transport,
+        ingest="training",
+        events_per_task=job.data.events_per_task,
+        read_tasks=len(plan.tasks),
+        events_per_s=round(rate),
+        events_per_epoch=events,
+        cores=cores(),
+        load=load(),
+    )
+
+
 def block_bytes(job, sparse: bool) -> tuple[float, float, float | None]:
     """Arrow bytes per event of the blocks read tasks put in the object store (whole block, image
     columns) and, for sparse images, the points per event."""
@@ -244,17 +258,7 @@ def main() -> None:
     start_ray(n_cores)
     dense_ds, dense_plan = dataset(job, sparse=False)
     dense_rate, events = iteration_rate(training_iterator(dense_ds))
-    emit(
-        "dataset_iteration",
-        transport="dense",
-        ingest="training",
-        events_per_task=job.data.events_per_task,
-        read_tasks=len(dense_plan.tasks),
-        events_per_s=round(dense_rate),
-        events_per_epoch=events,
-        cores=n_cores,
-        load=load(),
-    )
+    emit_training_rate("dense", job, dense_plan, dense_rate, events)
     ds, plan = dataset(job, sparse=True)
     iterator = training_iterator(ds)
     for _ in batches(iterator):  # warm-up: read-task workers start, files in the page cache
@@ -272,17 +276,7 @@ def main() -> None:
         "its epochs alternate with the sparse dataset's",
         load=load(),
     )
-    emit(
-        "dataset_iteration",
-        transport="sparse",
-        ingest="training",
-        events_per_task=job.data.events_per_task,
-        read_tasks=len(plan.tasks),
-        events_per_s=round(sparse_rate),
-        events_per_epoch=events,
-        cores=n_cores,
-        load=load(),
-    )
+    emit_training_rate("sparse", job, plan, sparse_rate, events)
     ds, _ = dataset(job, sparse=True)
     ray_buffer_rate, _ = iteration_rate(training_iterator(ds), batches=ray_shuffle_buffer_batches)
     emit(

@@ -1,0 +1,72 @@
+"""Issue 20's drift-chamber class-pair gaps at a larger sample: the multiclass job and its three binary
+pair jobs trained on --events per class (the jobs ship 3000), with --epochs, everything else as the
+jobs; each gap (binary AUC - the multiclass model's pairwise AUC) with its paired 68 % bootstrap
+interval on the search report's evaluation sample, as docs/tune_drift_chamber_multiclass.md has them.
+
+    python docs/drift_chamber_sample_size.py [--events 10000] [--epochs 20] [--out runs/sample_size]
+        [--set KEY=VALUE ...] [--label NAME]
+
+--set changes the multiclass job only (e.g. --set "task.class_weights=[1.0, 1.5, 1.5]" --label w15;
+the label names its run directory). Finished runs in --out are reused. The evaluation sample first:
+
+    hepray make-data drift_chamber --out data/drift_chamber_eval --events 20000 --seed 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hepray.spec import load_job
+from hepray.tune.report import _pair_gaps, finished
+from hepray.tune.space import load_search
+
+SEARCH = "tune_spaces/drift_chamber_multiclass.yaml"
+MULTICLASS = "jobs/drift_chamber_multiclass.yaml"
+
+
+def sized(path: str, events: int, epochs: int, data: Path, extra: list[str]):
+    """The job on `events` per class generated into `data`, trained for `epochs`."""
+    classes = load_job(path).data.class_names
+    return load_job(
+        path,
+        [
+            f"data.generate.out={data}",
+            f"data.generate.events={events}",
+            f"train.epochs={epochs}",
+            *(f"data.files.{name}={data}/{name}_*.root" for name in classes),
+            *extra,
+        ],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10000, help="events per class")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("runs/sample_size"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="multiclass job only")
+    parser.add_argument("--label", default="", help="names the multiclass run directory")
+    args = parser.parse_args()
+    search, _, _ = load_search(SEARCH)
+    files = search.report.evaluation_files
+    data = args.out / f"data_{args.events}"
+    name = f"multiclass_{args.events}" + (f"_{args.label}" if args.label else "")
+    multi = finished(sized(MULTICLASS, args.events, args.epochs, data, args.overrides), args.out / name, files)
+    print(
+        f"{name}: {args.events} events per class, {args.epochs} epochs, {' '.join(args.overrides) or 'the job as is'}"
+    )
+    print("| pair | events | binary AUC | multiclass AUC | gap [68 %] |\n|---|---|---|---|---|")
+    for path in search.report.binary_jobs:
+        job = sized(path, args.events, args.epochs, data, [])
+        binary = finished(job, args.out / f"{job.name}_{args.events}", files)
+        auc, pair_auc, gap, events = _pair_gaps(binary, multi)
+        print(
+            f"| {job.name.removeprefix('drift_chamber_')} | {events} | {auc.value:.4f} | {pair_auc.value:.4f} "
+            f"| {gap.value:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}] |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from hepray.spec import load_job
-from hepray.tune.report import _pair_gaps, finished
+from hepray.tune.report import finished, pair_gaps
 from hepray.tune.space import load_search
 
 SEARCH = "tune_spaces/drift_chamber_multiclass.yaml"
@@ -60,7 +60,7 @@ def main() -> None:
     for path in search.report.binary_jobs:
         job = sized(path, args.events, args.epochs, data, [])
         binary = finished(job, args.out / f"{job.name}_{args.events}", files)
-        auc, pair_auc, gap, events = _pair_gaps(binary, multi)
+        auc, pair_auc, gap, events = pair_gaps(binary, multi)
         print(
             f"| {job.name.removeprefix('drift_chamber_')} | {events} | {auc.value:.4f} | {pair_auc.value:.4f} "
             f"| {gap.value:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}] |",

@@ -294,7 +294,7 @@ def budget_text(job: JobSpec) -> str:
     return f"{job.train.epochs} epochs, early stopping on `{stop.metric}` ({stop.mode}, patience {stop.patience})"
 
 
-def _pair_gaps(binary: Run, multi: Run) -> tuple[Interval, Interval, Interval, int]:
+def pair_gaps(binary: Run, multi: Run) -> tuple[Interval, Interval, Interval, int]:
     """Binary AUC, multiclass pairwise AUC and their paired gap, on the events both scored."""
     background, signal = binary.job.data.class_names
     binary_events, multi_events = _aligned(binary.events, pair_events(multi.job, multi.events, (background, signal)))
@@ -328,8 +328,8 @@ def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> 
     for job_file in spec.report.binary_jobs:
         job = load_job(job_file)
         binary = finished(job, out_dir / f"binary_{job.name}", spec.report.evaluation_files)
-        auc, before_auc, before, _ = _pair_gaps(binary, baseline)
-        _, after_auc, after, events = _pair_gaps(binary, tuned)
+        auc, before_auc, before, _ = pair_gaps(binary, baseline)
+        _, after_auc, after, events = pair_gaps(binary, tuned)
         met += after.value <= goal
         a, b = job.data.class_names
         lines.append(f"Binary `{job_file}`: {budget_text(job)}.")

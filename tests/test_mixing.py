@@ -153,7 +153,7 @@ def trained(ray_session, sample):
     return {
         "first": epochs_as_trained(sample, "train", 2, window),
         "again": epochs_as_trained(sample, "train", 2, window),
-        "unbuffered": epochs_as_trained(sample, "train", 2, 0),
+        "unwindowed": epochs_as_trained(sample, "train", 2, 0),
     }
 
 
@@ -167,7 +167,7 @@ def window_fractions(labels: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_every_window_of_batches_holds_the_overall_class_fraction(trained):
-    for name in ("first", "unbuffered"):
+    for name in ("first", "unwindowed"):
         for epoch in trained[name]:
             overall = epoch["label"].mean()
             fractions = window_fractions(epoch["label"])
@@ -184,7 +184,7 @@ def test_epochs_differ_and_a_rebuilt_dataset_repeats_them(sample, trained):
     assert np.array_equal(np.sort(zero), np.sort(one)) and not np.array_equal(zero, one)
     # The windows permute the stream within each window of shuffle_buffer events, no further.
     window = TrainSpec().shuffle_buffer
-    for mixed, plain in zip(first, trained["unbuffered"]):
+    for mixed, plain in zip(first, trained["unwindowed"]):
         assert not np.array_equal(mixed["obs_evt"], plain["obs_evt"])
         for begin in range(0, len(plain["obs_evt"]), window):
             stretch = slice(begin, begin + window)
@@ -194,7 +194,7 @@ def test_epochs_differ_and_a_rebuilt_dataset_repeats_them(sample, trained):
     # (the SplitCoordinator's copy of the datasource counted executions 0 and 1).
     job, plan = planned(sample)
     reader = EventReader(job.data, "train", shuffle=True, seed=SEED)
-    for epoch, streamed in enumerate(trained["unbuffered"]):
+    for epoch, streamed in enumerate(trained["unwindowed"]):
         expected = [
             BlockAccessor.for_block(block).to_numpy()["obs_evt"]
             for index in reader.task_order(len(plan.tasks), epoch)

@@ -14,7 +14,7 @@ import statistics
 import time
 
 from benchmarks.common import cores, electron_id_job, emit, load, start_ray
-from hepray.data.batches import shuffled_batches
+from hepray.data.batches import shuffled_batches, window_events
 from hepray.data.pipeline import streamed_to_trainers
 from hepray.data.root_source import EventReader, RootDatasource, plan_reads
 from hepray.train.trainer import ordered_ingest
@@ -52,20 +52,21 @@ def epoch_rate(iterator, window: int) -> float:
 def main() -> None:
     job = electron_id_job()
     start_ray(cores())
-    buffers = {name: job.train.shuffle_buffer if buffer is None else buffer for name, (_, buffer) in SETTINGS.items()}
+    default = window_events(job.train.shuffle_buffer, job.data.input_shapes())  # the window the training loop uses
+    windows = {name: default if window is None else window for name, (_, window) in SETTINGS.items()}
     iterators = {name: training_iterator(job, shuffle) for name, (shuffle, _) in SETTINGS.items()}
     for name, iterator in iterators.items():
-        epoch_rate(iterator, buffers[name])  # warm-up: worker start-up, files in the page cache
+        epoch_rate(iterator, windows[name])  # warm-up: worker start-up, files in the page cache
     rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
     for _ in range(EPOCHS):
         for name, iterator in iterators.items():
-            rates[name].append(epoch_rate(iterator, buffers[name]))
+            rates[name].append(epoch_rate(iterator, windows[name]))
     median = {name: statistics.median(values) for name, values in rates.items()}
     emit(
         "epoch_mixing_cost",
         job="electron_id",
         events_per_s={name: round(value) for name, value in median.items()},
-        shuffle_buffer_events=job.train.shuffle_buffer,
+        shuffle_window_events=default,
         mixing_over_plan_order=round(median["mixing_default"] / median["plan_order"], 3),
         tasks_shuffled_over_plan_order=round(median["tasks_shuffled"] / median["plan_order"], 3),
         epochs_each=EPOCHS,

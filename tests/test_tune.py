@@ -117,6 +117,27 @@ def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
     assert spec.num_samples == 9 and spec.trial_overrides == {"train.epochs": 1}
 
 
+def test_job_overrides_reach_the_base_and_each_binary_job_with_its_own_classes(tmp_path, base_job_file):
+    larger = {name: str(tmp_path / f"larger_{name}.root") for name in ("narrow", "mid")}
+    overrides = {"train.epochs": 5, **{f"data.files.{name}": glob for name, glob in larger.items()}}
+    path = write_search(tmp_path, base_job_file, job_overrides=overrides, trial_overrides={})
+    spec, base, base_raw = load_search(path)
+    assert base.train.epochs == base_raw["train"]["epochs"] == 5
+    assert base.data.files["narrow"] == [larger["narrow"]] and base.data.files["mid"] == [larger["mid"]]
+    binary = spec.binary_job(spec.report.binary_jobs[0])
+    written = load_job(spec.report.binary_jobs[0])
+    assert binary.train.epochs == 5 and written.train.epochs == 1
+    # narrow_vs_wide takes the narrow class's new globs, keeps its wide ones and gains no 'mid' class.
+    assert binary.data.files == {"narrow": [larger["narrow"]], "wide": written.data.files["wide"]}
+    with pytest.raises(
+        SpecError,
+        match=r"search.yaml: job_overrides: makes the base job invalid \(train.epocs: unknown key; did you mean",
+    ):
+        load_search(path, ["job_overrides.train.epocs=3"])
+    with pytest.raises(SpecError, match=r"job_overrides: makes binary job .*narrow_vs_wide.yaml invalid .*pair_heads"):
+        load_search(path, ["job_overrides.task.pair_heads=true"])
+
+
 def test_first_trials_start_from_the_base_job_with_their_keys_set(tmp_path, base_job_file):
     path = write_search(tmp_path, base_job_file, first_trials=[{"model.head": "maxavg", "data.augment": ["hflip"]}])
     spec, base, _ = load_search(path)
@@ -367,10 +388,11 @@ def test_shipped_searches_load_and_the_pair_references_train_under_the_same_rule
 
     spec, base, _ = load_search(f"tune_spaces/{name}.yaml")
     for job_file in spec.report.binary_jobs:
-        assert budget(load_job(job_file)) == budget(base), job_file
+        assert budget(spec.binary_job(job_file)) == budget(base), job_file
+        assert budget(load_job(job_file)) == budget(load_job(spec.base_job)), job_file  # as written, too
     if spec.report.binary_jobs:  # the multiclass levers are searched, and the base job is trial 0
         assert {"task.label_smoothing", "task.focal_gamma", "task.class_weights", "train.schedule"} <= set(spec.space)
-        assert budget(base) == (40, ("auc", "max", 8))
+        assert budget(base)[1] == ("auc", "max", 8)
 
 
 def test_events_are_paired_by_file_and_entry_whatever_their_order():

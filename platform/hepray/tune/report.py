@@ -174,6 +174,13 @@ def _search_section(spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Pa
     ]
 
 
+def _as_run(spec: TuneSpec) -> str:
+    """How the search changed its base job (and the report its binary jobs)."""
+    if not spec.job_overrides:
+        return "as written"
+    return "with the search's `job_overrides` " + ", ".join(f"`{k}={v}`" for k, v in spec.job_overrides.items())
+
+
 def _comparison_section(
     spec: TuneSpec, base: JobSpec, tuned_job: JobSpec, baseline: dict, tuned: dict, out_dir: Path
 ) -> list[str]:
@@ -185,7 +192,7 @@ def _comparison_section(
         "",
         "## Baseline vs tuned, each trained in full and evaluated on the test split",
         "",
-        f"Baseline: `{spec.base_job}` as written. Tuned: the best trial's keys on the same job "
+        f"Baseline: `{spec.base_job}` {_as_run(spec)}. Tuned: the best trial's keys on the same job "
         f"(`{out_dir / BEST_JOB_FILE}`), same data, epochs and early stopping."
         + (
             " **At this budget the best trial was the baseline setup itself: the search found nothing better, "
@@ -326,13 +333,14 @@ def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> 
     ]
     rows, met = [], 0
     for job_file in spec.report.binary_jobs:
-        job = load_job(job_file)
+        job = spec.binary_job(job_file)
         binary = finished(job, out_dir / f"binary_{job.name}", spec.report.evaluation_files)
         auc, before_auc, before, _ = pair_gaps(binary, baseline)
         _, after_auc, after, events = pair_gaps(binary, tuned)
         met += after.value <= goal
         a, b = job.data.class_names
-        lines.append(f"Binary `{job_file}`: {budget_text(job)}.")
+        written = "with the same job_overrides" if spec.job_overrides else "as written"
+        lines.append(f"Binary `{job_file}` ({written}): {budget_text(job)}.")
         if budget(job) != budget(tuned.job) or budget(job) != budget(baseline.job):
             lines.append(
                 f"> **Warning: unequal training budgets: `{job_file}` ({budget_text(job)}) vs the multiclass "

@@ -30,7 +30,6 @@ from hepray.spec import (
     SpecError,
     Strict,
     did_you_mean,
-    load_job,
     problem,
     read_yaml,
     set_path,
@@ -188,6 +187,11 @@ class TuneSpec(Strict):
     trial_overrides: dict[str, Any] = Field(
         {}, description="job keys set for trials only (e.g. fewer epochs); the best job keeps the base job's"
     )
+    job_overrides: dict[str, Any] = Field(
+        {},
+        description="job keys set in the base job (so in every trial, the baseline and the best job) and in "
+        "every report.binary_jobs job, e.g. a larger sample; a data.files.<class> key only in the jobs of that class",
+    )
     space: dict[str, Dimension] = Field(min_length=1)
     report: Report = Report()
 
@@ -224,6 +228,23 @@ class TuneSpec(Strict):
             if dimension.applies(chosen):
                 chosen[key] = dimension.decode(dimension.suggest(trial, key))
         return chosen
+
+    def overridden(self, job_raw: dict) -> dict:
+        """A job of this search (its base job or a binary job of the report) with job_overrides set.
+        A binary job has two of the base job's classes: it takes the globs of those two only."""
+        classes = job_raw.get("data", {}).get("files", {})
+        return job_with(
+            job_raw,
+            {
+                key: value
+                for key, value in self.job_overrides.items()
+                if not key.startswith("data.files.") or key.removeprefix("data.files.") in classes
+            },
+        )
+
+    def binary_job(self, path: str) -> JobSpec:
+        """A report.binary_jobs job as the report trains it: with job_overrides set."""
+        return validate_job(self.overridden(read_yaml(path)), path)
 
     def base_point(self, base: dict, changes: dict[str, Any] | None = None) -> dict[str, Any]:
         """The base job's values of the searched keys (with `changes` set), as Optuna params."""
@@ -280,8 +301,8 @@ def _format(source: str, raw: Any, error: ValidationError) -> str:
 
 
 def apply_search_overrides(raw: dict, overrides: list[str] | None) -> dict:
-    """`--set num_samples=4`, `--set scheduler.max_t=3`; under `space.` and `trial_overrides.` the
-    rest is one dotted job key (`--set trial_overrides.train.epochs=2`)."""
+    """`--set num_samples=4`, `--set scheduler.max_t=3`; under `space.`, `trial_overrides.` and
+    `job_overrides.` the rest is one dotted job key (`--set trial_overrides.train.epochs=2`)."""
     raw = json.loads(json.dumps(raw))
     for item in overrides or []:
         if "=" not in item:
@@ -289,7 +310,7 @@ def apply_search_overrides(raw: dict, overrides: list[str] | None) -> dict:
         key, text = (part.strip() for part in item.split("=", 1))
         value = yaml.safe_load(text)
         head, _, rest = key.partition(".")
-        if head in ("space", "trial_overrides") and rest:
+        if head in ("space", "trial_overrides", "job_overrides") and rest:
             raw.setdefault(head, {})[rest] = value
         else:
             set_path(raw, key, value)
@@ -308,7 +329,9 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> tuple[T
         spec = TuneSpec.model_validate(raw)
     except ValidationError as error:
         raise SpecError(_format(str(path), raw, error)) from None
-    base_raw = read_yaml(spec.base_job)
+    base_raw = spec.overridden(read_yaml(spec.base_job))
+    if spec.job_overrides:
+        _check_job(base_raw, f"{path}: job_overrides")
     base = validate_job(base_raw, spec.base_job)
 
     known = _COMMON_METRICS + _EPOCH_METRICS[base.task.kind]
@@ -360,7 +383,9 @@ def _check_binary_jobs(spec: TuneSpec, base: JobSpec, path: Path) -> None:
     if evaluation and set(evaluation) != set(classes):
         raise SpecError(f"{path}: report.evaluation_files: needs globs for exactly the classes {classes}")
     for job_file in spec.report.binary_jobs:
-        job = load_job(job_file)
+        if spec.job_overrides:
+            _check_job(spec.overridden(read_yaml(job_file)), f"{path}: job_overrides", f"binary job {job_file}")
+        job = spec.binary_job(job_file)
         names = job.data.class_names
         if job.task.kind != "binary" or len(names) != 2 or not set(names) <= set(classes):
             raise SpecError(
@@ -369,8 +394,8 @@ def _check_binary_jobs(spec: TuneSpec, base: JobSpec, path: Path) -> None:
             )
 
 
-def _check_job(raw: dict, where: str) -> None:
+def _check_job(raw: dict, where: str, job: str = "the base job") -> None:
     try:
         JobSpec.model_validate(raw)
     except ValidationError as error:
-        raise SpecError(f"{where}: makes the base job invalid ({'; '.join(_problems(raw, error, JobSpec))})") from None
+        raise SpecError(f"{where}: makes {job} invalid ({'; '.join(_problems(raw, error, JobSpec))})") from None

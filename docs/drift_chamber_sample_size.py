@@ -60,10 +60,11 @@ def main() -> None:
     for path in search.report.binary_jobs:
         job = sized(path, args.events, args.epochs, data, [])
         binary = finished(job, args.out / f"{job.name}_{args.events}", files)
-        auc, pair_auc, gap, events = pair_gaps(binary, multi)
+        pair = pair_gaps([binary], [multi])
+        gap = pair.gap
         print(
-            f"| {job.name.removeprefix('drift_chamber_')} | {events} | {auc.value:.4f} | {pair_auc.value:.4f} "
-            f"| {gap.value:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}] |",
+            f"| {job.name.removeprefix('drift_chamber_')} | {pair.events} | {pair.binary.value:.4f} "
+            f"| {pair.multiclass.value:.4f} | {gap.value:+.4f} [{gap.low:+.4f}, {gap.high:+.4f}] |",
             flush=True,
         )
 

@@ -317,6 +317,28 @@ def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session
     assert [row[5] for row in cells] == [f"{float(row['val_loss']):.4f}" if row["val_loss"] else "–" for row in ranked]
     assert ranked[-1]["state"] == "INTERRUPTED"
 
+    # report.seeds: every model of the pair comparison is trained once more with seed 5 beside its run
+    # (baseline and tuned are one run here, so one more), and the pair's AUCs and gap are the means
+    # over seeds 1 and 5, with each seed's own gap listed.
+    seeded_file = tmp_path / "report" / "tune_seeds.md"
+    result = CliRunner().invoke(
+        app,
+        ["tune", path, "--out", str(out), "--resume", "--set", "num_samples=4", "--set", "report.seeds=[1, 5]"]
+        + ["--report", "--report-file", str(seeded_file)],
+    )
+    assert result.exit_code == 0, result.output
+    assert load_job(out / "best_seed5" / "job.yaml").train.seed == 5 and not (out / "baseline_seed5").exists()
+    assert load_job(out / "binary_narrow_vs_wide_seed5" / "job.yaml").train.seed == 5
+    seed5 = json.loads((out / "best_seed5" / "metrics.json").read_text())
+    binary5 = json.loads((out / "binary_narrow_vs_wide_seed5" / "metrics.json").read_text())
+    gaps = [gap, binary5["test_auc"] - seed5["test_auc_narrow_vs_wide"]]
+    row = next(line for line in seeded_file.read_text().splitlines() if line.startswith("| narrow vs wide |"))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[3].split(" [")[0] == f"{(binary['test_auc'] + binary5['test_auc']) / 2:.4f}"
+    assert cells[6].split(" [")[0] == f"{(pair + seed5['test_auc_narrow_vs_wide']) / 2:.4f}"
+    assert cells[7].split(" [")[0] == f"{sum(gaps) / 2:.4f}"
+    assert cells[8] == ", ".join(f"{g:+.4f}" for g in gaps)
+
 
 TOY_EPOCHS = 4
 TOY_BEST = 0.8  # the value of toy.x that decides the outcome; toy.noise barely matters
@@ -398,13 +420,15 @@ def test_shipped_searches_load_and_the_pair_references_train_under_the_same_rule
 def test_events_are_paired_by_file_and_entry_whatever_their_order():
     import numpy as np
 
-    from hepray.tune.intervals import common_events
+    from hepray.tune.intervals import aligned_events
 
     first = {"file_key": np.array([7, 7, 9, 9]), "entry": np.array([0, 1, 0, 1]), "output": np.arange(4.0)}
-    order = np.array([3, 0, 2])  # another read order, one event missing
-    second = {key: value[order] for key, value in first.items()}
-    in_first, in_second = common_events(first, second)
-    assert len(in_first) == 3 and (first["output"][in_first] == second["output"][in_second]).all()
+    second = {key: value[[3, 0, 2]] for key, value in first.items()}  # another read order, one event missing
+    third = {key: value[[2, 1, 3, 0]] for key, value in first.items()}
+    aligned = aligned_events(first, second, third)
+    assert [len(events["entry"]) for events in aligned] == [3, 3, 3]
+    assert (aligned[0]["output"] == aligned[1]["output"]).all() and (aligned[0]["output"] == aligned[2]["output"]).all()
+    assert sorted(aligned[0]["output"]) == [0.0, 2.0, 3.0]
 
 
 def test_the_report_loss_is_the_jobs_training_loss_with_a_bootstrap_interval():

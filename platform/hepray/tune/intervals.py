@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial, reduce
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,15 @@ def _keys(events: dict[str, np.ndarray]) -> np.ndarray:
     return keys
 
 
-def common_events(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in a and in b of the events both scored, in the same order."""
-    _, in_a, in_b = np.intersect1d(_keys(a), _keys(b), assume_unique=True, return_indices=True)
-    return in_a, in_b
+def aligned_events(*runs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Each run's events restricted to those every run scored, all in the same order."""
+    keys = [_keys(events) for events in runs]
+    common = reduce(partial(np.intersect1d, assume_unique=True), keys)
+    aligned = []
+    for events, own in zip(runs, keys):
+        _, _, positions = np.intersect1d(common, own, assume_unique=True, return_indices=True)
+        aligned.append({key: value[positions] for key, value in events.items()})
+    return aligned
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,10 @@ class Problems:
     or a class pair, one per class against the rest for a multiclass model's macro AUC."""
 
     problems: list[tuple[np.ndarray, np.ndarray]]
+
+    def __add__(self, other: Problems) -> Problems:
+        """Both models' problems averaged as one: e.g. the same model trained with two seeds."""
+        return Problems(self.problems + other.problems)
 
     def point(self, weights: np.ndarray | None) -> float:
         return float(np.nanmean([safe_auc(signal, score, weights) for signal, score in self.problems]))

@@ -18,8 +18,8 @@ from hepray.data.events import ENTRY, WEIGHT
 from hepray.evaluate.bootstrap import REPLICAS, Interval
 from hepray.spec import JobSpec, SpecError, load_job
 from hepray.tune.intervals import (
+    aligned_events,
     auc_of,
-    common_events,
     gap_of,
     headline_problems,
     loss_of,
@@ -231,19 +231,13 @@ def _comparison_section(
     ]
 
 
-def _aligned(first: dict, second: dict) -> tuple[dict, dict]:
-    """Both runs' events restricted to those both scored, in the same order."""
-    in_first, in_second = common_events(first, second)
-    return {k: v[in_first] for k, v in first.items()}, {k: v[in_second] for k, v in second.items()}
-
-
 def _intervals_section(baseline: Run, tuned: Run, evaluation: str) -> list[str]:
     """The headline AUC of both runs with bootstrap intervals, and their paired difference."""
     kind = baseline.job.task.kind
     if kind == "regression":
         return []
     key = f"test_{HEADLINE[kind]}" if evaluation == "test" else f"{HEADLINE[kind]} (evaluation sample)"
-    base_events, tuned_events = _aligned(baseline.events, tuned.events)
+    base_events, tuned_events = aligned_events(baseline.events, tuned.events)
     weights = base_events.get(WEIGHT)
     return [
         "",
@@ -301,14 +295,54 @@ def budget_text(job: JobSpec) -> str:
     return f"{job.train.epochs} epochs, early stopping on `{stop.metric}` ({stop.mode}, patience {stop.patience})"
 
 
-def pair_gaps(binary: Run, multi: Run) -> tuple[Interval, Interval, Interval, int]:
-    """Binary AUC, multiclass pairwise AUC and their paired gap, on the events both scored."""
-    background, signal = binary.job.data.class_names
-    binary_events, multi_events = _aligned(binary.events, pair_events(multi.job, multi.events, (background, signal)))
-    weights = binary_events.get(WEIGHT)
-    first = pair_problems(binary.job, binary_events, signal, background)
-    second = pair_problems(multi.job, multi_events, signal, background)
-    return auc_of(first, weights), auc_of(second, weights), gap_of(first, second, weights), len(first.problems[0][0])
+@dataclass
+class PairGap:
+    """A class pair: binary AUC, the multiclass model's pairwise AUC and their paired gap, each
+    the mean over the training seeds compared, and each seed's own gap."""
+
+    binary: Interval
+    multiclass: Interval
+    gap: Interval
+    events: int
+    per_seed: list[float]
+
+
+def pair_gaps(binaries: list[Run], multis: list[Run]) -> PairGap:
+    """The pair of a binary job, on the events every run scored: binaries[i] (a binary job trained
+    with one seed) beside multis[i] (the multiclass job with the same seed); one bootstrap over
+    those events gives the intervals of the means over seeds."""
+    background, signal = binaries[0].job.data.class_names
+    events = aligned_events(
+        *(run.events for run in binaries),
+        *(pair_events(run.job, run.events, (background, signal)) for run in multis),
+    )
+    weights = events[0].get(WEIGHT)
+    scores = [pair_problems(run.job, ev, signal, background) for run, ev in zip([*binaries, *multis], events)]
+    first, second = scores[: len(binaries)], scores[len(binaries) :]
+    binary, multi = sum(first[1:], first[0]), sum(second[1:], second[0])
+    return PairGap(
+        auc_of(binary, weights),
+        auc_of(multi, weights),
+        gap_of(binary, multi, weights),
+        len(events[0][ENTRY]),
+        [one.point(weights) - other.point(weights) for one, other in zip(first, second)],
+    )
+
+
+def with_seed(job: JobSpec, seed: int) -> JobSpec:
+    return job.model_copy(update={"train": job.train.model_copy(update={"seed": seed})})
+
+
+def seed_runs(run: Run, seeds: list[int], files: dict[str, list[str]]) -> list[Run]:
+    """The run's job trained once per seed (default: the run itself): the job's own seed is the
+    run, another seed beside it in <directory>_seed<N>. The baseline and a tuned job of the same
+    settings share a directory, so they share their seed runs too."""
+    return [
+        run
+        if seed == run.job.train.seed
+        else finished(with_seed(run.job, seed), run.directory.with_name(f"{run.directory.name}_seed{seed}"), files)
+        for seed in seeds or [run.job.train.seed]
+    ]
 
 
 def _pair_score(job: JobSpec) -> str:
@@ -317,8 +351,13 @@ def _pair_score(job: JobSpec) -> str:
 
 def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> list[str]:
     """Pairwise AUC of the multiclass model (softmax restricted to the two classes, or its pair head)
-    vs a binary job."""
-    goal, evaluation = spec.report.pair_goal, spec.report.evaluation
+    vs a binary job, averaged over the report's training seeds."""
+    goal, evaluation, seeds, files = (
+        spec.report.pair_goal,
+        spec.report.evaluation,
+        spec.report.seeds,
+        spec.report.evaluation_files,
+    )
     lines = [
         "",
         "## Class pairs: multiclass vs dedicated binary models",
@@ -331,13 +370,19 @@ def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> 
         "",
         f"Budgets: multiclass baseline {budget_text(baseline.job)}; tuned {budget_text(tuned.job)}.",
     ]
+    if len(seeds) > 1:
+        lines.append(
+            f"Training seeds {', '.join(map(str, seeds))}: every model of this section is trained once per seed, "
+            "each AUC and gap is the mean over the seeds (its interval a bootstrap of that mean over the events), "
+            "and the 'per seed' column gives each seed's own gap after: how far a single training run can move it."
+        )
+    baselines, tuned_runs = seed_runs(baseline, seeds, files), seed_runs(tuned, seeds, files)
     rows, met = [], 0
     for job_file in spec.report.binary_jobs:
         job = spec.binary_job(job_file)
-        binary = finished(job, out_dir / f"binary_{job.name}", spec.report.evaluation_files)
-        auc, before_auc, before, _ = pair_gaps(binary, baseline)
-        _, after_auc, after, events = pair_gaps(binary, tuned)
-        met += after.value <= goal
+        binaries = seed_runs(finished(job, out_dir / f"binary_{job.name}", files), seeds, files)
+        before, after = pair_gaps(binaries, baselines), pair_gaps(binaries, tuned_runs)
+        met += after.gap.value <= goal
         a, b = job.data.class_names
         written = "with the same job_overrides" if spec.job_overrides else "as written"
         lines.append(f"Binary `{job_file}` ({written}): {budget_text(job)}.")
@@ -346,16 +391,18 @@ def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> 
                 f"> **Warning: unequal training budgets: `{job_file}` ({budget_text(job)}) vs the multiclass "
                 "jobs above: this gap compares models trained under different rules.**"
             )
+        per_seed = f" {', '.join(f'{gap:+.4f}' for gap in after.per_seed)} |" if len(seeds) > 1 else ""
         rows.append(
-            f"| {a} vs {b} | `{job_file}` | {events} | {auc} | {before_auc} | {before} | {after_auc} | {after} | "
-            f"{'yes' if after.value <= goal else 'no'} |"
+            f"| {a} vs {b} | `{job_file}` | {after.events} | {after.binary} | {before.multiclass} | {before.gap} | "
+            f"{after.multiclass} | {after.gap} |{per_seed} {'yes' if after.gap.value <= goal else 'no'} |"
         )
+    header = ["pair", "binary job", "events", "binary AUC", "multiclass baseline", "gap before", "tuned multiclass"]
+    header += ["gap after", *(["gap after, per seed"] if len(seeds) > 1 else []), "goal met"]
     return [
         *lines,
         "",
-        "| pair | binary job | events | binary AUC | multiclass baseline | gap before | tuned multiclass | gap after "
-        "| goal met |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
         *rows,
         "",
         f"Goal met for {met} of {len(spec.report.binary_jobs)} pairs.",

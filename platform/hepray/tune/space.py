@@ -146,6 +146,11 @@ class Report(Strict):
         [], description="dedicated two-class jobs; their AUC vs the tuned model's pairwise AUC"
     )
     pair_goal: float = Field(0.005, ge=0, description="largest acceptable binary - multiclass pairwise AUC gap")
+    seeds: list[int] = Field(
+        [],
+        description="training seeds of the class-pair comparison: the baseline, the tuned and each binary job "
+        "trained once per seed, every pair AUC and gap the mean over them; default: each job's own train.seed",
+    )
     evaluation_files: dict[str, list[str]] = Field(
         {},
         description="class -> globs of a separate evaluation sample (e.g. generated with another seed), all of "

@@ -113,6 +113,11 @@ def test_search_file_errors_name_the_file_and_key(tmp_path, base_job_file):
         load_search(path, ["space.train.weight_decay={loguniform: [1.0e-6, 0.1]}"])
     with pytest.raises(SpecError, match=r"scheduler.grace_period: 3 epochs, but trials train 2; ASHA needs"):
         load_search(path, ["scheduler.grace_period=3"])
+    with pytest.raises(
+        SpecError,
+        match=r"invalid search\n  report.seeds: each seed once: a repeated seed would count one training twice",
+    ):
+        load_search(path, ["report.seeds=[1, 2, 1]"])
     spec, _, _ = load_search(path, ["num_samples=9", "trial_overrides.train.epochs=1"])
     assert spec.num_samples == 9 and spec.trial_overrides == {"train.epochs": 1}
 

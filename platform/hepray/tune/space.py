@@ -157,6 +157,13 @@ class Report(Strict):
         "whose events every compared model scores for the error bars and gaps; default: the test split",
     )
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("each seed once: a repeated seed would count one training twice")
+        return seeds
+
     @field_validator("evaluation_files", mode="before")
     @classmethod
     def _globs_as_lists(cls, value: Any) -> Any:

@@ -294,7 +294,7 @@ def tune(
                 f"({', '.join(f'{k}={metrics[k]:.4f}' for k in ('test_auc', 'test_auc_macro') if k in metrics)})"
             )
         if report:
-            console.print(f"[green]wrote[/] {write_report(spec, base, space_file, out_dir, report_file)}")
+            console.print(f"[green]wrote[/] {write_report(spec, base, space_file, out_dir, report_file, set_)}")
     except Exception as error:
         cause = data_error_in(error)
         if cause is None:

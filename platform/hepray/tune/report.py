@@ -396,6 +396,7 @@ def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> 
             "and the 'per seed' column gives each seed's own gap after: how far a single training run can move it."
         )
     baselines, tuned_runs = seed_runs(baseline, seeds, files), seed_runs(tuned, seeds, files)
+    written = "with the same job_overrides" if spec.job_overrides else "as written"
     rows, met = [], 0
     for job_file in spec.report.binary_jobs:
         job = spec.binary_job(job_file)
@@ -403,18 +404,16 @@ def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> 
         before, after = pair_gaps(binaries, baselines), pair_gaps(binaries, tuned_runs)
         met += after.gap.value <= goal
         a, b = job.data.class_names
-        written = "with the same job_overrides" if spec.job_overrides else "as written"
         lines.append(f"Binary `{job_file}` ({written}): {budget_text(job)}.")
         if budget(job) != budget(tuned.job) or budget(job) != budget(baseline.job):
             lines.append(
                 f"> **Warning: unequal training budgets: `{job_file}` ({budget_text(job)}) vs the multiclass "
                 "jobs above: this gap compares models trained under different rules.**"
             )
-        per_seed = f" {', '.join(f'{gap:+.4f}' for gap in after.per_seed)} |" if len(seeds) > 1 else ""
-        rows.append(
-            f"| {a} vs {b} | `{job_file}` | {after.events} | {after.binary} | {before.multiclass} | {before.gap} | "
-            f"{after.multiclass} | {after.gap} |{per_seed} {'yes' if after.gap.value <= goal else 'no'} |"
-        )
+        cells = [f"{a} vs {b}", f"`{job_file}`", after.events, after.binary, before.multiclass, before.gap]
+        cells += [after.multiclass, after.gap]
+        cells += [", ".join(f"{gap:+.4f}" for gap in after.per_seed)] if len(seeds) > 1 else []
+        rows.append("| " + " | ".join(map(str, [*cells, "yes" if after.gap.value <= goal else "no"])) + " |")
     header = ["pair", "binary job", "events", "binary AUC", "multiclass baseline", "gap before", "tuned multiclass"]
     header += ["gap after", *(["gap after, per seed"] if len(seeds) > 1 else []), "goal met"]
     return [

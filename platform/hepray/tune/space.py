@@ -395,9 +395,10 @@ def _check_binary_jobs(spec: TuneSpec, base: JobSpec, path: Path) -> None:
     if evaluation and set(evaluation) != set(classes):
         raise SpecError(f"{path}: report.evaluation_files: needs globs for exactly the classes {classes}")
     for job_file in spec.report.binary_jobs:
+        raw = spec.overridden(read_yaml(job_file))
         if spec.job_overrides:
-            _check_job(spec.overridden(read_yaml(job_file)), f"{path}: job_overrides", f"binary job {job_file}")
-        job = spec.binary_job(job_file)
+            _check_job(raw, f"{path}: job_overrides", f"binary job {job_file}")
+        job = validate_job(raw, job_file)
         names = job.data.class_names
         if job.task.kind != "binary" or len(names) != 2 or not set(names) <= set(classes):
             raise SpecError(

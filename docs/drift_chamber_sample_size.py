@@ -1,6 +1,6 @@
 """Issue 20's drift-chamber class-pair gaps at a larger sample: the multiclass job and its three binary
 pair jobs trained on --events per class (the jobs ship 3000), with --epochs, everything else as the
-jobs; each gap (binary AUC - the multiclass model's pairwise AUC) with its paired 68 % bootstrap
+search's report trains them (its job_overrides, these three replaced); each gap (binary AUC - the multiclass model's pairwise AUC) with its paired 68 % bootstrap
 interval on the search report's evaluation sample, as docs/tune_drift_chamber_multiclass.md has them.
 
     python docs/drift_chamber_sample_size.py [--events 10000] [--epochs 20] [--out runs/sample_size]
@@ -17,27 +17,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hepray.spec import load_job
+from hepray.spec import apply_overrides, load_job, validate_job
 from hepray.tune.report import finished, pair_gaps
-from hepray.tune.space import load_search
+from hepray.tune.space import TuneSpec, load_search
 
 SEARCH = "tune_spaces/drift_chamber_multiclass.yaml"
 MULTICLASS = "jobs/drift_chamber_multiclass.yaml"
 
 
-def sized(path: str, events: int, epochs: int, data: Path, extra: list[str]):
-    """The job on `events` per class generated into `data`, trained for `epochs`."""
-    classes = load_job(path).data.class_names
-    return load_job(
-        path,
-        [
-            f"data.generate.out={data}",
-            f"data.generate.events={events}",
-            f"train.epochs={epochs}",
-            *(f"data.files.{name}={data}/{name}_*.root" for name in classes),
-            *extra,
-        ],
-    )
+def sized_search(events: int, epochs: int, data: Path) -> tuple[TuneSpec, dict]:
+    """The search (and its base job as YAML) with every job on `events` per class generated into
+    `data`, trained for `epochs`: its job_overrides, which give each binary job its own classes."""
+    sample = {
+        "data.generate.out": data,
+        "data.generate.events": events,
+        "train.epochs": epochs,
+        **{f"data.files.{name}": f"{data}/{name}_*.root" for name in load_job(MULTICLASS).data.class_names},
+    }
+    search, _, base_raw = load_search(SEARCH, [f"job_overrides.{key}={value}" for key, value in sample.items()])
+    return search, base_raw
 
 
 def main() -> None:
@@ -48,17 +46,16 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="multiclass job only")
     parser.add_argument("--label", default="", help="names the multiclass run directory")
     args = parser.parse_args()
-    search, _, _ = load_search(SEARCH)
+    search, base_raw = sized_search(args.events, args.epochs, args.out / f"data_{args.events}")
     files = search.report.evaluation_files
-    data = args.out / f"data_{args.events}"
     name = f"multiclass_{args.events}" + (f"_{args.label}" if args.label else "")
-    multi = finished(sized(MULTICLASS, args.events, args.epochs, data, args.overrides), args.out / name, files)
+    multi = finished(validate_job(apply_overrides(base_raw, args.overrides), MULTICLASS), args.out / name, files)
     print(
         f"{name}: {args.events} events per class, {args.epochs} epochs, {' '.join(args.overrides) or 'the job as is'}"
     )
     print("| pair | events | binary AUC | multiclass AUC | gap [68 %] |\n|---|---|---|---|---|")
     for path in search.report.binary_jobs:
-        job = sized(path, args.events, args.epochs, data, [])
+        job = search.binary_job(path)
         binary = finished(job, args.out / f"{job.name}_{args.events}", files)
         pair = pair_gaps([binary], [multi])
         gap = pair.gap

@@ -275,6 +275,7 @@ def test_branches_for_each_kind():
     assert branches_for(JetImage(kind="jet", eta="e", phi="p", value="pt")) == {"e", "p", "pt"}
     assert branches_for(HitsXYImage(kind="hits_xy", encoding="binary")) == {"XE", "XW", "YE", "YW"}
     assert branches_for(HitsXYImage(kind="hits_xy", encoding="total")) == {"XE", "XW", "YE", "YW", "RC"}
+    assert branches_for(HitsXYImage(kind="hits_xy", encoding=["binary", "per_hit"])) == {"XE", "XW", "YE", "YW", "RC"}
     assert branches_for(VoxelImage(kind="voxels", shape=(2, 2, 2), cells="ecal")) == {"ecal"}
     assert branches_for(Scalars(kind="scalars", branches=["pt", "log(e)"])) == {"pt", "e"}  # the branches read
 
@@ -383,6 +384,32 @@ def test_hits_xy_encodings(encoding, shared_pixel, lone_hit, edge_hit):
     expected[0, 0, 3, 0] = lone_hit  # X = -1.5, Y = 1.5
     expected[2, 0, 3, 0] = edge_hit  # X = -2 is the window's lower edge: inside
     np.testing.assert_array_equal(image, expected)
+
+
+def test_hits_xy_encoding_list_stacks_each_encodings_image_with_its_own_norm():
+    spec = HitsXYImage(kind="hits_xy", size=4, extent=2.0, encoding=["binary", "per_hit"], norm="max")
+    assert spec.shape() == (2, 4, 4)
+    image = make_input(spec, hits_batch())
+    hits_map = make_input(HitsXYImage(kind="hits_xy", size=4, extent=2.0, encoding="binary", norm="max"), hits_batch())
+    energies = make_input(HitsXYImage(kind="hits_xy", size=4, extent=2.0, encoding="per_hit", norm="max"), hits_batch())
+    np.testing.assert_array_equal(image, np.concatenate([hits_map, energies], axis=1))
+    assert image[0, 1, 1, 2] == 1.0 and image[0, 1, 3, 0] == 1.0  # 30 ADC in both pixels, each its channel's max
+
+
+def test_hits_xy_encoding_list_with_tracks_has_a_channel_per_encoding_and_track():
+    spec = HitsXYImage(kind="hits_xy", size=4, extent=2.0, encoding=["binary", "total"], track_branch="TRK", tracks=2)
+    arrays = {**hits_batch(), "TRK": ak.Array([[1, 1, 2, 0], [], [2]])}
+    image = make_input(spec, arrays)
+    assert image.shape == (3, 4, 4, 4)
+    singles = [make_input(one, arrays) for one in spec.single()]
+    np.testing.assert_array_equal(image, np.concatenate(singles, axis=1))
+    assert image[0, 0, 1, 2] == 1.0 and image[0, 2, 1, 2] == 30.0  # track 1's hits: binary, then their total
+
+
+@pytest.mark.parametrize("encoding", [[], ["binary", "binary"]])
+def test_hits_xy_encoding_list_must_be_distinct_encodings(encoding):
+    with pytest.raises(ValueError, match="a list of distinct encodings"):
+        HitsXYImage(kind="hits_xy", encoding=encoding)
 
 
 # ---------------------------------------------------------------- voxels

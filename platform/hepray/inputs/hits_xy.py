@@ -4,7 +4,8 @@ image[0, i_y, i_x] (row = y, column = x, as `imshow(origin="lower")` shows the d
 `total` and `average` use every hit of the event, inside the window or not. With
 `track_branch`, image[k] is the image track k + 1 alone would give (`total` and `average` over
 that track's hits); hits whose track value is not an integer in [1, tracks] (noise: 0) are in
-no channel.
+no channel. A list of encodings stacks their images as channels, in the list's order (each with
+its own norm, and its track channels).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from hepray.inputs.kernels import (
     safe_divide,
 )
 
+Encoding = Literal["binary", "total", "average", "per_hit"]
+
 
 class HitsXYImage(Strict):
     """Drift-chamber hits in the transverse plane (study 002): X=(XE+XW)/2, Y=(YE+YW)/2.
@@ -46,7 +49,11 @@ class HitsXYImage(Strict):
     energy: str = "RC"
     size: int = Field(64, gt=0)
     extent: float = Field(810.0, gt=0, description="half-width of the square window in the hits' length unit")
-    encoding: Literal["binary", "total", "average", "per_hit"] = "per_hit"
+    encoding: Encoding | list[Encoding] = Field(
+        "per_hit",
+        description="one encoding, or a list stacked as channels: [binary, per_hit] gives where the hits are "
+        "beside what they deposited",
+    )
     norm: Norm = "none"
     track_branch: str | None = Field(
         None,
@@ -59,10 +66,20 @@ class HitsXYImage(Strict):
     def _track_channels(self) -> HitsXYImage:
         if (self.track_branch is None) != (self.tracks is None):
             raise ValueError("track_branch and tracks go together (one channel per track slot)")
+        if not self.encodings or len(set(self.encodings)) != len(self.encodings):
+            raise ValueError(f"encoding: a list of distinct encodings, got {self.encoding}")
         return self
 
+    @property
+    def encodings(self) -> list[str]:
+        return [self.encoding] if isinstance(self.encoding, str) else list(self.encoding)
+
+    def single(self) -> list[HitsXYImage]:
+        """One image spec per encoding, whose channels stacked make this one's."""
+        return [self.model_copy(update={"encoding": encoding}) for encoding in self.encodings]
+
     def shape(self) -> tuple[int, ...]:
-        return (self.tracks or 1, self.size, self.size)
+        return (len(self.encodings) * (self.tracks or 1), self.size, self.size)
 
 
 class HitsXYEncoder(Encoder):
@@ -72,17 +89,15 @@ class HitsXYEncoder(Encoder):
     def branches(self) -> set[str]:
         spec = self.spec
         names = {spec.xe, spec.xw, spec.ye, spec.yw}
-        if spec.encoding != "binary":  # binary images ignore the energy
+        if set(spec.encodings) != {"binary"}:  # binary images ignore the energy
             names.add(spec.energy)
         if spec.track_branch is not None:
             names.add(spec.track_branch)
         return names
 
     def dense(self, arrays: dict[str, ArrayLike]) -> np.ndarray:
-        images = _hits_xy(self.spec, arrays)
-        if isinstance(images, Scatter):
-            images = accumulate(*images)
-        return normalize_in_place(images, self.spec.norm)
+        stacked = [_dense(one, arrays) for one in self.spec.single()]
+        return stacked[0] if len(stacked) == 1 else np.concatenate(stacked, axis=1)
 
     @property
     def travels_ragged(self) -> bool:
@@ -92,6 +107,13 @@ class HitsXYEncoder(Encoder):
         if not self.travels_ragged:
             return super().sparse(arrays)
         return SparseImages.from_scatter(_hits_xy(self.spec, arrays))
+
+
+def _dense(spec: HitsXYImage, arrays: dict[str, ArrayLike]) -> np.ndarray:
+    images = _hits_xy(spec, arrays)
+    if isinstance(images, Scatter):
+        images = accumulate(*images)
+    return normalize_in_place(images, spec.norm)
 
 
 def _hits_xy(spec: HitsXYImage, arrays: dict[str, ArrayLike]) -> Scatter | np.ndarray:

@@ -345,6 +345,26 @@ def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session
     assert cells[8] == ", ".join(f"{g:+.4f}" for g in gaps)
 
 
+def test_report_evaluates_the_trial_that_trained_the_baseline_instead_of_training_it_again(
+    ray_session, tmp_path, base_job_file
+):
+    # One trial, the base job's setup with its whole budget (no trial-only keys): the report's baseline
+    # is that training, evaluated from the trial's checkpoints.
+    path = write_search(tmp_path, base_job_file, num_samples=1, trial_overrides={}, report={})
+    out, report_file = tmp_path / "out", tmp_path / "tune_search.md"
+    result = CliRunner().invoke(app, ["tune", path, "--out", str(out), "--report", "--report-file", str(report_file)])
+    assert result.exit_code == 0, result.output
+    trial = next(csv.DictReader((out / "trials.csv").open()))
+    metrics = json.loads((out / "baseline" / "metrics.json").read_text())
+    assert metrics["search_trial"] == 0 and not (out / "baseline" / "checkpoints").exists()
+    # The checkpoint kept is the trial's best epoch by val_loss: its losses are the trial's best.
+    assert metrics["val_loss"] == pytest.approx(float(trial["val_loss"]))
+    assert metrics["best_epoch"] == float(trial["best_epoch"]) and metrics["epochs_run"] == 3
+    assert len(json.loads((out / "baseline" / "history.json").read_text())) == 3
+    assert (out / "baseline" / "model.onnx").stat().st_size > 0 and metrics["test_auc_macro"] > 0.5
+    assert "Both are trial 0's training, evaluated from its checkpoints" in report_file.read_text()
+
+
 TOY_EPOCHS = 4
 TOY_BEST = 0.8  # the value of toy.x that decides the outcome; toy.noise barely matters
 

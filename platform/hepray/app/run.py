@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ray.train import Checkpoint
 
 from hepray.app.job_data import JobData, build_job_data, training_job
 from hepray.app.reweight import reweight_table
@@ -51,7 +52,43 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
     ensure_ray()
     check_scaling(job.scaling)
     data = build_job_data(job)
-    fit = train(job, data, out_dir)
+    return finish_run(job, data, train(job, data, out_dir), out_dir)
+
+
+def run_from_checkpoints(
+    job: JobSpec, checkpoints: Path, out_dir: str | Path, seconds: float, source: dict[str, float]
+) -> dict[str, float]:
+    """What run_job writes, without training: the checkpoints a Ray Train run of the same settings
+    left in `checkpoints` (a search trial's, which keeps its best and its latest) are evaluated and
+    exported as run_job would its own; `seconds`: how long that run trained; `source`: metrics
+    naming that run (e.g. search_trial)."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_job(job, out_dir / "job.yaml")
+    ensure_ray()
+    data = build_job_data(job)
+    return finish_run(job, data, saved_fit(job, data, Path(checkpoints), out_dir, seconds), out_dir, source)
+
+
+def saved_fit(job: JobSpec, data: JobData, checkpoints: Path, out_dir: Path, seconds: float) -> Fit:
+    """The Fit a finished training run left in its checkpoint directories: the best by the job's
+    selection metric, the history of the latest."""
+    directories = [path for path in sorted(checkpoints.glob("checkpoint_*")) if path.is_dir()]
+    states = [_load_state(Checkpoint.from_directory(path)) for path in directories]
+    if not states:
+        raise FileNotFoundError(f"{checkpoints}: no checkpoint of a finished run")
+    metric, mode = selection_metric(job)
+    latest = max(states, key=lambda state: state["epoch"])
+    best = (max if mode == "max" else min)(states, key=lambda state: state["history"][-1][metric])
+    last = {"epoch": latest["epoch"], "stopped_early": float(latest["epoch"] + 1 < job.train.epochs)}
+    reweight_metrics = reweight_table(job, data, out_dir)[1] if job.data.reweight else {}
+    return Fit(best, latest["history"], best["epoch"], last, seconds, reweight_metrics)
+
+
+def finish_run(
+    job: JobSpec, data: JobData, fit: Fit, out_dir: Path, source: dict[str, float] | None = None
+) -> dict[str, float]:
+    """A trained model's run directory: model.pt, model.onnx, the evaluations, metrics.json, history.json."""
     save_model(out_dir / MODEL_FILE, job, fit.state["model"])
     model, _ = load_model(out_dir / MODEL_FILE)
     onnx_difference = export_checked(job, model, out_dir)
@@ -75,6 +112,7 @@ def run_job(job: JobSpec, out_dir: str | Path, resume: bool = False) -> dict[str
             "onnx_max_abs_difference": onnx_difference,
             **fit.reweight_metrics,
             **{k: v for k, v in skip_report.items() if k != "skipped"},
+            **(source or {}),
         }
     )
     (out_dir / "metrics.json").write_text(json.dumps(_finite_or_null(metrics), indent=1, sort_keys=True))

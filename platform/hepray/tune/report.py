@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hepray.app.run import HEADLINE, run_job
+from hepray.app.run import HEADLINE, run_from_checkpoints, run_job
 from hepray.data.events import ENTRY, WEIGHT
 from hepray.evaluate.bootstrap import REPLICAS, Interval
 from hepray.spec import JobSpec, SpecError, load_job
@@ -28,12 +28,28 @@ from hepray.tune.intervals import (
     pair_problems,
     run_predictions,
 )
-from hepray.tune.search import BEST_JOB_FILE, STUDY_FILE, TABLE_FILE, load_best_job, trial_epochs
+from hepray.tune.search import (
+    BEST_JOB_FILE,
+    STUDY_FILE,
+    TABLE_FILE,
+    TrialRun,
+    load_best_job,
+    trained_trials,
+    trial_epochs,
+)
 from hepray.tune.space import TuneSpec
 
 
 def _settings(job: dict) -> dict:
     return {key: value for key, value in job.items() if key != "name"}
+
+
+def _trained_settings(job: JobSpec) -> dict:
+    """What decides a training run's result: not the job's name, its CPUs or how many checkpoints it keeps."""
+    settings = _settings(job.model_dump(mode="json", by_alias=True))
+    settings["scaling"].pop("cpus_per_worker")
+    settings["train"].pop("keep_checkpoints")
+    return settings
 
 
 def _written_settings(path: Path) -> dict | None:
@@ -55,9 +71,12 @@ def run_once(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> dict[
     return _with_last_epoch(found, directory)
 
 
-def finished_run(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> Path:
+def finished_run(
+    job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = (), trials: list[TrialRun] | tuple = ()
+) -> Path:
     """The directory of a finished run of this job (same settings, any name): out_dir or a reuse
-    directory, or out_dir after training it there."""
+    directory; else out_dir, made from the checkpoints of a search trial that trained the same
+    settings, or trained there."""
     wanted = _settings(job.model_dump(mode="json", by_alias=True))
     for directory in (out_dir, *reuse):
         metrics, written = directory / "metrics.json", directory / "job.yaml"
@@ -66,6 +85,10 @@ def finished_run(job: JobSpec, out_dir: Path, reuse: tuple[Path, ...] = ()) -> P
         finished = metrics.is_file() and written.is_file() and metrics.stat().st_mtime >= written.stat().st_mtime
         if finished and _written_settings(written) == wanted:
             return directory
+    for trial in trials:
+        if _trained_settings(trial.job) == _trained_settings(job):
+            run_from_checkpoints(job, trial.checkpoints, out_dir, trial.seconds, {"search_trial": float(trial.number)})
+            return out_dir
     run_job(job, out_dir)
     return out_dir
 
@@ -119,9 +142,16 @@ class Run:
     events: dict[str, np.ndarray]
 
 
-def finished(job: JobSpec, out_dir: Path, files: dict[str, list[str]], reuse: tuple[Path, ...] = ()) -> Run:
-    """The finished run of this job (trained if there is none) with its scores of the report's events."""
-    directory = finished_run(job, out_dir, reuse)
+def finished(
+    job: JobSpec,
+    out_dir: Path,
+    files: dict[str, list[str]],
+    reuse: tuple[Path, ...] = (),
+    trials: list[TrialRun] | tuple = (),
+) -> Run:
+    """The finished run of this job (from a trial's checkpoints or trained, if there is none) with
+    its scores of the report's events."""
+    directory = finished_run(job, out_dir, reuse, trials)
     return Run(job, directory, run_once(job, directory), run_predictions(job, directory, files))
 
 
@@ -140,8 +170,9 @@ def write_report(
     out_dir = Path(out_dir)
     files = spec.report.evaluation_files
     tuned_job = load_best_job(out_dir)
-    baseline = finished(base, out_dir / "baseline", files, reuse=(out_dir / "best",))
-    tuned = finished(tuned_job, out_dir / "best", files, reuse=(out_dir / "baseline",))
+    trials = trained_trials(spec, base.model_dump(mode="json", by_alias=True), out_dir)
+    baseline = finished(base, out_dir / "baseline", files, reuse=(out_dir / "best",), trials=trials)
+    tuned = finished(tuned_job, out_dir / "best", files, reuse=(out_dir / "baseline",), trials=trials)
     rows = list(csv.DictReader((out_dir / TABLE_FILE).open()))
     lines = [
         *_search_section(spec, base, space_file, out_dir, rows, overrides or []),
@@ -218,7 +249,8 @@ def _comparison_section(
             "and both columns are the same run.**"
             if same
             else ""
-        ),
+        )
+        + _from_trials(baseline, tuned),
         "",
         "| | baseline | tuned |",
         "|---|---|---|",
@@ -294,6 +326,23 @@ def _loss_gap_rows(baseline: Run, tuned: Run, evaluation: str) -> list[str]:
         "loss on the training events at the best epoch: unlike `val_loss − train_eval_loss` above, whose "
         "validation split is small, its noise is the interval shown.",
     ]
+
+
+def _from_trials(baseline: dict, tuned: dict) -> str:
+    """Which of the two runs a search trial trained (the report evaluated its checkpoints instead)."""
+    trials = {
+        name: f"{metrics['search_trial']:.0f}"
+        for name, metrics in (("baseline", baseline), ("tuned job", tuned))
+        if "search_trial" in metrics
+    }
+    if not trials:
+        return ""
+    if len(trials) == 2 and len(set(trials.values())) == 1:
+        made = f"Both are trial {trials['baseline']}'s training"
+    else:
+        made = "; ".join(f"the {name} is trial {number}'s training" for name, number in trials.items())
+        made = made[0].upper() + made[1:]
+    return f" {made}, evaluated from its checkpoints (same settings and seed: not trained again)."
 
 
 def _stopping_kind(metric: str) -> str:

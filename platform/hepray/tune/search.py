@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +301,29 @@ def _last_result(out_dir: Path, number: int) -> dict[str, Any]:
         if lines:
             return json.loads(lines[-1])
     return {}
+
+
+@dataclass
+class TrialRun:
+    """A trial that trained its whole budget: the job it trained, its checkpoints and how long it took."""
+
+    number: int
+    job: JobSpec
+    checkpoints: Path
+    seconds: float
+
+
+def trained_trials(spec: TuneSpec, base_raw: dict, out_dir: Path) -> list[TrialRun]:
+    """The complete trials whose checkpoints are on disk (ASHA-stopped trials are PRUNED, and
+    their checkpoints released)."""
+    runs = []
+    for trial in open_study(spec, out_dir).get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        checkpoints = out_dir / "trials" / f"trial_{trial.number:03d}"
+        if any(path.is_dir() for path in checkpoints.glob("checkpoint_*")):
+            job = trial_job(spec, base_raw, trial_values(spec, trial.params), trial.number)
+            seconds = _last_result(out_dir, trial.number).get("time_total_s", math.nan)
+            runs.append(TrialRun(trial.number, job, checkpoints, seconds))
+    return runs
 
 
 def trial_table(spec: TuneSpec, out_dir: Path, study: optuna.Study) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Issue 20's drift-chamber class-pair gaps at a larger sample: the multiclass job and its three binary
 pair jobs trained on --events per class (the jobs ship 3000), with --epochs, everything else as the
-search's report trains them (its job_overrides, these three replaced); each gap (binary AUC - the multiclass model's pairwise AUC) with its paired 68 % bootstrap
-interval on the search report's evaluation sample, as docs/tune_drift_chamber_multiclass.md has them.
+search's report trains them (its job_overrides, these three replaced); each gap (binary AUC - the
+multiclass model's pairwise AUC) with its paired 68 % bootstrap interval on the search report's
+evaluation sample, as docs/tune_drift_chamber_multiclass.md has them.
 
     python docs/drift_chamber_sample_size.py [--events 10000] [--epochs 20] [--out runs/sample_size]
         [--set KEY=VALUE ...] [--label NAME]

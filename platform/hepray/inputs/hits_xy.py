@@ -63,7 +63,7 @@ class HitsXYImage(Strict):
     tracks: int | None = Field(None, gt=0, description="track slots (channels) with track_branch")
 
     @model_validator(mode="after")
-    def _track_channels(self) -> HitsXYImage:
+    def _channels(self) -> HitsXYImage:
         if (self.track_branch is None) != (self.tracks is None):
             raise ValueError("track_branch and tracks go together (one channel per track slot)")
         if not self.encodings or len(set(self.encodings)) != len(self.encodings):

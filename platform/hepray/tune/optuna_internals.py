@@ -1,7 +1,7 @@
 """Optuna internals the search needs, in one place: tested with Optuna 5.0 (pyproject pins >=5.0,<5.1).
 
-Optuna's public API sets user attributes only through a live Trial object; a trial left RUNNING
-by an interrupted session has none, so its attribute is set through the study's storage.
+Optuna's public API has no way back from RUNNING: a trial left running by an interrupted session
+has no live Trial object, so it is put back in the queue through the study's storage.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import optuna
 
 
-def mark_interrupted(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Flag a trial an interruption left running, so it is not counted as finished."""
-    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Put a trial an interruption left running back as WAITING: the next `ask` (lowest number
+    first) hands it out again, and its suggest calls return the values it already has."""
+    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.WAITING)

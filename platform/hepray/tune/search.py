@@ -2,9 +2,10 @@
 proposed by Optuna (TPE, stored in SQLite) and stopped early by ASHA on per-epoch reports; a trial
 ASHA stops is told to Optuna as pruned, never as complete with a value of fewer epochs.
 
-The Optuna study is the search's memory: a resumed search counts its finished trials, marks
-trials an interruption left running as failed, and runs only the rest of the budget in a new Tune
-session (out/ray/session_NN), so a finished trial is never trained again.
+The Optuna study is the search's memory: a resumed search counts its finished trials, trains the
+trials an interruption left running again (same keys, from scratch, before any new trial), and
+runs only the rest of the budget in a new Tune session (out/ray/session_NN), so a finished trial
+is never trained again.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from hepray.app.reweight import reweight_table
 from hepray.app.session import ensure_ray
 from hepray.spec import JobSpec, SpecError, validate_job
 from hepray.train.trainer import ResourceError, build_trainer, check_scaling
-from hepray.tune.optuna_internals import mark_interrupted
+from hepray.tune.optuna_internals import requeue
 from hepray.tune.ray_internals import (
     PruningOptunaSearch,
     RecordingASHA,
@@ -92,8 +93,11 @@ def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> No
     number = config[TRIAL_KEY]
     job = trial_job(spec, base_raw, {k: v for k, v in config.items() if k in spec.space}, number)
     runs = Path(out_dir) / "trials"
-    # A retried trial (Tune's max_failures) trains from scratch, so its epochs line up with ASHA's rungs.
-    shutil.rmtree(runs / f"trial_{number:03d}", ignore_errors=True)
+    # A retried trial (Tune's max_failures, or a resume after an interruption) trains from scratch,
+    # so its epochs line up with ASHA's rungs.
+    tensorboard = Path(out_dir) / "tensorboard" / f"trial_{number:03d}"
+    for directory in (runs / f"trial_{number:03d}", tensorboard):
+        shutil.rmtree(directory, ignore_errors=True)
     data = build_job_data(job)
     trained, weight_scale = training_job(job, data)
     table = reweight_table(job, data, runs / f"trial_{number:03d}")[0] if job.data.reweight else None
@@ -102,7 +106,7 @@ def _trainable(config: dict, spec_raw: dict, base_raw: dict, out_dir: str) -> No
         data,
         runs,
         f"trial_{number:03d}",
-        Path(out_dir) / "tensorboard" / f"trial_{number:03d}",
+        tensorboard,
         callbacks=[ObjectiveReport(spec.metrics, spec.modes[0]), RecordTrainResources(resources_file(runs, number))],
         weight_scale=weight_scale,
         reweight=table,
@@ -127,15 +131,15 @@ def storage_url(out_dir: Path) -> str:
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False) if t.state in done and not t.user_attrs.get("interrupted")]
+    return [t for t in study.get_trials(deepcopy=False) if t.state in done]
 
 
-def _close_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by an interrupted session will never report: mark them failed, not counted."""
+def _requeue_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by an interrupted session will never report: queue them again, so their
+    keys (an informed guess, or TPE's pick) are trained rather than lost."""
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in running:
-        mark_interrupted(study, trial)
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        requeue(study, trial)
     return len(running)
 
 
@@ -181,7 +185,7 @@ def run_search(
 
     study = open_study(spec, out_dir)
     study.set_user_attr("metrics", spec.metrics)  # names the objectives for `hepray tune --status`
-    interrupted = _close_interrupted(study)
+    interrupted = _requeue_interrupted(study)
     remaining = spec.num_samples - len(finished_trials(study))
     if remaining > 0:
         _tune_session(spec, base, base_raw, out_dir, study, remaining)
@@ -196,7 +200,7 @@ def run_search(
     return {
         "trials": len(rows),
         "finished": len(finished_trials(study)),
-        "interrupted_closed": interrupted,
+        "interrupted_requeued": interrupted,
         "stopped_by_asha": sum(1 for row in rows if row["stopped_by_asha"]),
         "best_trial": best.number,
         **{metric: value for metric, value in zip(spec.metrics, best.values)},
@@ -210,7 +214,8 @@ def _tune_session(
     spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, study: optuna.Study, num_samples: int
 ) -> None:
     resolved = base.model_dump(mode="json", by_alias=True)  # defaults filled in: the base job exactly
-    first = (spec.first_points(resolved) or None) if not study.trials else None
+    # Only the informed guesses this session will run: the rest would wait in the study forever.
+    first = (spec.first_points(resolved)[:num_samples] or None) if not study.trials else None
     trainable = tune.with_parameters(
         _trainable, spec_raw=spec.model_dump(mode="json"), base_raw=base_raw, out_dir=str(out_dir)
     )
@@ -296,7 +301,8 @@ def _trial_dirname(trial) -> str:
 
 
 def _last_result(out_dir: Path, number: int) -> dict[str, Any]:
-    for path in (out_dir / "ray").glob(f"session_*/trial_{number:03d}/result.json"):
+    # A trial trained again after an interruption has a result in each session: the latest counts.
+    for path in sorted((out_dir / "ray").glob(f"session_*/trial_{number:03d}/result.json"), reverse=True):
         lines = path.read_text().splitlines()
         if lines:
             return json.loads(lines[-1])
@@ -334,7 +340,7 @@ def trial_table(spec: TuneSpec, out_dir: Path, study: optuna.Study) -> list[dict
     rows = []
     for trial in study.get_trials(deepcopy=False):
         result = _last_result(out_dir, trial.number)
-        state = "INTERRUPTED" if trial.user_attrs.get("interrupted") else trial.state.name
+        state = trial.state.name
         epochs_run = int(result.get("training_iteration", 0))
         valued = state in ("COMPLETE", "PRUNED") and epochs_run > 0
         row = {
@@ -369,7 +375,7 @@ def search_status(out_dir: str | Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trial": trial.number,
-                "state": "INTERRUPTED" if trial.user_attrs.get("interrupted") else trial.state.name,
+                "state": trial.state.name,
                 "epochs": int(result.get("training_iteration", 0)),
                 **dict(zip(metrics, values)),
                 **trial.params,

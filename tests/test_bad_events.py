@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import functools
 import re
+import subprocess
+import sys
 import threading
 
 import awkward as ak
 import numpy as np
 import pytest
 import uproot
+import yaml
 
 from hepray.data import rootio
 from hepray.data.root_source import DataError, EntryRange, EventReader, plan_reads, split_mask, split_of
@@ -281,6 +284,30 @@ def test_a_corrupt_basket_is_a_bad_range(ray_session, tmp_path):
     report = data.skip_report()
     assert report["events_skipped"] == 100 and report["ranges_skipped"] == 1
     assert re.match(r".*sig.root: entries \[100, 200\): reading .* failed", report["skipped"][0])
+
+
+@pytest.mark.slow  # a `hepray run` process of its own, with its own Ray
+def test_the_command_prints_a_corrupt_basket_as_one_error_line_without_worker_tracebacks(tmp_path):
+    """The read task, split coordinator, training worker (twice: Ray Train retries it) and controller
+    each log the failure to stderr; on the terminal there is only the command's `error:` line."""
+    write_baskets(tmp_path / "sig.root", towers(N, 0, seed=1, mean_towers=40), basket=100)
+    write_tree(tmp_path / "bkg.root", towers(N, 1000, seed=2))
+    corrupt_basket(tmp_path / "sig.root", "tower_e", 1)
+    raw = etaphi_job({"bkg": str(tmp_path / "bkg.root"), "sig": str(tmp_path / "sig.root")}, events_per_task=200)
+    raw.update(train={"epochs": 1, "batch_size": 32}, scaling={"num_workers": 1})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    # A process of its own: in the test session's Ray, ensure_ray starts nothing.
+    result = subprocess.run(
+        [sys.executable, "-m", "hepray.cli", "run", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.match(r"error: .*sig.root: entries \[100, 200\): reading .*'tower_e'", errors[0])
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "WorkerGroupError" not in output and "DataError" not in output
 
 
 # ------------------------------------------------------------------ transient errors, and errors that are not data

@@ -310,6 +310,38 @@ def test_the_command_prints_a_corrupt_basket_as_one_error_line_without_worker_tr
     assert "Traceback" not in output and "WorkerGroupError" not in output and "DataError" not in output
 
 
+@pytest.mark.slow
+def test_validate_read_lists_every_problem_before_a_run_meets_the_first(ray_session, tmp_path):
+    from typer.testing import CliRunner
+
+    from hepray.cli import app
+
+    write_baskets(tmp_path / "sig.root", towers(N, 0, seed=1, mean_towers=40), basket=100)
+    corrupt_basket(tmp_path / "sig.root", "tower_e", 1)
+    write_tree(tmp_path / "bkg.root", with_nan(towers(N, 1000, seed=2), "tower_e", [57, 58]))
+    raw = etaphi_job({"bkg": str(tmp_path / "bkg.root"), "sig": str(tmp_path / "sig.root")}, events_per_task=200)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+
+    failed = CliRunner().invoke(app, ["validate", str(tmp_path / "job.yaml"), "--read"])
+    assert failed.exit_code == 2, failed.output
+    problems = [line for line in failed.output.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 2, failed.output
+    assert any(re.search(r"sig.root: entries \[100, 200\): reading .*'tower_e'.* failed", line) for line in problems), (
+        problems
+    )
+    assert any(
+        re.search(r"bkg.root: entries \[0, 100\): 2 events skipped: .*'tower_e' is NaN", line) for line in problems
+    ), problems
+    # Every other event was read and encoded: the bad range's 100 and the 2 NaN events are missing.
+    assert f"# read: {2 * N - 102} examples in" in failed.output and "2 problems (102 events" in failed.output
+    assert failed.output.strip().splitlines()[-1].startswith("error: 2 problems in the data, listed above")
+
+    clean = CliRunner().invoke(app, ["validate", str(tmp_path / "job.yaml"), "--read", "--set", "data.on_error=skip"])
+    assert clean.exit_code == 0, clean.output
+    assert len([line for line in clean.output.splitlines() if line.startswith("warning:")]) == 2, clean.output
+    assert not any(line.startswith("error:") for line in clean.output.splitlines())
+
+
 # ------------------------------------------------------------------ transient errors, and errors that are not data
 
 

@@ -208,7 +208,15 @@ def make_data(
 
 
 @app.command()
-def validate(job_file: Path, set_: list[str] = typer.Option([], "--set")) -> None:
+def validate(
+    job_file: Path,
+    set_: list[str] = typer.Option([], "--set"),
+    read: bool = typer.Option(
+        False,
+        "--read",
+        help="also read and encode every event once on Ray, listing every unreadable range or bad event",
+    ),
+) -> None:
     """Check a job file and the files it reads (metadata only) without running it; print the
     plan (files, entries per class, read tasks, split sizes) as YAML comments, then the resolved job."""
     import yaml
@@ -222,6 +230,42 @@ def validate(job_file: Path, set_: list[str] = typer.Option([], "--set")) -> Non
     report = _preflight(job)
     typer.echo("\n".join(f"# {line}" for line in report.plan()))
     typer.echo(yaml.safe_dump(job.model_dump(mode="json", by_alias=True), sort_keys=False))
+    if read:
+        _read_everything(job)
+
+
+def _read_everything(job) -> None:
+    """`validate --read`: what a run's reads would meet, all of it, before a long run meets the
+    first. Each problem is one line; under data.on_error: fail they end in an `error:` line."""
+    import time
+
+    from rich.markup import escape
+
+    from hepray.app.job_data import read_everything
+
+    quiet_ray_about_user_errors()
+    start = time.perf_counter()
+    try:
+        examples, skips = read_everything(job)
+    except Exception as error:
+        cause = data_error_in(error)
+        if cause is None:
+            raise
+        _fail(cause)
+    problems = skips["skipped"]
+    kind = "warning" if job.data.on_error == "skip" else "problem"
+    for line in problems:
+        console.print(f"[yellow]{kind}:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    count, events = f"{len(problems)} problem{'s' * (len(problems) != 1)}", f"{skips['events_skipped']:.0f} events"
+    typer.echo(
+        f"# read: {examples} examples in {time.perf_counter() - start:.0f} s; "
+        + (f"{count} ({events} unread or skipped)" if problems else "no problems")
+    )
+    if problems and job.data.on_error == "fail":
+        _fail(
+            f"{count} in the data, listed above ({events}); a run (data.on_error: fail) "
+            "stops at the first: mend or leave out those files, or set data.on_error: skip to train without them"
+        )
 
 
 def _preflight(job, absent_ok: bool = False):

@@ -97,9 +97,9 @@ def with_norm(spec: DataSpec, norm: str) -> DataSpec:
     return spec.model_copy(update={"inputs": inputs})
 
 
-def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
+def _planned(job: JobSpec) -> tuple[dict[str, str], ReadPlan, ray.actor.ActorHandle | None, str | None]:
+    """The columns read beside the inputs, the read plan, and the skip ledger (on_error: skip)."""
     spec = job.data
-    ensure_data(spec)
     extra = baselines.columns(job)
     if spec.reweight is not None:  # the training worker looks each event's factor up from them
         extra |= {reweight.column(text): text for text in spec.reweight.vars}
@@ -108,6 +108,13 @@ def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
     if spec.on_error == "skip":
         ledger_name = f"hepray-skips-{uuid.uuid4().hex[:12]}"
         ledger = SkipLedger.options(name=ledger_name).remote()
+    return extra, plan, ledger, ledger_name
+
+
+def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
+    spec = job.data
+    ensure_data(spec)
+    extra, plan, ledger, ledger_name = _planned(job)
     # Sparse images: ~8x fewer object-store bytes per event than dense ones (benchmarks/RESULTS.md).
     # train.seed orders the training split's tasks and shuffles their events anew each epoch
     datasets = {
@@ -192,3 +199,20 @@ def training_job(job: JobSpec, data: JobData) -> tuple[JobSpec, float | None]:
         weights = [total / (n_classes * totals.weight[c]) for c in range(n_classes)]
         job = job.model_copy(update={"task": job.task.model_copy(update={"class_weights": weights, "balance": False})})
     return job, scale
+
+
+def read_everything(job: JobSpec) -> tuple[int, dict[str, float | list]]:
+    """`hepray validate --read`: every event of the job's files and of its evaluate.samples read and
+    encoded once, as training would (no split, no shuffle, no model), with data.on_error: skip so
+    that every problem is listed rather than the first stopping the read. Returns the number of
+    examples read and the skip report."""
+    skipping = job.model_copy(update={"data": job.data.model_copy(update={"on_error": "skip"})})
+    extra, plan, ledger, ledger_name = _planned(skipping)
+    data = JobData({}, plan, ledger, ledger_name=ledger_name)
+    datasets = [build_dataset(skipping.data, None, plan, ledger_name, extra, sparse=True)]
+    for globs in job.evaluate.samples.values():
+        sample = skipping.data.model_copy(update={"files": globs})
+        data.sample_plans.append(plan_reads(sample, EventReader(sample, None, extra=extra).branches()))
+        datasets.append(build_dataset(sample, None, data.sample_plans[-1], ledger_name, extra, sparse=True))
+    examples = sum(len(batch[ENTRY]) for dataset in datasets for batch in dataset.iter_batches(batch_format="numpy"))
+    return examples, data.skip_report()

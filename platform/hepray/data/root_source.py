@@ -313,8 +313,11 @@ class EventReader:
             except DataError as error:
                 if self.spec.on_error == "fail" or self.ledger is None:
                     raise
-                ray.get_actor(self.ledger).record.remote(
-                    entry_range.path, entry_range.start, entry_range.stop, str(error)
+                # Waited for: the driver asks the ledger as soon as the last block arrives.
+                ray.get(
+                    ray.get_actor(self.ledger).record.remote(
+                        entry_range.path, entry_range.start, entry_range.stop, str(error)
+                    )
                 )
         if not batches:
             return
@@ -337,9 +340,8 @@ class EventReader:
             if skips.events:
                 raise DataError(skips.message)  # skipping needs a ledger to count what it skips
             return
-        ray.get_actor(self.ledger).record_events.remote(
-            task.path, task.start, task.stop, skips.by_reason, skips.observers
-        )
+        ledger = ray.get_actor(self.ledger)
+        ray.get(ledger.record_events.remote(task.path, task.start, task.stop, skips.by_reason, skips.observers))
 
     def _read_range(self, task: EntryRange) -> tuple[dict[str, np.ndarray], Skips | None]:
         """The range's events in this split that pass the cut, bad events dropped (on_error: skip)

@@ -301,12 +301,12 @@ def _trial_dirname(trial) -> str:
 
 
 def _last_result(out_dir: Path, number: int) -> dict[str, Any]:
-    # A trial trained again after an interruption has a result in each session: the latest counts.
-    for path in sorted((out_dir / "ray").glob(f"session_*/trial_{number:03d}/result.json"), reverse=True):
-        lines = path.read_text().splitlines()
-        if lines:
-            return json.loads(lines[-1])
-    return {}
+    # A trial trained again after an interruption has a directory in each session: the latest counts,
+    # even before its first report.
+    runs = sorted((out_dir / "ray").glob(f"session_*/trial_{number:03d}"), reverse=True)
+    result = runs[0] / "result.json" if runs else None
+    lines = result.read_text().splitlines() if result is not None and result.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
 
 
 @dataclass

@@ -43,6 +43,7 @@ TABLE_FILE = "trials.csv"
 BEST_JOB_FILE = "best_job.yaml"
 TRIAL_KEY = "optuna_trial"  # the Optuna trial number, carried in each Tune trial's config
 LOSS_COLUMNS = ["train_loss", "train_eval_loss", "val_loss", "loss_gap"]
+STARTED = tuple(state for state in optuna.trial.TrialState if state != optuna.trial.TrialState.WAITING)
 
 
 class ObjectiveReport(TuneReportCallback):
@@ -338,7 +339,8 @@ def trial_table(spec: TuneSpec, out_dir: Path, study: optuna.Study) -> list[dict
     value_epochs epochs; compare values of equal value_epochs), the values and its keys."""
     columns = list(dict.fromkeys([*spec.metrics, *LOSS_COLUMNS]))
     rows = []
-    for trial in study.get_trials(deepcopy=False):
+    # A WAITING trial never started (`hepray tune --status` lists it: it runs next on --resume).
+    for trial in study.get_trials(deepcopy=False, states=STARTED):
         result = _last_result(out_dir, trial.number)
         state = trial.state.name
         epochs_run = int(result.get("training_iteration", 0))

@@ -6,6 +6,8 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -108,6 +110,20 @@ def quiet_ray_about_user_errors() -> None:
             handler.addFilter(_UserErrorReports())
 
 
+@contextmanager
+def _user_errors_as_one_line() -> Iterator[None]:
+    """Around a command's Ray work: a hepray user error, wherever Ray wrapped it, ends the command
+    as one `error:` line (Ray Data's console reports of it kept quiet); anything else propagates."""
+    quiet_ray_about_user_errors()
+    try:
+        yield
+    except Exception as error:
+        cause = data_error_in(error)
+        if cause is None:
+            raise
+        _fail(cause)
+
+
 @app.command()
 def run(
     job_file: Path = typer.Argument(..., help="job YAML"),
@@ -126,14 +142,8 @@ def run(
     from hepray.app.run import run_job
 
     out_dir = out or Path("runs") / job.name
-    quiet_ray_about_user_errors()
-    try:
+    with _user_errors_as_one_line():
         metrics = run_job(job, out_dir, resume=resume)
-    except Exception as error:
-        cause = data_error_in(error)
-        if cause is None:
-            raise
-        _fail(cause)
     console.print_json(json.dumps(headline_metrics(metrics), default=str))
     console.print(f"[green]wrote[/] {out_dir}/metrics.json (all {len(metrics)} numbers), plots/, model.onnx")
 
@@ -170,14 +180,8 @@ def predict(
     from hepray.app.predict import predict_files
 
     chosen = None if observers is None else [name for name in observers.split(",") if name.strip()]
-    quiet_ray_about_user_errors()
-    try:
+    with _user_errors_as_one_line():
         report = predict_files(run_dir, files, out, fmt, concurrency, num_gpus, engine, batch_size, chosen, tree)
-    except Exception as error:
-        cause = data_error_in(error)
-        if cause is None:
-            raise
-        _fail(cause)
     summary = {
         "events": report.events,
         "events_per_s": round(report.events / report.seconds),
@@ -243,15 +247,9 @@ def _read_everything(job) -> None:
 
     from hepray.app.job_data import read_everything
 
-    quiet_ray_about_user_errors()
     start = time.perf_counter()
-    try:
+    with _user_errors_as_one_line():
         examples, skips = read_everything(job)
-    except Exception as error:
-        cause = data_error_in(error)
-        if cause is None:
-            raise
-        _fail(cause)
     problems = skips["skipped"]
     kind = "warning" if job.data.on_error == "skip" else "problem"
     for line in problems:
@@ -323,8 +321,7 @@ def tune(
     from hepray.tune.search import load_best_job, run_search
 
     out_dir = out or Path("runs") / "tune" / spec.name
-    quiet_ray_about_user_errors()
-    try:
+    with _user_errors_as_one_line():
         summary = run_search(spec, base, base_raw, out_dir, resume=resume)
         console.print_json(json.dumps(summary, default=str))
         console.print(
@@ -339,11 +336,6 @@ def tune(
             )
         if report:
             console.print(f"[green]wrote[/] {write_report(spec, base, space_file, out_dir, report_file, set_)}")
-    except Exception as error:
-        cause = data_error_in(error)
-        if cause is None:
-            raise
-        _fail(cause)
 
 
 def _tune_status(out_dir: Path) -> None:

@@ -111,6 +111,14 @@ def _planned(job: JobSpec) -> tuple[dict[str, str], ReadPlan, ray.actor.ActorHan
     return extra, plan, ledger, ledger_name
 
 
+def _sample_dataset(
+    sample: DataSpec, data: JobData, extra: dict[str, str], ledger_name: str | None
+) -> ray.data.Dataset:
+    """Every event of an evaluate.samples entry; its plan joins `data`'s, for the skip report."""
+    data.sample_plans.append(plan_reads(sample, EventReader(sample, None, extra=extra).branches()))
+    return build_dataset(sample, None, data.sample_plans[-1], ledger_name, extra, sparse=True)
+
+
 def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
     spec = job.data
     ensure_data(spec)
@@ -131,9 +139,7 @@ def build_job_data(job: JobSpec, splits: tuple[str, ...] = SPLITS) -> JobData:
     for name, globs in job.evaluate.samples.items():
         sample = spec.model_copy(update={"files": globs})
         ensure_data(sample)
-        sample_plan = plan_reads(sample, EventReader(sample, None, extra=extra).branches())
-        data.sample_plans.append(sample_plan)
-        data.evaluations[name] = build_dataset(sample, None, sample_plan, ledger_name, extra, sparse=True)
+        data.evaluations[name] = _sample_dataset(sample, data, extra, ledger_name)
     robustness = job.evaluate.robustness
     if robustness and robustness.split_seed is not None:
         resplit = spec.model_copy(update={"split": spec.split.model_copy(update={"seed": robustness.split_seed})})
@@ -212,7 +218,6 @@ def read_everything(job: JobSpec) -> tuple[int, dict[str, float | list]]:
     datasets = [build_dataset(skipping.data, None, plan, ledger_name, extra, sparse=True)]
     for globs in job.evaluate.samples.values():
         sample = skipping.data.model_copy(update={"files": globs})
-        data.sample_plans.append(plan_reads(sample, EventReader(sample, None, extra=extra).branches()))
-        datasets.append(build_dataset(sample, None, data.sample_plans[-1], ledger_name, extra, sparse=True))
+        datasets.append(_sample_dataset(sample, data, extra, ledger_name))
     examples = sum(len(batch[ENTRY]) for dataset in datasets for batch in dataset.iter_batches(batch_format="numpy"))
     return examples, data.skip_report()

@@ -18,7 +18,16 @@ from typer.testing import CliRunner
 from hepray.cli import app
 from hepray.spec import SpecError, dump_job, load_job
 from hepray.tune.report import run_once
-from hepray.tune.search import open_study, run_search, storage_url, tune_trials
+from hepray.tune.search import (
+    drop_stale_guesses,
+    finished_trials,
+    guesses_to_queue,
+    open_study,
+    run_search,
+    storage_url,
+    trial_table,
+    tune_trials,
+)
 from hepray.tune.space import TuneSpec, load_search
 from rootfiles import etaphi_job, towers, write_tree
 
@@ -156,6 +165,47 @@ def test_first_trials_start_from_the_base_job_with_their_keys_set(tmp_path, base
         load_search(path, ["first_trials=[{model.heads: maxavg}]"])
     with pytest.raises(SpecError, match=r"first_trials\[1\]: model.head: 'avg' cannot be drawn from space.model.head"):
         load_search(path, ["first_trials=[{model.head: maxavg}, {model.head: avg}]"])
+
+
+def test_a_resumed_search_follows_the_first_trials_of_its_file_as_edited(tmp_path, base_job_file):
+    maxavg, hflip = {"model.head": "maxavg"}, {"data.augment": ["hflip"]}
+    spec, base, _ = load_search(write_search(tmp_path, base_job_file, num_samples=3, first_trials=[maxavg]))
+    resolved = base.model_dump(mode="json", by_alias=True)
+    base_point, maxavg_point = spec.first_points(resolved)
+    out = tmp_path / "out"
+    out.mkdir()
+    study = open_study(spec, out)
+    assert guesses_to_queue(spec, study, resolved, num_samples=3) == [base_point, maxavg_point]
+    assert guesses_to_queue(spec, study, resolved, num_samples=1) == [base_point]
+    # A session of one trial ran the base job and was interrupted with the maxavg guess queued.
+    study.enqueue_trial(base_point)
+    study.enqueue_trial(maxavg_point)
+    trial = study.ask()
+    study.tell(trial, 0.5)
+
+    # The file now has another guess instead: the waiting maxavg one is dropped, not counted as
+    # finished nor listed, and the new one is queued.
+    spec, _, _ = load_search(write_search(tmp_path, base_job_file, num_samples=3, first_trials=[hflip]))
+    assert drop_stale_guesses(spec, study, resolved) == 1
+    hflip_point = spec.first_points(resolved)[1]
+    assert hflip_point["data.augment"] == '["hflip"]'
+    assert guesses_to_queue(spec, study, resolved, num_samples=2) == [hflip_point]
+    assert [t.number for t in finished_trials(study)] == [0]
+    assert [row["trial"] for row in trial_table(spec, out, study)] == [0]
+    status = CliRunner().invoke(app, ["tune", "--status", str(out)])
+    assert status.exit_code == 0, status.output
+    assert [line.split()[:2] for line in status.output.strip().splitlines()[1:]] == [
+        ["0", "COMPLETE"],
+        ["1", "DROPPED"],
+    ]
+    # A guess still in the file stays queued, and takes one of the session's trials before a new one.
+    study.enqueue_trial(hflip_point)
+    both = {**maxavg, **hflip}
+    spec, _, _ = load_search(write_search(tmp_path, base_job_file, num_samples=3, first_trials=[hflip, both]))
+    assert drop_stale_guesses(spec, study, resolved) == 0
+    assert study.trials[2].state == optuna.trial.TrialState.WAITING
+    assert guesses_to_queue(spec, study, resolved, num_samples=1) == []
+    assert guesses_to_queue(spec, study, resolved, num_samples=2) == [spec.first_points(resolved)[2]]
 
 
 def test_status_without_a_search_or_search_file_is_one_error_line(tmp_path):

@@ -5,7 +5,8 @@ ASHA stops is told to Optuna as pruned, never as complete with a value of fewer 
 The Optuna study is the search's memory: a resumed search counts its finished trials, trains the
 trials an interruption left running again (same keys, from scratch, before any new trial), and
 runs only the rest of the budget in a new Tune session (out/ray/session_NN), so a finished trial
-is never trained again.
+is never trained again. It follows the search file's first_trials as they are now: a guess still
+waiting that the file no longer has is dropped, and one the study has not met is queued.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hepray.app.reweight import reweight_table
 from hepray.app.session import ensure_ray
 from hepray.spec import JobSpec, SpecError, validate_job
 from hepray.train.trainer import ResourceError, build_trainer, check_scaling
-from hepray.tune.optuna_internals import requeue
+from hepray.tune.optuna_internals import drop, queued_params, requeue
 from hepray.tune.ray_internals import (
     PruningOptunaSearch,
     RecordingASHA,
@@ -132,7 +133,37 @@ def storage_url(out_dir: Path) -> str:
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False) if t.state in done]
+    return [t for t in study.get_trials(deepcopy=False) if t.state in done and not dropped(t)]
+
+
+def dropped(trial: optuna.trial.FrozenTrial) -> bool:
+    """A queued guess that was taken out of the queue: it failed without ever starting."""
+    return trial.state == optuna.trial.TrialState.FAIL and trial.datetime_start is None
+
+
+def _point_key(point: dict) -> str:
+    return json.dumps(point, sort_keys=True)
+
+
+def drop_stale_guesses(spec: TuneSpec, study: optuna.Study, resolved_base: dict) -> int:
+    """A resumed search follows the search file's first_trials: a guess still waiting (never
+    started) that the file no longer has was taken out of it, and is dropped. Returns how many."""
+    wanted = {_point_key(point) for point in spec.first_points(resolved_base)}
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    stale = [t for t in waiting if t.datetime_start is None and _point_key(queued_params(t)) not in wanted]
+    for trial in stale:
+        drop(study, trial)
+    return len(stale)
+
+
+def guesses_to_queue(spec: TuneSpec, study: optuna.Study, resolved_base: dict, num_samples: int) -> list[dict]:
+    """The search file's informed guesses that no trial of the study has (a new study: all of them),
+    as many as fit in a session of num_samples trials after those already waiting: a guess beyond
+    them would wait in the study forever."""
+    met = {_point_key(queued_params(t) or t.params) for t in study.get_trials(deepcopy=False) if not dropped(t)}
+    waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    new = [point for point in spec.first_points(resolved_base) if _point_key(point) not in met]
+    return new[: max(num_samples - waiting, 0)]
 
 
 def _requeue_interrupted(study: optuna.Study) -> int:
@@ -187,6 +218,7 @@ def run_search(
     study = open_study(spec, out_dir)
     study.set_user_attr("metrics", spec.metrics)  # names the objectives for `hepray tune --status`
     interrupted = _requeue_interrupted(study)
+    stale_guesses = drop_stale_guesses(spec, study, base.model_dump(mode="json", by_alias=True))
     remaining = spec.num_samples - len(finished_trials(study))
     if remaining > 0:
         _tune_session(spec, base, base_raw, out_dir, study, remaining)
@@ -202,6 +234,7 @@ def run_search(
         "trials": len(rows),
         "finished": len(finished_trials(study)),
         "interrupted_requeued": interrupted,
+        "guesses_dropped": stale_guesses,
         "stopped_by_asha": sum(1 for row in rows if row["stopped_by_asha"]),
         "best_trial": best.number,
         **{metric: value for metric, value in zip(spec.metrics, best.values)},
@@ -215,8 +248,7 @@ def _tune_session(
     spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, study: optuna.Study, num_samples: int
 ) -> None:
     resolved = base.model_dump(mode="json", by_alias=True)  # defaults filled in: the base job exactly
-    # Only the informed guesses this session will run: the rest would wait in the study forever.
-    first = (spec.first_points(resolved)[:num_samples] or None) if not study.trials else None
+    first = guesses_to_queue(spec, study, resolved, num_samples) or None
     trainable = tune.with_parameters(
         _trainable, spec_raw=spec.model_dump(mode="json"), base_raw=base_raw, out_dir=str(out_dir)
     )
@@ -341,6 +373,8 @@ def trial_table(spec: TuneSpec, out_dir: Path, study: optuna.Study) -> list[dict
     rows = []
     # A WAITING trial never started (`hepray tune --status` lists it: it runs next on --resume).
     for trial in study.get_trials(deepcopy=False, states=STARTED):
+        if dropped(trial):
+            continue
         result = _last_result(out_dir, trial.number)
         state = trial.state.name
         epochs_run = int(result.get("training_iteration", 0))
@@ -377,7 +411,7 @@ def search_status(out_dir: str | Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trial": trial.number,
-                "state": trial.state.name,
+                "state": "DROPPED" if dropped(trial) else trial.state.name,
                 "epochs": int(result.get("training_iteration", 0)),
                 **dict(zip(metrics, values)),
                 **trial.params,

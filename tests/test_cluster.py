@@ -373,6 +373,10 @@ def test_submit_status_logs(cluster, multinode_run):
     assert multinode_run["returncode"] == 0, multinode_run["log"][-3000:]
     assert f"{multinode_run['id']} SUCCEEDED" in multinode_run["log"]
     assert "wrote" in multinode_run["log"] and "metrics.json" in multinode_run["log"]
+    # Ray Data's INFO lines (each dataset's plan, start, end and, without a terminal, its progress)
+    # stay in its log file, and Ray Train's use of a deprecated Ray Data option is not reported.
+    assert "Running Dataset" not in multinode_run["log"] and "streaming_executor" not in multinode_run["log"]
+    assert "exclude_resources" not in multinode_run["log"]
 
     shown = hepray(cluster, "status", multinode_run["id"], "--address", cluster.address)
     assert shown.stdout.startswith(f"{multinode_run['id']} SUCCEEDED"), shown.stderr

@@ -102,11 +102,10 @@ class _UserErrorReports(logging.Filter):
 
 def quiet_ray_about_user_errors() -> None:
     """Attach _UserErrorReports to Ray Data's console handlers in this process (idempotent)."""
-    import ray.data  # noqa: F401  (configures Ray Data's loggers)
+    from hepray.app.session import ray_data_console_handlers
 
-    for handler in logging.getLogger("ray.data").handlers:
-        is_file = isinstance(handler, logging.FileHandler) or type(handler).__name__ == "SessionFileHandler"
-        if not is_file and not any(isinstance(f, _UserErrorReports) for f in handler.filters):
+    for handler in ray_data_console_handlers():
+        if not any(isinstance(f, _UserErrorReports) for f in handler.filters):
             handler.addFilter(_UserErrorReports())
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import pickle
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -260,6 +263,53 @@ def invoke_timed(*args: str, seconds: float = 10):
 def test_an_address_nobody_listens_at_is_one_line(command):
     result = invoke_timed(*command, "--address", UNREACHABLE)
     assert_one_error_line(result, UNREACHABLE, "cannot reach the Ray Jobs API", max_lines=3)
+
+
+def test_a_ray_address_nobody_listens_at_is_one_line_not_minutes_of_retries(tmp_path):
+    write_tree(tmp_path / "sig.root", towers(50, 0, seed=1))
+    write_tree(tmp_path / "bkg.root", towers(50, 1000, seed=2))
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        yaml.safe_dump(etaphi_job({"bkg": str(tmp_path / "bkg.root"), "sig": str(tmp_path / "sig.root")}))
+    )
+    address = UNREACHABLE.removeprefix("http://")
+    # A process of its own, as a user runs it: the test session's Ray would be joined instead.
+    result = subprocess.run(
+        [sys.executable, "-m", "hepray.cli", "run", str(job_file), "--out", str(tmp_path / "run")],
+        env={**os.environ, "RAY_ADDRESS": address},
+        capture_output=True,
+        text=True,
+        timeout=120,  # Ray itself retries such an address for many minutes
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = error_lines(result.stdout + result.stderr)
+    assert len(errors) == 1 and f"cannot reach the Ray cluster at RAY_ADDRESS={address}" in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_local_ray_that_times_out_at_startup_is_started_again_then_one_error(monkeypatch):
+    """Ray gives its node 30 s to come up, which a busy 2-core machine can miss: fault injected here."""
+    from hepray.app import session
+
+    attempts = []
+
+    def node_timed_out(**kwargs):
+        attempts.append(kwargs)
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(session.ray, "init", node_timed_out)
+    monkeypatch.setattr(session.ray, "shutdown", lambda: None)
+    with pytest.raises(session.RayStartError, match=r"did not start within Ray's 30 s, 2 times \(load average"):
+        session._start_ray()
+    assert len(attempts) == 2
+
+    def another_failure(**kwargs):
+        raise Exception("something else")
+
+    monkeypatch.setattr(session.ray, "init", another_failure)
+    with pytest.raises(Exception, match="something else"):  # anything else is Ray's to report
+        session._start_ray()
 
 
 def test_an_address_that_never_answers_times_out(monkeypatch):

@@ -35,14 +35,16 @@ ANSI_COLOR = re.compile(r"\x1b\[[0-9;]*m")
 
 def user_error_kinds() -> tuple[type[Exception], ...]:
     """hepray's errors about what the user gave it: data, expressions, model files, a job that
-    does not fit the cluster (SpecError), a run that cannot go on (no data arriving, NaN loss)."""
+    does not fit the cluster (SpecError), a run that cannot go on (no data arriving, NaN loss), a
+    Ray that did not start or cannot be joined."""
+    from hepray.app.session import RayStartError
     from hepray.data.rootio import DataError
     from hepray.evaluate.inference import ModelFileError
     from hepray.expr import ExpressionError
     from hepray.spec import SpecError
     from hepray.train.watchdog import TrainingStopped
 
-    return DataError, ExpressionError, ModelFileError, SpecError, TrainingStopped
+    return DataError, ExpressionError, ModelFileError, RayStartError, SpecError, TrainingStopped
 
 
 def data_error_in(error: BaseException) -> Exception | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 
 import ray
@@ -13,13 +14,61 @@ WORKER_LOGS_ENV = "HEPRAY_WORKER_LOGS"
 RAY_LOG_HANDLER = "ray_print_logs"  # the name ray.init gives its worker-log printer
 
 
+# Ray gives a starting local node 30 s to register (hard-coded): a busy 2-core machine can miss it.
+LOCAL_START_ATTEMPTS = 2
+
+
+class RayStartError(RuntimeError):
+    """Ray did not start here, or the cluster named by RAY_ADDRESS could not be joined."""
+
+
 def ensure_ray() -> None:
     """Join the cluster named by RAY_ADDRESS, or start an embedded local Ray."""
     if not ray.is_initialized():
-        ray.init(logging_level="WARNING", log_to_driver=True)
+        _start_ray()
         if os.environ.get(WORKER_LOGS_ENV, "").lower() != "all":
             _forward_worker_stdout_only()
             _quiet_ray_data_console()
+
+
+def _start_ray() -> None:
+    """ray.init; a local Ray whose node timed out during startup is started once more, then given
+    up on with a RayStartError, as is a cluster that cannot be joined."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_answers(address)
+    for _ in range(LOCAL_START_ATTEMPTS):
+        try:
+            ray.init(logging_level="WARNING", log_to_driver=True)
+            return
+        except ConnectionError as error:
+            raise RayStartError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {error}") from None
+        except Exception as error:  # Ray raises a bare Exception for a node that did not come up
+            ray.shutdown()
+            if address or "timed out during startup" not in str(error):
+                raise
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    raise RayStartError(
+        f"the local Ray node did not start within Ray's 30 s, {LOCAL_START_ATTEMPTS} times (load average "
+        f"{load} on {os.cpu_count()} CPUs): let other jobs finish and run again; Ray's logs are in "
+        "/tmp/ray/session_latest/logs"
+    )
+
+
+def _check_answers(address: str) -> None:
+    """Ray retries a cluster address that does not answer for many minutes, printing a warning every
+    few seconds: see first whether anything listens there. ("auto" and the like: Ray resolves them.)"""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise RayStartError(
+            f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({error}): is the cluster up, and is "
+            "this its head node's address (port 6379 unless set otherwise)? Unset RAY_ADDRESS to run on a "
+            "local Ray"
+        ) from None
 
 
 def _forward_worker_stdout_only() -> None:

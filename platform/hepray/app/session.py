@@ -42,7 +42,8 @@ def _start_ray() -> None:
             ray.init(logging_level="WARNING", log_to_driver=True)
             return
         except ConnectionError as error:
-            raise RayStartError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {error}") from None
+            where = f" at RAY_ADDRESS={address}" if address else ""
+            raise RayStartError(f"cannot join the Ray cluster{where}: {error}") from None
         except Exception as error:  # Ray raises a bare Exception for a node that did not come up
             ray.shutdown()
             if address or "timed out during startup" not in str(error):

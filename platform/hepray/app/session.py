@@ -63,7 +63,7 @@ def _check_answers(address: str) -> None:
     if not host or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()  # [IPv6]:port too
     except OSError as error:
         raise RayStartError(
             f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({error}): is the cluster up, and is "

@@ -160,8 +160,9 @@ def guesses_to_queue(spec: TuneSpec, study: optuna.Study, resolved_base: dict, n
     """The search file's informed guesses that no trial of the study has (a new study: all of them),
     as many as fit in a session of num_samples trials after those already waiting: a guess beyond
     them would wait in the study forever."""
-    met = {_point_key(queued_params(t) or t.params) for t in study.get_trials(deepcopy=False) if not dropped(t)}
-    waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    trials = [t for t in study.get_trials(deepcopy=False) if not dropped(t)]
+    met = {_point_key(queued_params(t) or t.params) for t in trials}
+    waiting = sum(1 for t in trials if t.state == optuna.trial.TrialState.WAITING)
     new = [point for point in spec.first_points(resolved_base) if _point_key(point) not in met]
     return new[: max(num_samples - waiting, 0)]
 
@@ -218,10 +219,11 @@ def run_search(
     study = open_study(spec, out_dir)
     study.set_user_attr("metrics", spec.metrics)  # names the objectives for `hepray tune --status`
     interrupted = _requeue_interrupted(study)
-    stale_guesses = drop_stale_guesses(spec, study, base.model_dump(mode="json", by_alias=True))
+    resolved = base.model_dump(mode="json", by_alias=True)  # defaults filled in: the base job exactly
+    stale_guesses = drop_stale_guesses(spec, study, resolved)
     remaining = spec.num_samples - len(finished_trials(study))
     if remaining > 0:
-        _tune_session(spec, base, base_raw, out_dir, study, remaining)
+        _tune_session(spec, base, base_raw, resolved, out_dir, study, remaining)
 
     study = open_study(spec, out_dir)
     rows = trial_table(spec, out_dir, study)
@@ -245,9 +247,14 @@ def run_search(
 
 
 def _tune_session(
-    spec: TuneSpec, base: JobSpec, base_raw: dict, out_dir: Path, study: optuna.Study, num_samples: int
+    spec: TuneSpec,
+    base: JobSpec,
+    base_raw: dict,
+    resolved: dict,
+    out_dir: Path,
+    study: optuna.Study,
+    num_samples: int,
 ) -> None:
-    resolved = base.model_dump(mode="json", by_alias=True)  # defaults filled in: the base job exactly
     first = guesses_to_queue(spec, study, resolved, num_samples) or None
     trainable = tune.with_parameters(
         _trainable, spec_raw=spec.model_dump(mode="json"), base_raw=base_raw, out_dir=str(out_dir)

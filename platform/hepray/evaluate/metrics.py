@@ -59,9 +59,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.metrics import confusion_matrix, roc_curve
+from sklearn.metrics import confusion_matrix
 
 from hepray.spec import class_pairs
+from hepray.train.roc import roc_area, roc_points, safe_auc
 from hepray.train.tasks import pair_score
 
 from . import resolution
@@ -91,34 +92,6 @@ def bin_suffix(observer: str, lo: float, hi: float) -> str:
 
 
 # ------------------------------------------------------------------ ROC helpers
-
-
-def _defined(y: np.ndarray, w: np.ndarray | None) -> bool:
-    """Both classes present (with weights: each with a positive total weight)."""
-    if y.size == 0 or y.all() or not y.any():
-        return False
-    return w is None or (np.sum(w[y]) > 0 and np.sum(w[~y]) > 0)
-
-
-def roc_points(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None):
-    """(fpr, tpr) from sklearn (weighted with ``weights``), or None unless both classes are present."""
-    y = np.asarray(y, dtype=bool)
-    if not _defined(y, weights):
-        return None
-    fpr, tpr, _ = roc_curve(y, score, sample_weight=weights)
-    return fpr, tpr
-
-
-def roc_area(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """Trapezoid area under the ROC: sklearn's ``auc`` (= ``roc_auc_score``) without its check
-    that FPR is monotone, which negative weights can break."""
-    return float(np.trapezoid(tpr, fpr))
-
-
-def safe_auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """ROC AUC (weighted with ``weights``), NaN unless both classes are present."""
-    roc = roc_points(y, score, weights)
-    return NAN if roc is None else roc_area(*roc)
 
 
 def background_count(y: np.ndarray, weights: np.ndarray | None) -> float:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from hepray.data.events import LABEL, TARGET
 from hepray.spec import TaskSpec, class_pairs
+from hepray.train.roc import safe_auc
 
 
 class Task:
@@ -158,11 +158,8 @@ class Task:
         aucs = []
         for a, b in class_pairs(n):
             events = (truth == a) | (truth == b)
-            if len(np.unique(truth[events])) < 2:
-                aucs.append(float("nan"))
-                continue
             score = pair_score(outputs[events], n, a, b, self.pair_heads)
-            aucs.append(_auc(truth[events] == a, score, None if weight is None else weight[events]))
+            aucs.append(safe_auc(truth[events] == a, score, None if weight is None else weight[events]))
         return aucs
 
     def pair_scores(self, outputs: np.ndarray) -> np.ndarray:
@@ -179,17 +176,12 @@ class Task:
             return {}
         scores = self.scores(outputs)
         if self.kind == "binary":
-            auc = _auc(truth == 1, scores, weight) if len(np.unique(truth)) == 2 else float("nan")
+            auc = safe_auc(truth == 1, scores, weight)
             accuracy = np.average((scores > 0.5) == truth, weights=weight)
             return {f"{prefix}_auc": float(auc), f"{prefix}_accuracy": float(accuracy)}
         if self.kind == "multiclass":
-            present = np.unique(truth)
-            auc = float("nan")
-            if len(present) == scores.shape[1]:
-                if weight is None or (weight >= 0).all():
-                    auc = roc_auc_score(truth, scores, multi_class="ovr", average="macro", sample_weight=weight)
-                else:  # one class against the rest, averaged, as sklearn's ovr macro does
-                    auc = np.mean([_auc(truth == c, scores[:, c], weight) for c in range(scores.shape[1])])
+            # one class against the rest, averaged (sklearn's ovr macro); NaN unless every class is present
+            auc = np.mean([safe_auc(truth == c, scores[:, c], weight) for c in range(scores.shape[1])])
             accuracy = np.average(scores.argmax(1) == truth, weights=weight)
             return {
                 f"{prefix}_auc_macro": float(auc),
@@ -226,15 +218,6 @@ def pair_head_classes(width: int) -> int:
     if n * (n + 1) // 2 != width:
         raise ValueError(f"{width} outputs are not n class logits and n(n-1)/2 pair logits")
     return n
-
-
-def _auc(signal: np.ndarray, scores: np.ndarray, weight: np.ndarray | None) -> float:
-    """ROC AUC; with negative event weights the area under the weighted ROC curve (sklearn's
-    roc_auc_score refuses a curve that steps back)."""
-    if weight is None or (weight >= 0).all():
-        return float(roc_auc_score(signal, scores, sample_weight=weight))
-    fpr, tpr, _ = roc_curve(signal, scores, sample_weight=weight)
-    return float(np.trapezoid(tpr, fpr))
 
 
 def _response(prediction: np.ndarray, truth: np.ndarray, prefix: str) -> dict[str, float]:

@@ -524,3 +524,15 @@ def test_the_report_loss_is_the_jobs_training_loss_with_a_bootstrap_interval():
 
     same = loss_of(job, {"label": events["label"], "output": np.zeros((400, 1))})  # every event costs log 2
     assert same.low == pytest.approx(np.log(2)) and same.high == pytest.approx(np.log(2))
+
+
+def test_the_report_warns_when_the_tuned_loss_is_defined_differently():
+    from hepray.tune.report import _unlike_losses
+
+    base = load_job("jobs/drift_chamber_multiclass.yaml")
+    weighted = base.model_copy(update={"task": base.task.model_copy(update={"class_weights": [1.0, 2.0, 2.0]})})
+    assert _unlike_losses(base, base) == []
+    wider = base.model_copy(update={"model": base.model.model_copy(update={"dense": 128})})
+    assert _unlike_losses(base, wider) == []  # the same loss of another model
+    (warning,) = filter(None, _unlike_losses(base, weighted))
+    assert "losses are defined differently" in warning and "`task.class_weights` – → [1.0, 2.0, 2.0]" in warning

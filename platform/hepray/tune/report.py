@@ -275,10 +275,24 @@ def _comparison_section(
         "",
         "Losses are at the best epoch (the checkpoint kept), those of the 'last epoch' row at the last epoch trained; `train_eval_loss` "
         "re-evaluates training events in eval mode, so the gap compares like with like (no dropout, no augmentation).",
+        *_unlike_losses(base, tuned_job),
         "",
         "| searched key | baseline | tuned |",
         "|---|---|---|",
         *_changed_keys(spec, base, tuned_job),
+    ]
+
+
+def _unlike_losses(base: JobSpec, tuned_job: JobSpec) -> list[str]:
+    """A warning when the task keys that define the loss differ: the loss rows then compare two objectives."""
+    before, after = base.task.model_dump(mode="json"), tuned_job.task.model_dump(mode="json")
+    changed = [f"`task.{key}` {_fmt(before[key])} → {_fmt(after[key])}" for key in before if before[key] != after[key]]
+    if not changed:
+        return []
+    return [
+        "",
+        f"**The two jobs' losses are defined differently** ({', '.join(changed)}): compare a loss with the other "
+        "losses of its own column (the gaps), and the two columns by their AUCs.",
     ]
 
 
@@ -444,7 +458,9 @@ def _pairs_section(spec: TuneSpec, baseline: Run, tuned: Run, out_dir: Path) -> 
             "each AUC and gap is the mean over the seeds (its interval a bootstrap of that mean over the events), "
             "and the 'per seed' column gives each seed's own gap after: how far a single training run can move it."
         )
-    baselines, tuned_runs = seed_runs(baseline, seeds, files), seed_runs(tuned, seeds, files)
+    baselines = seed_runs(baseline, seeds, files)
+    # A search that found nothing better: one run is both, and its seed runs are scored once.
+    tuned_runs = baselines if tuned.directory == baseline.directory else seed_runs(tuned, seeds, files)
     written = "with the same job_overrides" if spec.job_overrides else "as written"
     rows, met = [], 0
     for job_file in spec.report.binary_jobs:

@@ -5,10 +5,13 @@ multiclass model's pairwise AUC) with its paired 68 % bootstrap interval on the 
 evaluation sample, as docs/tune_drift_chamber_multiclass.md has them.
 
     python docs/drift_chamber_sample_size.py [--events 10000] [--epochs 20] [--out runs/sample_size]
-        [--set KEY=VALUE ...] [--label NAME]
+        [--data DIR] [--seed N] [--pairs NAME ...] [--set KEY=VALUE ...] [--label NAME]
 
 --set changes the multiclass job only (e.g. --set "task.class_weights=[1.0, 1.5, 1.5]" --label w15;
-the label names its run directory). Finished runs in --out are reused. The evaluation sample first:
+the label names its run directory). --seed trains every job with that seed (default: the jobs' own,
+1); --pairs keeps the named pair jobs only (e.g. ee_vs_mumu); --data reads and generates the
+sample there (default: data_<events> in --out). Finished runs in --out are reused. The evaluation
+sample first:
 
     hepray make-data drift_chamber --out data/drift_chamber_eval --events 20000 --seed 2
 """
@@ -26,13 +29,14 @@ SEARCH = "tune_spaces/drift_chamber_multiclass.yaml"
 MULTICLASS = "jobs/drift_chamber_multiclass.yaml"
 
 
-def sized_search(events: int, epochs: int, data: Path) -> tuple[TuneSpec, dict]:
+def sized_search(events: int, epochs: int, data: Path, seed: int | None) -> tuple[TuneSpec, dict]:
     """The search (and its base job as YAML) with every job on `events` per class generated into
-    `data`, trained for `epochs`: its job_overrides, which give each binary job its own classes."""
+    `data`, trained for `epochs` (with `seed`): its job_overrides, which give each binary job its own classes."""
     sample = {
         "data.generate.out": data,
         "data.generate.events": events,
         "train.epochs": epochs,
+        **({"train.seed": seed} if seed is not None else {}),
         **{f"data.files.{name}": f"{data}/{name}_*.root" for name in load_job(MULTICLASS).data.class_names},
     }
     search, _, base_raw = load_search(SEARCH, [f"job_overrides.{key}={value}" for key, value in sample.items()])
@@ -46,10 +50,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/sample_size"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="multiclass job only")
     parser.add_argument("--label", default="", help="names the multiclass run directory")
+    parser.add_argument("--data", type=Path, help="the sample's directory (default: data_<events> in --out)")
+    parser.add_argument("--seed", type=int, help="every job's train.seed (default: the jobs' own)")
+    parser.add_argument("--pairs", nargs="+", help="pair jobs to compare, e.g. ee_vs_mumu (default: all three)")
     args = parser.parse_args()
-    search, base_raw = sized_search(args.events, args.epochs, args.out / f"data_{args.events}")
+    search, base_raw = sized_search(args.events, args.epochs, args.data or args.out / f"data_{args.events}", args.seed)
     files = search.report.evaluation_files
-    name = f"multiclass_{args.events}" + (f"_{args.label}" if args.label else "")
+    seeded = f"_seed{args.seed}" if args.seed is not None else ""
+    name = f"multiclass_{args.events}" + (f"_{args.label}" if args.label else "") + seeded
     multi = finished(validate_job(apply_overrides(base_raw, args.overrides), MULTICLASS), args.out / name, files)
     print(
         f"{name}: {args.events} events per class, {args.epochs} epochs, {' '.join(args.overrides) or 'the job as is'}"
@@ -57,7 +65,9 @@ def main() -> None:
     print("| pair | events | binary AUC | multiclass AUC | gap [68 %] |\n|---|---|---|---|---|")
     for path in search.report.binary_jobs:
         job = search.binary_job(path)
-        binary = finished(job, args.out / f"{job.name}_{args.events}", files)
+        if args.pairs and job.name.removeprefix("drift_chamber_") not in args.pairs:
+            continue
+        binary = finished(job, args.out / f"{job.name}_{args.events}{seeded}", files)
         pair = pair_gaps([binary], [multi])
         gap = pair.gap
         print(

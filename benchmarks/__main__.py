@@ -106,7 +106,11 @@ the kernel changed in between.
 **Training ingests blocks in order** (`preserve_order`, for reproducible runs); targets 1, 3 and 4 are
 measured with the trainer's own `DataConfig`. Target 3 takes each side's best epoch after the first:
 the plain loop alone ran at 1430-1960 events/s from one run to the next on this shared machine, and
-with last-epoch figures the ratio ranged 0.82-1.16 over six runs (it holds at 1.05 here).
+with last-epoch figures the ratio ranged 0.82-1.16 over six runs (1.05 on 2026-12-02 07:04, 1.25 at
+15:59 on another machine). `ray_train_channels_last` is the same Ray Train epoch with the model and
+images in channels-last memory: 1.06x on this small model; a solo 4-epoch run of the drift-chamber
+multiclass job (3 blocks, 48x48) trained 1.33x faster with it (2264 vs 1698 events/s), while a second
+torch thread (OMP_NUM_THREADS=2) gave nothing (1601).
 """
 
 

@@ -4,6 +4,7 @@ its streaming dataset) vs a plain PyTorch loop over the same tensors already in 
     python -m benchmarks.train
 
 Target (issue 8): Ray Train events/s >= 0.9 x plain loop events/s (same model, batch, threads).
+Beside it, the same Ray Train epoch in channels-last memory (train.channels_last) over channels-first.
 Each side's figure is its best epoch after the first (start-up): on this shared machine the same
 plain loop ran anywhere from 1430 to 1960 events/s from one run to the next, and noise only slows.
 """
@@ -116,6 +117,18 @@ def main() -> None:
         ratio=round(ray_rate / plain, 3),
         target=0.9,
         last_epoch_train_loss=round(loss, 4),
+        load=load(),
+    )
+    # The same Ray Train epoch with the model and images in channels-last memory (train.channels_last).
+    layout = job.model_copy(update={"train": job.train.model_copy(update={"channels_last": True})})
+    layout_rate, _ = ray_train_rate(layout)
+    emit(
+        "ray_train_channels_last",
+        model="seed_cnn filters=16 blocks=2 dense=32",
+        torch_threads=int(job.scaling.cpus_per_worker),
+        channels_first_events_per_s=round(ray_rate),
+        channels_last_events_per_s=round(layout_rate),
+        ratio=round(layout_rate / ray_rate, 3),
         load=load(),
     )
 

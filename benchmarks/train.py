@@ -36,6 +36,7 @@ SMALL = [
     "scaling.use_gpu=false",
     "scaling.cpus_per_worker=1",
 ]  # Ray then runs the worker's torch on 1 thread (OMP_NUM_THREADS=1)
+SMALL_MODEL = "seed_cnn filters=16 blocks=2 dense=32"
 
 
 def ray_train_rate(job) -> tuple[float, float]:
@@ -109,7 +110,7 @@ def main() -> None:
     ray_rate, loss = ray_train_rate(job)
     emit(
         "ray_train_epoch_vs_plain_torch",
-        model="seed_cnn filters=16 blocks=2 dense=32",
+        model=SMALL_MODEL,
         batch_size=job.train.batch_size,
         torch_threads=int(job.scaling.cpus_per_worker),
         plain_events_per_s=round(plain),
@@ -124,7 +125,7 @@ def main() -> None:
     layout_rate, _ = ray_train_rate(layout)
     emit(
         "ray_train_channels_last",
-        model="seed_cnn filters=16 blocks=2 dense=32",
+        model=SMALL_MODEL,
         torch_threads=int(job.scaling.cpus_per_worker),
         channels_first_events_per_s=round(ray_rate),
         channels_last_events_per_s=round(layout_rate),

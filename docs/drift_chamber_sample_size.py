@@ -56,6 +56,12 @@ def main() -> None:
     args = parser.parse_args()
     search, base_raw = sized_search(args.events, args.epochs, args.data or args.out / f"data_{args.events}", args.seed)
     files = search.report.evaluation_files
+    pair_jobs = {
+        search.binary_job(path).name.removeprefix("drift_chamber_"): path for path in search.report.binary_jobs
+    }
+    unknown = sorted(set(args.pairs or ()) - set(pair_jobs))
+    if unknown:
+        parser.error(f"--pairs: no pair job {', '.join(unknown)}; choose from {', '.join(pair_jobs)}")
     seeded = f"_seed{args.seed}" if args.seed is not None else ""
     name = f"multiclass_{args.events}" + (f"_{args.label}" if args.label else "") + seeded
     multi = finished(validate_job(apply_overrides(base_raw, args.overrides), MULTICLASS), args.out / name, files)
@@ -63,10 +69,8 @@ def main() -> None:
         f"{name}: {args.events} events per class, {args.epochs} epochs, {' '.join(args.overrides) or 'the job as is'}"
     )
     print("| pair | events | binary AUC | multiclass AUC | gap [68 %] |\n|---|---|---|---|---|")
-    for path in search.report.binary_jobs:
-        job = search.binary_job(path)
-        if args.pairs and job.name.removeprefix("drift_chamber_") not in args.pairs:
-            continue
+    for pair in args.pairs or pair_jobs:
+        job = search.binary_job(pair_jobs[pair])
         binary = finished(job, args.out / f"{job.name}_{args.events}{seeded}", files)
         pair = pair_gaps([binary], [multi])
         gap = pair.gap

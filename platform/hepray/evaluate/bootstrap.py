@@ -5,8 +5,8 @@ them, so what the events have in common cancels in the gap).
 A replica is a multiplicity per event (how often the resampled indices drew it), so an event's
 weight in a replica is its weight times that count; the AUC of every replica in a chunk comes
 from one sort of the scores, by ranks with tied scores counted half, which is the trapezoid area
-of the weighted ROC (`metrics.safe_auc`, sklearn's roc_auc_score). The point estimate is
-`metrics.safe_auc` on all events.
+of the weighted ROC (`train.roc.safe_auc`, sklearn's roc_auc_score). The point estimate is
+`train.roc.safe_auc` on all events.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hepray.evaluate.metrics import safe_auc
+from hepray.train.roc import safe_auc
 
 CONFIDENCE = 0.68  # central interval: the 16th to 84th percentile of the replicas
 REPLICAS = 500

@@ -22,10 +22,11 @@ import torch
 
 from hepray.data.batches import to_tensors
 from hepray.data.events import LABEL, TARGET, WEIGHT
-from hepray.evaluate.metrics import key_name, safe_auc
+from hepray.evaluate.metrics import key_name
 from hepray.evaluate.resolution import ratio_and_weights, weighted_quantile
 from hepray.expr import Expression
 from hepray.spec import JobSpec
+from hepray.train.roc import safe_auc
 
 BATCH = 1024
 

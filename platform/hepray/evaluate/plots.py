@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from scipy.special import expit, softmax  # noqa: E402
 
+from hepray.train.roc import roc_area, roc_points  # noqa: E402
+
 from . import metrics, resolution  # noqa: E402
 
 EFF_GRID = np.linspace(0.005, 1.0, 400)
@@ -58,13 +60,13 @@ def _rej_curve(y: np.ndarray, score: np.ndarray, weights: np.ndarray | None = No
     """(efficiency grid, rejection on it, AUC) from one ROC computation, or None."""
     ok = np.isfinite(score)
     w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)[ok]
-    roc = metrics.roc_points(y[ok], score[ok], w)
+    roc = roc_points(y[ok], score[ok], w)
     if roc is None:
         return None
     return (
         EFF_GRID,
         metrics.rejection_at(*roc, EFF_GRID, n_bkg=metrics.background_count(y[ok], w)),
-        metrics.roc_area(*roc),
+        roc_area(*roc),
     )
 
 

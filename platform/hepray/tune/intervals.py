@@ -24,8 +24,8 @@ from hepray.data.pipeline import build_dataset
 from hepray.data.root_source import EventReader, plan_reads
 from hepray.evaluate.bootstrap import REPLICAS, Interval, interval, replica_aucs, replica_counts
 from hepray.evaluate.inference import MODEL_FILE, actor_pool, collect, predict
-from hepray.evaluate.metrics import safe_auc
 from hepray.spec import JobSpec
+from hepray.train.roc import safe_auc
 from hepray.train.tasks import Task, pair_score
 
 KEY_COLUMNS = (FILE_KEY, ENTRY, OBJECT)

@@ -27,15 +27,17 @@ import pyarrow as pa
 import torch
 import uproot
 
-from benchmarks.common import bare_read_rate, branches, cores, electron_id_job, emit, load, start_ray
+from benchmarks.common import ROOT, bare_read_rate, branches, cores, electron_id_job, emit, load, start_ray
 from hepray.data.batches import ModelBatch, shuffled_batches, to_tensors, window_events
 from hepray.data.pipeline import streamed_to_trainers
 from hepray.data.root_source import RASTER_EVENTS, EventReader, RootDatasource, labelled_files, plan_reads
 from hepray.expr import Expression
 from hepray.inputs import make_input
-from hepray.spec import TrainSpec
+from hepray.spec import TrainSpec, load_job
 
 BATCH = 256
+# The electron-ID job's input shapes, read from its spec (no data needed).
+SHAPES = load_job(ROOT / "jobs" / "electron_id.yaml").data.input_shapes()
 
 
 def dataset(job, sparse: bool, **reader_options):
@@ -81,7 +83,7 @@ def training_iterator(ds):
 def batches(iterator):
     """Training-ready batches exactly as the training loop gets them (dense, normalised tensors,
     mixed in the job's shuffle windows)."""
-    return shuffled_batches(iterator, BATCH, window_events(TrainSpec().shuffle_buffer, {"image": (1, 47, 47)}), (1, 0))
+    return shuffled_batches(iterator, BATCH, window_events(TrainSpec().shuffle_buffer, SHAPES), (1, 0))
 
 
 def ray_shuffle_buffer_batches(iterator):
@@ -112,7 +114,7 @@ def batch_waits(job, iterator) -> np.ndarray:
     torch.set_num_threads(1)
 
     small = job.model.model_copy(update={"filters": 8, "blocks": 2, "dense": 32})
-    model = build_model(small, {"image": (1, 47, 47)}, 1)
+    model = build_model(small, SHAPES, 1)
     optimizer = torch.optim.Adam(model.parameters())
     waits, batch_iterator = [], iter(batches(iterator))
     while True:
@@ -247,7 +249,7 @@ def main() -> None:
         total, image, points = block_bytes(job, sparse)
         emit(
             "object_store_bytes_per_event",
-            image_kind="etaphi 1x47x47",
+            image_kind="etaphi " + "x".join(map(str, SHAPES["image"])),
             transport="sparse" if sparse else "dense",
             bytes_per_event=round(total),
             image_bytes_per_event=round(image),

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from functools import reduce
+from pathlib import Path
 
 import optuna
 import pytest
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from hepray.cli import app
 from hepray.spec import SpecError, dump_job, load_job
-from hepray.tune.report import run_once
+from hepray.tune.report import default_out_dir, default_report_file, report_command, run_once
 from hepray.tune.search import (
     drop_stale_guesses,
     finished_trials,
@@ -214,6 +215,22 @@ def test_status_without_a_search_or_search_file_is_one_error_line(tmp_path):
     assert_one_error_line(CliRunner().invoke(app, ["tune"]), "give a search file", "--status DIR")
 
 
+def test_the_report_names_out_and_report_file_only_where_they_are_not_the_defaults(
+    tmp_path, base_job_file, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    spec, _, _ = load_search(write_search(tmp_path, base_job_file))
+    space = Path("tune_spaces/search.yaml")
+    as_default = report_command(spec, space, default_out_dir(spec), default_report_file(spec), ["num_samples=2"])
+    assert as_default == "hepray tune tune_spaces/search.yaml --set num_samples=2 --report"
+    # Another budget in the default directory would retrain its runs over the default report's.
+    elsewhere = report_command(spec, space, Path("runs/20ep"), Path("docs/20ep.md"), ["first_trials=[{a: 1}]"])
+    assert elsewhere == (
+        "hepray tune tune_spaces/search.yaml --set 'first_trials=[{a: 1}]' --out runs/20ep --report "
+        "--report-file docs/20ep.md"
+    )
+
+
 def test_report_reuses_only_finished_runs(tmp_path, base_job_file):
     # A run writes job.yaml first and metrics.json last. "interrupted" was started for this job over
     # an older run of another job, whose metrics.json is still there: those numbers are not this job's.
@@ -333,6 +350,7 @@ def test_search_stops_trials_early_resumes_retrains_best_and_reports(ray_session
     report = report_file.read_text()
     assert "both columns are the same run" in report and not (out / "baseline").exists()
     assert "4 trials of 2 epochs (trial-only keys: `train.epochs=2`)" in report
+    assert f"`hepray tune {path} --set num_samples=4 --out {out} --report --report-file {report_file}`" in report
     assert f"stopped {sum(row['stopped_by_asha'] == 'True' for row in table)} early" in report
     for key in ("test_auc_macro", "val_loss", "train_eval_loss"):
         assert f"| `{key}` | {metrics[key]:.4f} | {metrics[key]:.4f} |" in report

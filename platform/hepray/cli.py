@@ -318,10 +318,10 @@ def tune(
         _fail(error)
     _preflight(base)
     from hepray.app.run import run_job
-    from hepray.tune.report import write_report
+    from hepray.tune.report import default_out_dir, write_report
     from hepray.tune.search import load_best_job, run_search
 
-    out_dir = out or Path("runs") / "tune" / spec.name
+    out_dir = out or default_out_dir(spec)
     with _user_errors_as_one_line():
         summary = run_search(spec, base, base_raw, out_dir, resume=resume)
         console.print_json(json.dumps(summary, default=str))

@@ -322,7 +322,9 @@ class TrainSpec(Strict):
         description="mixed precision: auto = bf16 on GPUs that have it, fp16 with a grad scaler on older "
         "GPUs, off on CPU; bf16 also runs on CPU; fp16 without a GPU falls back to float32, saying so",
     )
-    channels_last: bool = Field(False, description="CNNs and 2-D images in channels-last memory (faster on GPUs)")
+    channels_last: bool = Field(
+        False, description="CNNs and 2-D images in channels-last memory (faster on GPUs; on CPU: benchmarks/RESULTS.md)"
+    )
     sync_batchnorm: bool = Field(
         False, description="BatchNorm statistics over all workers' batches (SyncBatchNorm: CUDA and >1 worker only)"
     )

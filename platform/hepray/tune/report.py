@@ -165,7 +165,7 @@ def write_report(
 ) -> Path:
     """Train what is not trained yet (baseline/, best/, binary_<job>/ in out_dir, each also as
     <run>_seed<N>/ per report.seeds) and write the report to path (default docs/tune_<search>.md),
-    its first line naming the command with its --set `overrides`. A run of the same settings is
+    its first line naming the command that regenerates it (with its --set `overrides`). A run of the same settings is
     trained once: the best job of a search that found nothing better is the baseline."""
     out_dir = Path(out_dir)
     files = spec.report.evaluation_files
@@ -174,28 +174,43 @@ def write_report(
     baseline = finished(base, out_dir / "baseline", files, reuse=(out_dir / "best",), trials=trials)
     tuned = finished(tuned_job, out_dir / "best", files, reuse=(out_dir / "baseline",), trials=trials)
     rows = list(csv.DictReader((out_dir / TABLE_FILE).open()))
+    path = Path(path) if path is not None else default_report_file(spec)
     lines = [
-        *_search_section(spec, base, space_file, out_dir, rows, overrides or []),
+        *_search_section(spec, base, report_command(spec, space_file, out_dir, path, overrides or []), out_dir, rows),
         *_comparison_section(spec, base, tuned_job, baseline.metrics, tuned.metrics, out_dir),
         *_intervals_section(baseline, tuned, spec.report.evaluation),
     ]
     if spec.report.binary_jobs:
         lines += _pairs_section(spec, baseline, tuned, out_dir)
     lines += ["", "## Trials (best first)", "", *_trials_table(spec, rows)]
-    path = Path(path) if path is not None else Path("docs") / f"tune_{spec.name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _search_section(
-    spec: TuneSpec, base: JobSpec, space_file: Path, out_dir: Path, rows: list[dict], overrides: list[str]
-) -> list[str]:
+def default_out_dir(spec: TuneSpec) -> Path:
+    return Path("runs") / "tune" / spec.name
+
+
+def default_report_file(spec: TuneSpec) -> Path:
+    return Path("docs") / f"tune_{spec.name}.md"
+
+
+def report_command(spec: TuneSpec, space_file: Path, out_dir: Path, report_file: Path, overrides: list[str]) -> str:
+    """The command that regenerates the report; --out and --report-file only where they are not the
+    defaults (another budget in the default directory would retrain its runs over this report's)."""
+    words = ["hepray tune", str(space_file), *(f"--set {shlex.quote(item)}" for item in overrides)]
+    if Path(out_dir).resolve() != default_out_dir(spec).resolve():
+        words += ["--out", shlex.quote(str(out_dir))]
+    words.append("--report")
+    if Path(report_file).resolve() != default_report_file(spec).resolve():
+        words += ["--report-file", shlex.quote(str(report_file))]
+    return " ".join(words)
+
+
+def _search_section(spec: TuneSpec, base: JobSpec, command: str, out_dir: Path, rows: list[dict]) -> list[str]:
     """The report's title and how the search ran: objective, trials, ASHA stops and where its outputs are."""
     epochs = trial_epochs(spec, base)
-    command = " ".join(
-        ["hepray tune", str(space_file), *(f"--set {shlex.quote(item)}" for item in overrides), "--report"]
-    )
     rungs, grace = spec.scheduler.rungs(epochs), spec.scheduler.grace_period
     asha = (
         f"ASHA (grace {grace}, reduction factor {spec.scheduler.reduction_factor:g}; rungs at epochs "

@@ -201,6 +201,9 @@ def test_a_resumed_search_follows_the_first_trials_of_its_file_as_edited(tmp_pat
     ]
     # A guess still in the file stays queued, and takes one of the session's trials before a new one.
     study.enqueue_trial(hflip_point)
+    status = CliRunner().invoke(app, ["tune", "--status", str(out)])
+    waiting = status.output.strip().splitlines()[3]
+    assert waiting.split()[:2] == ["2", "WAITING"] and '["hflip"]' in waiting, status.output
     both = {**maxavg, **hflip}
     spec, _, _ = load_search(write_search(tmp_path, base_job_file, num_samples=3, first_trials=[hflip, both]))
     assert drop_stale_guesses(spec, study, resolved) == 0

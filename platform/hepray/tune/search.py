@@ -403,7 +403,7 @@ def trial_table(spec: TuneSpec, out_dir: Path, study: optuna.Study) -> list[dict
 def search_status(out_dir: str | Path) -> list[dict[str, Any]]:
     """The trial table of a running or finished search, from its study.db and Tune's result files
     only (nothing is started): state, epochs reached, objective(s) (a running trial's best so far)
-    and keys."""
+    and keys (a queued guess's too)."""
     out_dir = Path(out_dir)
     storage = storage_url(out_dir)
     names = optuna.study.get_all_study_names(storage) if (out_dir / STUDY_FILE).is_file() else []
@@ -421,7 +421,7 @@ def search_status(out_dir: str | Path) -> list[dict[str, Any]]:
                 "state": "DROPPED" if dropped(trial) else trial.state.name,
                 "epochs": int(result.get("training_iteration", 0)),
                 **dict(zip(metrics, values)),
-                **trial.params,
+                **(trial.params or queued_params(trial)),  # a guess still queued shows the keys it will try
             }
         )
     return rows

@@ -520,7 +520,9 @@ def _trials_table(spec: TuneSpec, rows: list[dict]) -> list[str]:
         "state",
         "epochs",
         "stopped by ASHA",
-        "best epoch",
+        # The epoch of the trial's best objective: its values come from there. The checkpoint a job
+        # keeps is its own early-stopping metric's best, another epoch when that metric differs.
+        "objective's best epoch",
         *dict.fromkeys([*spec.metrics, "loss_gap"]),
         *params,
     ]

@@ -50,8 +50,8 @@ STARTED = tuple(state for state in optuna.trial.TrialState if state != optuna.tr
 class ObjectiveReport(TuneReportCallback):
     """Forwards rank 0's epoch report to Tune with `loss_gap` (val_loss - train_eval_loss) added, and
     the objectives, losses and epoch also as `best_<key>`: their values at the epoch with the best
-    first objective so far. Tune, ASHA and Optuna see `best_<objective>`, so a trial is judged by
-    the model it would keep."""
+    first objective so far. Tune, ASHA and Optuna see `best_<objective>`: a trial is judged by its
+    best epoch, which is the checkpoint its job keeps when the job early-stops on the objective."""
 
     def __init__(self, metrics: list[str], mode: str):
         super().__init__()

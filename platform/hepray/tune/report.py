@@ -165,8 +165,9 @@ def write_report(
 ) -> Path:
     """Train what is not trained yet (baseline/, best/, binary_<job>/ in out_dir, each also as
     <run>_seed<N>/ per report.seeds) and write the report to path (default docs/tune_<search>.md),
-    its first line naming the command that regenerates it (with its --set `overrides`). A run of the same settings is
-    trained once: the best job of a search that found nothing better is the baseline."""
+    its first line naming the command that regenerates it (with its --set `overrides`). A run of
+    the same settings is trained once: the best job of a search that found nothing better is the
+    baseline."""
     out_dir = Path(out_dir)
     files = spec.report.evaluation_files
     tuned_job = load_best_job(out_dir)

@@ -218,6 +218,29 @@ def test_status_without_a_search_or_search_file_is_one_error_line(tmp_path):
     assert_one_error_line(CliRunner().invoke(app, ["tune"]), "give a search file", "--status DIR")
 
 
+def test_report_files_are_checked_before_the_search_starts(tmp_path, base_job_file):
+    """--report reads them only after every trial: a sample not generated yet fails the command
+    at once, not a finished search."""
+    missing = str(tmp_path / "eval" / "wide_*.root")
+    files = {
+        "narrow": str(base_job_file.parent / "narrow.root"),
+        "wide": missing,
+        "mid": str(base_job_file.parent / "mid.root"),
+    }
+    path = write_search(tmp_path, base_job_file, report={"evaluation_files": files})
+    out = tmp_path / "search_out"
+    result = CliRunner().invoke(app, ["tune", path, "--out", str(out), "--report"])
+    assert_one_error_line(result, "search.yaml: report.evaluation_files", missing, "no file matches the glob")
+    assert not out.exists()
+    binary = yaml.safe_load((base_job_file.parent / "narrow_vs_wide.yaml").read_text())
+    binary["data"]["files"]["wide"] = str(tmp_path / "wide_typo.root")
+    (tmp_path / "binary.yaml").write_text(yaml.safe_dump(binary, sort_keys=False))
+    path = write_search(tmp_path, base_job_file, report={"binary_jobs": [str(tmp_path / "binary.yaml")]})
+    result = CliRunner().invoke(app, ["tune", path, "--out", str(out), "--report"])
+    assert_one_error_line(result, "report.binary_jobs: ", "binary.yaml", "wide_typo.root: no such file")
+    assert not out.exists()
+
+
 def test_the_report_names_out_and_report_file_only_where_they_are_not_the_defaults(
     tmp_path, base_job_file, monkeypatch
 ):

@@ -267,9 +267,10 @@ def _read_everything(job) -> None:
         )
 
 
-def _preflight(job, absent_ok: bool = False):
+def _preflight(job, absent_ok: bool = False, where: str = ""):
     """Before Ray starts: every file the job reads holds every branch it names (app.preflight,
-    metadata only). Fails with one `error:` line; warnings (data.on_error: skip) go to stderr."""
+    metadata only). Fails with one `error:` line (after `where`, the key that names the job);
+    warnings (data.on_error: skip) go to stderr."""
     from rich.markup import escape
 
     from hepray.app.preflight import check_job
@@ -279,7 +280,7 @@ def _preflight(job, absent_ok: bool = False):
     try:
         report = check_job(job, absent_ok)
     except (DataError, SpecError) as error:
-        _fail(error)
+        _fail(SpecError(f"{where}: {error}") if where else error)
     for line in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     for group in report.groups + report.samples:
@@ -317,6 +318,8 @@ def tune(
     except SpecError as error:
         _fail(error)
     _preflight(base)
+    if report:
+        _preflight_report(spec, base, space_file)
     from hepray.app.run import run_job
     from hepray.tune.report import default_out_dir, write_report
     from hepray.tune.search import load_best_job, run_search
@@ -337,6 +340,17 @@ def tune(
             )
         if report:
             console.print(f"[green]wrote[/] {write_report(spec, base, space_file, out_dir, report_file, set_)}")
+
+
+def _preflight_report(spec, base, space_file: Path) -> None:
+    """--report scores the evaluation sample and trains the binary jobs after the search: check
+    their files before it, so a missing sample does not end a finished search in an error."""
+    files = spec.report.evaluation_files
+    if files:
+        sample = base.data.model_copy(update={"files": {name: files[name] for name in base.data.class_names}})
+        _preflight(base.model_copy(update={"data": sample}), where=f"{space_file}: report.evaluation_files")
+    for job_file in spec.report.binary_jobs:
+        _preflight(spec.binary_job(job_file), where=f"{space_file}: report.binary_jobs: {job_file}")
 
 
 def _tune_status(out_dir: Path) -> None:

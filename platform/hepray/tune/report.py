@@ -353,8 +353,8 @@ def _loss_gap_rows(baseline: Run, tuned: Run, evaluation: str) -> list[str]:
         f"| loss gap baseline / tuned | {'tuned gap ≤ 0' if ratio == float('inf') else f'{ratio:.1f}×'} |",
         "",
         f"A loss gap here is the job's own loss on the {evaluation} events (with its bootstrap interval) minus its "
-        "loss on the training events at the best epoch: unlike `val_loss − train_eval_loss` above, whose "
-        "validation split is small, its noise is the interval shown.",
+        "loss on the training events at the best epoch: unlike `val_loss − train_eval_loss` above, which "
+        "has no interval, its noise is the interval shown.",
     ]
 
 

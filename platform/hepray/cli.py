@@ -345,10 +345,12 @@ def tune(
 def _preflight_report(spec, base, space_file: Path) -> None:
     """--report scores the evaluation sample and trains the binary jobs after the search: check
     their files before it, so a missing sample does not end a finished search in an error."""
+    from hepray.tune.intervals import evaluation_data
+
     files = spec.report.evaluation_files
     if files:
-        sample = base.data.model_copy(update={"files": {name: files[name] for name in base.data.class_names}})
-        _preflight(base.model_copy(update={"data": sample}), where=f"{space_file}: report.evaluation_files")
+        sample = base.model_copy(update={"data": evaluation_data(base, files)})
+        _preflight(sample, where=f"{space_file}: report.evaluation_files")
     for job_file in spec.report.binary_jobs:
         _preflight(spec.binary_job(job_file), where=f"{space_file}: report.binary_jobs: {job_file}")
 

@@ -24,7 +24,7 @@ from hepray.data.pipeline import build_dataset
 from hepray.data.root_source import EventReader, plan_reads
 from hepray.evaluate.bootstrap import REPLICAS, Interval, interval, replica_aucs, replica_counts
 from hepray.evaluate.inference import MODEL_FILE, actor_pool, collect, predict
-from hepray.spec import JobSpec
+from hepray.spec import DataSpec, JobSpec
 from hepray.train.roc import safe_auc
 from hepray.train.tasks import Task, pair_score
 
@@ -41,9 +41,7 @@ def run_predictions(job: JobSpec, run_dir: Path, files: dict[str, list[str]] | N
         with np.load(path) as saved:
             if not files or saved.get("files_digest") == _digest(files):
                 return {key: saved[key] for key in saved.files if key != "files_digest"}
-    spec, split = job.data, "test"
-    if files:
-        spec, split = spec.model_copy(update={"files": {name: files[name] for name in job.data.class_names}}), None
+    spec, split = (evaluation_data(job, files), None) if files else (job.data, "test")
     ensure_data(spec)
     plan = plan_reads(spec, EventReader(spec, None).branches())
     dataset = build_dataset(spec, split, plan, sparse=True, file_column=True)
@@ -51,6 +49,12 @@ def run_predictions(job: JobSpec, run_dir: Path, files: dict[str, list[str]] | N
     kept = {key: events[key] for key in (*KEY_COLUMNS, LABEL, WEIGHT, OUTPUT) if key in events}
     np.savez(path, **kept, **({"files_digest": _digest(files)} if files else {}))
     return kept
+
+
+def evaluation_data(job: JobSpec, files: dict[str, list[str]]) -> DataSpec:
+    """The job's data with its files replaced by the evaluation sample's (class -> globs), for the
+    job's own classes."""
+    return job.data.model_copy(update={"files": {name: files[name] for name in job.data.class_names}})
 
 
 def _digest(files: dict[str, list[str]]) -> np.ndarray:
